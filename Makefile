@@ -1,0 +1,25 @@
+# The README's two commands: `make demo` (offline notebook run) and `make test` (pytest).
+# Both create or reuse .venv/ and reinstall requirements.txt only when it changed.
+PYTHON ?= python3
+VENV := .venv
+VPY := $(VENV)/bin/python
+STAMP := $(VENV)/requirements.installed
+
+.PHONY: demo test venv clean-outputs
+
+venv:
+	@test -x $(VPY) || $(PYTHON) -m venv $(VENV)
+	@if cmp -s requirements.txt $(STAMP); then \
+		echo "venv: requirements unchanged"; \
+	else \
+		$(VPY) -m pip install --disable-pip-version-check -q -r requirements.txt && cp requirements.txt $(STAMP); \
+	fi
+
+demo: venv
+	$(VPY) -m helpers.run_notebook --preset params/offline_demo.yaml --overwrite
+
+test: venv
+	$(VPY) -m pytest -q tests
+
+clean-outputs:
+	rm -rf outputs/*/ outputs/.offline_models

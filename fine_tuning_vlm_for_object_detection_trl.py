@@ -1,0 +1,367 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # Fine-tuning Qwen vision-language models for object detection with TRL
+#
+# You will fine-tune a Qwen2-VL, Qwen2.5-VL or Qwen3-VL model to answer "where is every object?"
+# with boxes in the model family's own coordinate convention, train on the answer tokens only, and
+# measure the result before and after training on held-out images.
+#
+# **Hardware.** The default parameters run the *offline profile* (a tiny random-initialised
+# Qwen-VL built locally and a synthetic dataset) on any CPU in minutes. A real model
+# (`model_id="Qwen/Qwen2-VL-2B-Instruct"`) needs a CUDA GPU; 4-bit QLoRA fits a 2B model in 8 GB.
+# Every knob is in the next cell; papermill overrides them (`-p name value` or `-f preset.yaml`).
+
+# %% tags=["parameters"]
+model_id: str = "offline:qwen2_vl"  # hub id, local checkpoint dir, or "offline:<family>" (tiny random model built here)
+offline_model_dir: str = "outputs/.offline_models"  # cache of "offline:" checkpoints, built once
+dataset_source: str = "synthetic"  # "synthetic", a hub dataset id, or a local `save_to_disk` folder
+dataset_bbox_format: str = "xywh"  # hub datasets' objects.bbox layout: "xywh" (COCO) or "xyxy", in pixels
+train_split: str = "train"  # source split for training (hub/local datasets only)
+eval_split: str = "validation"  # source split for the eval loss during training
+test_split: str = "test"  # source split for the before/after detection metrics
+train_size: int = 2048  # images; synthetic: generated, hub: the first N (0 for all)
+eval_size: int = 32  # images for the eval loss during training
+test_size: int = 32  # held-out images for the before/after detection metrics
+synthetic_classes: list = ["red circle", "green square", "blue triangle"]  # see helpers.synthetic.CLASS_STYLES
+synthetic_min_side_px: int = 96  # synthetic image sides are drawn from [min, max] independently
+synthetic_max_side_px: int = 224  # upper bound of a synthetic image side
+synthetic_max_objects: int = 4  # 1..N objects per synthetic image
+min_pixels: int = 3136  # 56*56: smallest image area the processor resizes up to
+max_pixels: int = 50176  # 224*224: largest area (Qwen2-VL's default is 28*28*1280, 1003520)
+use_lora: bool = False  # False: full fine-tuning (the offline model starts from random weights)
+lora_rank: int = 16  # LoRA adapter rank (used when use_lora is True)
+lora_alpha: int = 32  # LoRA scale: alpha / rank, 32 / 16 is 2
+lora_dropout: float = 0.05  # dropout on the LoRA branch
+quantization: str = "none"  # "none", "8bit", or "4bit" (QLoRA, CUDA only)
+attn_implementation: str = "sdpa"  # "sdpa", "eager" or "flash_attention_2" (needs flash-attn on GPU)
+learning_rate: float = 1e-3  # 1e-3 suits the random tiny model; use ~2e-4 for LoRA on a real model
+num_train_epochs: float = 1.0  # used when max_steps is -1
+max_steps: int = 1500  # optimizer steps; -1 to run num_train_epochs instead
+per_device_train_batch_size: int = 8  # images per optimizer micro-step on each device
+per_device_eval_batch_size: int = 8  # images per eval-loss step
+gradient_accumulation_steps: int = 1  # effective batch: per-device batch * accumulation * GPUs
+warmup_ratio: float = 0.05  # fraction of the total steps spent warming the learning rate up
+lr_scheduler_type: str = "cosine"  # "cosine", "linear" or "constant_with_warmup"
+weight_decay: float = 0.0  # AdamW decoupled weight decay
+max_grad_norm: float = 1.0  # gradient-norm clipping
+logging_steps: int = 50  # log the training loss every N optimizer steps
+eval_steps: int = 500  # compute the eval loss every N steps
+save_steps: int = 750  # write a checkpoint every N steps
+save_total_limit: int = 2  # checkpoints kept in the run folder
+seed: int = 42  # seeds Python, NumPy, torch and the synthetic data
+run_name: str = "offline-demo"  # the run writes outputs/<run_name>/ and nothing else
+output_root: str = "outputs"  # parent folder of every run folder
+report_to: str = "none"  # "none", "wandb" or "tensorboard"
+max_new_tokens: int = 128  # generation budget per answer; 4 JSON boxes take about 90 tokens
+generation_batch_size: int = 8  # images per generate() call in evaluation
+n_plot_images: int = 8  # images in each picture grid
+
+# %% [markdown]
+# The next cell checks every parameter against its declared type, so a typo in a papermill call
+# (`-p learning_rate 2e-4x`) stops here with a clear message instead of deep inside training,
+# and derives the values that depend on them (papermill does not recompute derived values).
+
+# %%
+from helpers.run import check_parameters
+
+params = check_parameters({name: globals()[name] for name in __annotations__}, __annotations__)
+split_names = {"train": train_split, "eval": eval_split, "test": test_split}
+split_sizes = {"train": train_size, "eval": eval_size, "test": test_size}
+params
+
+# %% [markdown]
+# ## 1. Set-up
+#
+# Seed everything, pick the device and dtype (bf16 on a modern GPU, fp32 on CPU), and create the
+# run folder. Every file this run writes goes under it.
+
+# %%
+import os
+
+import torch
+from transformers import set_seed
+
+from helpers.modeling import pick_device_and_dtype
+from helpers.run import environment_report, prepare_run_dir, resolve_model_path, write_json
+
+set_seed(seed)
+device, dtype = pick_device_and_dtype()
+run_dir = prepare_run_dir(output_root, run_name)
+os.environ.setdefault("WANDB_DIR", str(run_dir))  # keep W&B's local files inside the run folder
+environment = environment_report(device, dtype)
+write_json(run_dir / "params.json", {"parameters": params, "environment": environment})
+print(f"run folder: {run_dir}")
+environment
+
+# %% [markdown]
+# ## 2. Data
+#
+# Every source is loaded into one schema: an RGB image and a list of objects, each a `label` and a
+# `bbox_xyxy_px` box (`[x1, y1, x2, y2]` in pixels of that image). The synthetic images vary in
+# size and aspect ratio on purpose: the processor resizes each one differently, which is exactly
+# where coordinate bugs hide.
+
+# %%
+from helpers.data import dataset_class_names, load_detection_splits
+from helpers.plotting import plot_samples
+
+splits, load_reports = load_detection_splits(
+    dataset_source,
+    split_names,
+    split_sizes,
+    dataset_bbox_format,
+    seed,
+    synthetic_options={
+        "class_names": synthetic_classes,
+        "min_side_px": synthetic_min_side_px,
+        "max_side_px": synthetic_max_side_px,
+        "max_objects": synthetic_max_objects,
+    },
+)
+class_names = dataset_class_names(splits["train"])
+write_json(run_dir / "data_report.json", {name: dict(report) for name, report in load_reports.items()})
+print({name: len(ds) for name, ds in splits.items()}, "classes:", class_names)
+print("boxes kept / fixed / skipped per split:", {name: dict(report) for name, report in load_reports.items()})
+
+# %%
+plot_samples(splits["train"], n_plot_images, run_dir / "plots" / "samples.png");
+
+# %% [markdown]
+# ## 3. Formatting as chat messages
+#
+# The model family is read from the checkpoint's config (`model_type`), never from the id's
+# spelling, because the family decides the answer format:
+# Qwen2-VL writes `<|box_start|>(x1,y1),(x2,y2)<|box_end|>` in 0..1000 of the image side,
+# Qwen2.5-VL writes JSON in pixels *of the resized image the model sees*, Qwen3-VL writes JSON in
+# 0..1000. `helpers.boxes` holds the conversions; the same code writes training targets and reads
+# the model's answers back.
+
+# %%
+from helpers.boxes import resized_size
+from helpers.formatting import add_chat_columns, detection_prompt, format_detection_messages
+from helpers.processing import load_processor, read_family
+
+model_path = resolve_model_path(model_id, offline_model_dir)
+family = read_family(model_path)
+processor = load_processor(model_path, min_pixels, max_pixels)
+prompt = detection_prompt(family, class_names)
+for name in splits:
+    splits[name] = add_chat_columns(splits[name], family, prompt, min_pixels, max_pixels)
+
+example = splits["train"][0]
+model_size = resized_size(family, example["width"], example["height"], min_pixels, max_pixels)
+print(f"family: {family}; image {example['width']}x{example['height']}px -> model sees {model_size[0]}x{model_size[1]}px")
+print(processor.apply_chat_template(format_detection_messages(example["prompt"], example["answer"]), tokenize=False))
+
+# %% [markdown]
+# ## 4. Data collators
+#
+# The collator turns examples into tensors and decides what the model learns: positions whose label
+# is -100 carry no loss. We train on the **assistant's answer and its end-of-turn token only**:
+# the system prompt, the instruction and the hundreds of image tokens are context, not something to
+# imitate. The answer span is found from the tokenised chat structure: the last
+# `<|im_start|>assistant\n` marks its start and the next `<|im_end|>` its end (ids taken from the
+# tokenizer). A sample without an answer, or whose answer was cut off, is an error, not a silent
+# zero-loss row.
+
+# %% tags=["collators"]
+import torch
+
+from helpers.formatting import format_detection_messages
+
+IGNORE_INDEX = -100  # label value that cross-entropy skips
+
+
+def find_subsequence_end(ids: list[int], pattern: list[int]) -> int:
+    """Index just after the last occurrence of ``pattern`` in ``ids``, or -1 when absent."""
+    for start in range(len(ids) - len(pattern), -1, -1):
+        if ids[start : start + len(pattern)] == pattern:
+            return start + len(pattern)
+    return -1
+
+
+class AssistantOnlyCollator:
+    """Batch detection examples; labels only on the assistant's answer and its end-of-turn token."""
+
+    def __init__(self, processor):
+        self.processor = processor
+        tokenizer = processor.tokenizer
+        self.answer_prefix_ids = tokenizer.encode("<|im_start|>assistant\n", add_special_tokens=False)
+        self.end_of_turn_id = tokenizer.convert_tokens_to_ids("<|im_end|>")
+
+    def __call__(self, examples: list[dict]) -> dict:
+        texts = [
+            self.processor.apply_chat_template(format_detection_messages(ex["prompt"], ex["answer"]), tokenize=False)
+            for ex in examples
+        ]
+        images = [[ex["image"].convert("RGB")] for ex in examples]
+        batch = self.processor(text=texts, images=images, return_tensors="pt", padding=True)
+        labels = torch.full_like(batch["input_ids"], IGNORE_INDEX)
+        for row, (ids, mask) in enumerate(zip(batch["input_ids"].tolist(), batch["attention_mask"].tolist())):
+            ids = [tok for tok, keep in zip(ids, mask) if keep]  # drop padding, then index in the unpadded row
+            offset = batch["attention_mask"][row].nonzero()[0].item()  # 0 with right padding
+            start = find_subsequence_end(ids, self.answer_prefix_ids)
+            if start < 0:
+                raise ValueError(f"example {examples[row].get('image_id', row)}: no assistant turn in the chat text")
+            end = ids.index(self.end_of_turn_id, start) if self.end_of_turn_id in ids[start:] else -1
+            if end < 0:
+                raise ValueError(f"example {examples[row].get('image_id', row)}: the answer has no end-of-turn token (truncated?)")
+            labels[row, offset + start : offset + end + 1] = batch["input_ids"][row, offset + start : offset + end + 1]
+        batch["labels"] = labels
+        return batch
+
+
+# %% [markdown]
+# One batch, with its tensor shapes and the tokens that carry labels decoded back to text: they
+# must read as exactly the target answers followed by `<|im_end|>`.
+
+# %%
+collator = AssistantOnlyCollator(processor)
+batch = collator([splits["train"][i] for i in range(2)])
+print({key: tuple(value.shape) for key, value in batch.items()})
+for row in range(2):
+    trained = batch["input_ids"][row][batch["labels"][row] != IGNORE_INDEX]
+    print(f"row {row}: {int((batch['labels'][row] != IGNORE_INDEX).sum())} of {int(batch['attention_mask'][row].sum())} tokens trained:")
+    print("   ", processor.tokenizer.decode(trained, skip_special_tokens=False))
+
+# %% [markdown]
+# ## 5. Model and LoRA
+#
+# The model class comes from the checkpoint's config. On a real model, LoRA adapters on the
+# language model's attention and MLP projections train a fraction of a percent of the weights; the
+# offline model starts from random weights, so it is fully fine-tuned instead (`use_lora=False`).
+
+# %%
+from helpers.modeling import count_parameters, load_model, wrap_lora
+
+model = load_model(model_path, quantization, attn_implementation, dtype, device)
+if use_lora:
+    model = wrap_lora(model, lora_rank, lora_alpha, lora_dropout)
+trainable, total = count_parameters(model)
+print(f"{type(model).__name__}: {trainable:,} trainable of {total:,} parameters ({100 * trainable / total:.2f}%)")
+
+# %% [markdown]
+# ## 6. Baseline before training
+#
+# Generate on the held-out test images with greedy decoding, parse the answers with the same box
+# code used for the targets, and match predictions to ground truth. The untrained model is the
+# reference every later number is compared with.
+
+# %%
+from helpers.inference import evaluate_model
+
+eval_settings = dict(
+    family=family, prompt=prompt, min_pixels=min_pixels, max_pixels=max_pixels,
+    max_new_tokens=max_new_tokens, batch_size=generation_batch_size,
+)
+baseline_records, baseline_metrics = evaluate_model(model, processor, splits["test"], **eval_settings)
+print("first answer:", repr(baseline_records[0]["raw_text"][:200]))
+baseline_metrics
+
+# %% [markdown]
+# ## 7. Training with TRL's `SFTTrainer`
+#
+# Our collator does the tokenisation, so TRL is told to leave the dataset alone
+# (`skip_prepare_dataset`), to keep the image and text columns the collator needs
+# (`remove_unused_columns=False`), and not to truncate (`max_length=None`: a cut answer would teach
+# the model to stop early). Checkpoints go to the run folder.
+
+# %%
+from trl import SFTConfig, SFTTrainer
+
+on_gpu = device == "cuda"
+training_args = SFTConfig(
+    output_dir=str(run_dir / "checkpoints"),
+    max_steps=max_steps,
+    num_train_epochs=num_train_epochs,
+    per_device_train_batch_size=per_device_train_batch_size,
+    per_device_eval_batch_size=per_device_eval_batch_size,
+    gradient_accumulation_steps=gradient_accumulation_steps,
+    learning_rate=learning_rate,
+    lr_scheduler_type=lr_scheduler_type,
+    warmup_steps=warmup_ratio,  # a value below 1 is read as a fraction of the total steps
+    weight_decay=weight_decay,
+    max_grad_norm=max_grad_norm,
+    logging_steps=logging_steps,
+    logging_first_step=True,
+    eval_strategy="steps",
+    eval_steps=eval_steps,
+    save_strategy="steps",
+    save_steps=save_steps,
+    save_total_limit=save_total_limit,
+    seed=seed,
+    bf16=on_gpu and dtype == torch.bfloat16,
+    fp16=on_gpu and dtype == torch.float16,
+    dataloader_pin_memory=on_gpu,
+    activation_checkpointing=on_gpu,  # trades compute for memory; on CPU memory is not the limit
+    report_to=[] if report_to == "none" else [report_to],
+    run_name=run_name,
+    remove_unused_columns=False,
+    dataset_kwargs={"skip_prepare_dataset": True},
+    max_length=None,
+)
+trainer = SFTTrainer(
+    model=model,
+    args=training_args,
+    train_dataset=splits["train"],
+    eval_dataset=splits["eval"],
+    data_collator=collator,
+    processing_class=processor,
+)
+train_result = trainer.train()
+train_result.metrics
+
+# %% [markdown]
+# ## 8. Evaluation after training
+#
+# The same function on the same images as the baseline, so the two rows compare like with like.
+
+# %%
+finetuned_records, finetuned_metrics = evaluate_model(trainer.model, processor, splits["test"], **eval_settings)
+metrics = {"baseline": baseline_metrics, "finetuned": finetuned_metrics}
+print(f"{'metric':<20}{'baseline':>12}{'fine-tuned':>12}")
+for key in finetuned_metrics:
+    print(f"{key:<20}{baseline_metrics[key]:>12.3f}{finetuned_metrics[key]:>12.3f}")
+
+# %% [markdown]
+# ## 9. Pictures
+#
+# Ground truth (solid green) against the fine-tuned model's predictions (dashed magenta), and the
+# loss curves from the trainer's log history.
+
+# %%
+from helpers.plotting import plot_loss_curve, plot_predictions
+
+plot_predictions(splits["test"], finetuned_records, n_plot_images, run_dir / "plots" / "predictions.png");
+
+# %%
+plot_loss_curve(trainer.state.log_history, run_dir / "plots" / "loss.png");
+
+# %% [markdown]
+# ## 10. Saving
+#
+# The trained weights (the adapter alone when LoRA was used) and the processor go to `model/`,
+# next to the metrics and every prediction, so the run can be inspected and reused later.
+
+# %%
+from helpers.run import write_jsonl
+
+trainer.save_model(str(run_dir / "model"))
+processor.save_pretrained(str(run_dir / "model"))
+write_json(run_dir / "metrics.json", metrics | {"train": train_result.metrics})
+write_jsonl(run_dir / "predictions.jsonl", finetuned_records)
+write_jsonl(run_dir / "predictions_baseline.jsonl", baseline_records)
+write_json(run_dir / "log_history.json", trainer.state.log_history)
+sorted(str(path.relative_to(run_dir)) for path in run_dir.iterdir())

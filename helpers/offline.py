@@ -1,0 +1,232 @@
+"""The offline profile's model: a tiny random-initialised Qwen-VL checkpoint built locally.
+
+No machine here reaches the model hub, so tests and the README demo build a checkpoint directory
+from a config, a tokenizer trained here and a chat template written here. Everything after
+"a checkpoint directory exists" is the code path a hub id takes (``from_pretrained``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+from transformers import AutoModelForImageTextToText, PretrainedConfig
+from transformers.models.qwen2 import Qwen2Tokenizer
+from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX
+from transformers.models.qwen2_5_vl import Qwen2_5_VLConfig
+from transformers.models.qwen2_vl import Qwen2VLConfig, Qwen2VLImageProcessorPil
+from transformers.models.qwen3_vl import Qwen3VLConfig
+
+from helpers.processing import IMAGE_ONLY_PROCESSORS, SUPPORTED_FAMILIES
+
+# The special tokens of the Qwen2/2.5/3-VL vocabularies, in their order there (ids differ here).
+QWEN_SPECIAL_TOKENS = (
+    "<|endoftext|>",
+    "<|im_start|>",
+    "<|im_end|>",
+    "<|object_ref_start|>",
+    "<|object_ref_end|>",
+    "<|box_start|>",
+    "<|box_end|>",
+    "<|quad_start|>",
+    "<|quad_end|>",
+    "<|vision_start|>",
+    "<|vision_end|>",
+    "<|vision_pad|>",
+    "<|image_pad|>",
+    "<|video_pad|>",
+)
+
+# A Qwen-style chat template written for this project: ChatML turns, one
+# <|vision_start|><|image_pad|><|vision_end|> per image (the processor expands <|image_pad|> to
+# one token per merged patch), a default system turn, and the assistant generation prompt.
+QWEN_VL_CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{% if loop.first and message['role'] != 'system' %}"
+    "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
+    "{% endif %}"
+    "<|im_start|>{{ message['role'] }}\n"
+    "{% if message['content'] is string %}"
+    "{{ message['content'] }}"
+    "{% else %}"
+    "{% for part in message['content'] %}"
+    "{% if part['type'] == 'image' %}<|vision_start|><|image_pad|><|vision_end|>"
+    "{% elif part['type'] == 'text' %}{{ part['text'] }}"
+    "{% endif %}"
+    "{% endfor %}"
+    "{% endif %}"
+    "<|im_end|>\n"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+# Text the tiny tokenizer is trained on: the words, digits and punctuation our prompts and
+# answers use, so they tokenise into few pieces. Digits are split one per token by Qwen's
+# pre-tokenizer regex, as in the real vocabulary.
+TOKENIZER_CORPUS = (
+    "You are a helpful assistant. Detect every object in the image. "
+    "Locate the objects and output their bounding boxes as JSON. "
+    'Output a JSON list: [{"bbox_2d": [12, 34, 56, 78], "label": "red circle"}] '
+    "```json\n[\n]\n``` (0,1),(2,3) "
+    "red green blue yellow purple orange white black gray cyan "
+    "circle square triangle rectangle ellipse star cross object shape person car dog cat "
+    "the a an of and in on with box boxes bounding coordinates label labels none "
+    "0 1 2 3 4 5 6 7 8 9 , . : ; [ ] { } ( ) \" ' - _ \n"
+)
+
+TINY_SIZES = {  # text width, layers, heads; vision depth and width (shared/ENVIRONMENT.md)
+    "hidden_size": 64,
+    "intermediate_size": 128,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "vision_depth": 2,
+    "vision_hidden_size": 64,
+    "vision_heads": 4,
+}
+
+
+def train_tiny_tokenizer(vocab_size: int = 400) -> Qwen2Tokenizer:
+    """Train a byte-level BPE tokenizer with Qwen's pre-tokenizer and special tokens."""
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.normalizer = normalizers.NFC()
+    tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(PRETOKENIZE_REGEX), behavior="isolated", invert=False),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=list(QWEN_SPECIAL_TOKENS),
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tokenizer.train_from_iterator([TOKENIZER_CORPUS] * 4, trainer=trainer)
+    state = json.loads(tokenizer.to_str())["model"]
+    merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in state["merges"]]
+    qwen_tokenizer = Qwen2Tokenizer(
+        vocab=state["vocab"],
+        merges=merges,
+        unk_token=None,
+        eos_token="<|im_end|>",  # the chat models stop generating at the end of the turn
+        pad_token="<|endoftext|>",
+        additional_special_tokens=list(QWEN_SPECIAL_TOKENS[1:]),
+        model_max_length=4096,
+    )
+    qwen_tokenizer.chat_template = QWEN_VL_CHAT_TEMPLATE
+    return qwen_tokenizer
+
+
+def _special_ids(tokenizer: Qwen2Tokenizer) -> dict[str, int]:
+    """Config fields that hold special-token ids, read from the tokenizer."""
+    ids = {
+        "image_token_id": tokenizer.convert_tokens_to_ids("<|image_pad|>"),
+        "video_token_id": tokenizer.convert_tokens_to_ids("<|video_pad|>"),
+        "vision_start_token_id": tokenizer.convert_tokens_to_ids("<|vision_start|>"),
+        "vision_end_token_id": tokenizer.convert_tokens_to_ids("<|vision_end|>"),
+    }
+    if any(i is None or i == tokenizer.unk_token_id for i in ids.values()):
+        raise RuntimeError(f"tiny tokenizer lacks a Qwen vision token: {ids}")
+    return ids
+
+
+def tiny_config(family: str, tokenizer: Qwen2Tokenizer) -> PretrainedConfig:
+    """Build a tiny config for a Qwen-VL family, wired to the tokenizer's special-token ids."""
+    s = TINY_SIZES
+    head_dim = s["hidden_size"] // s["num_attention_heads"]  # 64 / 4 = 16
+    # M-RoPE splits head_dim/2 rotary frequencies over (time, height, width): 2 + 3 + 3 = 8.
+    rope = {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3]}
+    text = {
+        "vocab_size": len(tokenizer),
+        "hidden_size": s["hidden_size"],
+        "intermediate_size": s["intermediate_size"],
+        "num_hidden_layers": s["num_hidden_layers"],
+        "num_attention_heads": s["num_attention_heads"],
+        "num_key_value_heads": s["num_key_value_heads"],
+        "max_position_embeddings": 4096,
+        "rope_parameters": rope,
+        "pad_token_id": tokenizer.pad_token_id,
+        "eos_token_id": tokenizer.eos_token_id,
+        "bos_token_id": None,
+    }
+    vision = {"depth": s["vision_depth"], "num_heads": s["vision_heads"], "spatial_merge_size": 2}
+    ids = _special_ids(tokenizer)
+    if family == "qwen2_vl":
+        # Qwen2-VL's merger projects to vision_config.hidden_size, which must equal the text width.
+        vision |= {"embed_dim": s["vision_hidden_size"], "hidden_size": s["hidden_size"], "mlp_ratio": 2, "patch_size": 14}
+        return Qwen2VLConfig(text_config=text, vision_config=vision, **ids)
+    if family == "qwen2_5_vl":
+        vision |= {
+            "hidden_size": s["vision_hidden_size"],
+            "intermediate_size": 2 * s["vision_hidden_size"],
+            "out_hidden_size": s["hidden_size"],
+            "patch_size": 14,
+            "window_size": 112,
+            "fullatt_block_indexes": [1],
+        }
+        return Qwen2_5_VLConfig(text_config=text, vision_config=vision, **ids)
+    if family == "qwen3_vl":
+        vision |= {
+            "hidden_size": s["vision_hidden_size"],
+            "intermediate_size": 2 * s["vision_hidden_size"],
+            "out_hidden_size": s["hidden_size"],
+            "patch_size": 16,
+            "num_position_embeddings": 256,
+            "deepstack_visual_indexes": [0],  # must be below the vision depth
+        }
+        text |= {"head_dim": head_dim}
+        return Qwen3VLConfig(text_config=text, vision_config=vision, **ids)
+    raise ValueError(f"unknown family {family!r}; expected one of {SUPPORTED_FAMILIES}")
+
+
+def tiny_image_processor(family: str) -> Qwen2VLImageProcessorPil:
+    """Image processor with the family's patch size (14 for Qwen2/2.5-VL, 16 for Qwen3-VL)."""
+    patch_size = 16 if family == "qwen3_vl" else 14
+    # Qwen3-VL normalises with mean = std = 0.5 instead of CLIP's statistics.
+    stats = {"image_mean": [0.5, 0.5, 0.5], "image_std": [0.5, 0.5, 0.5]} if family == "qwen3_vl" else {}
+    return Qwen2VLImageProcessorPil(patch_size=patch_size, merge_size=2, temporal_patch_size=2, **stats)
+
+
+def _build_fingerprint(family: str, seed: int) -> str:
+    """Hash of everything that decides the checkpoint, so a changed recipe rebuilds the cache."""
+    recipe = json.dumps(
+        {"family": family, "seed": seed, "sizes": TINY_SIZES, "template": QWEN_VL_CHAT_TEMPLATE, "corpus": TOKENIZER_CORPUS},
+        sort_keys=True,
+    )
+    return hashlib.sha256(recipe.encode()).hexdigest()[:16]
+
+
+def build_tiny_checkpoint(family: str, out_dir: str | Path, seed: int = 0) -> Path:
+    """Write (once) a tiny random-initialised checkpoint of a Qwen-VL family to ``out_dir``."""
+    out_dir = Path(out_dir)
+    stamp = out_dir / "offline_build.json"
+    fingerprint = _build_fingerprint(family, seed)
+    if stamp.exists() and json.loads(stamp.read_text()).get("fingerprint") == fingerprint:
+        return out_dir
+    tokenizer = train_tiny_tokenizer()
+    config = tiny_config(family, tokenizer)
+    torch.manual_seed(seed)
+    model = AutoModelForImageTextToText.from_config(config)
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    processor = IMAGE_ONLY_PROCESSORS[family](
+        image_processor=tiny_image_processor(family), tokenizer=tokenizer, chat_template=QWEN_VL_CHAT_TEMPLATE
+    )
+    # Build in a sibling temp folder and move it in place, so an interrupted build leaves no
+    # half-written checkpoint that a later run would take for a cached one.
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp_dir = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}-", dir=out_dir.parent))
+    model.save_pretrained(tmp_dir)
+    processor.save_pretrained(tmp_dir)
+    (tmp_dir / "offline_build.json").write_text(json.dumps({"family": family, "seed": seed, "fingerprint": fingerprint}))
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    tmp_dir.rename(out_dir)
+    return out_dir

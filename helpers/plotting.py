@@ -1,0 +1,85 @@
+"""Pictures of the run: samples with boxes, predictions against ground truth, the loss curve."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+from matplotlib.figure import Figure
+from matplotlib.patches import Rectangle
+from PIL import Image
+
+GROUND_TRUTH_COLOR = "lime"
+PREDICTION_COLOR = "magenta"
+
+
+def draw_boxes(ax, objects: list[dict], color: str, linestyle: str = "-") -> None:
+    """Draw ``bbox_xyxy_px`` boxes with their labels on a matplotlib axis."""
+    for obj in objects:
+        x1, y1, x2, y2 = obj["bbox_xyxy_px"]
+        ax.add_patch(Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, edgecolor=color, linewidth=1.5, linestyle=linestyle))
+        ax.text(x1, y1, obj["label"], color="black", fontsize=6, va="bottom", bbox={"facecolor": color, "alpha": 0.7, "pad": 1, "linewidth": 0})
+
+
+def plot_image_grid(
+    images: list[Image.Image],
+    box_sets: list[list[tuple[list[dict], str, str]]],
+    titles: list[str],
+    path: str | Path,
+    columns: int = 4,
+) -> Figure:
+    """A grid of images, each with several ``(objects, color, linestyle)`` box sets; saved to ``path``."""
+    rows = max(1, -(-len(images) // columns))
+    fig, axes = plt.subplots(rows, columns, figsize=(3 * columns, 3 * rows), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, image, boxes, title in zip(axes.flat, images, box_sets, titles):
+        ax.imshow(image)
+        for objects, color, linestyle in boxes:
+            draw_boxes(ax, objects, color, linestyle)
+        ax.set_title(title, fontsize=8)
+    fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    return fig
+
+
+def plot_samples(dataset, n: int, path: str | Path) -> Figure:
+    """The first ``n`` dataset images with their ground-truth boxes."""
+    subset = dataset.select(range(min(n, len(dataset))))
+    return plot_image_grid(
+        list(subset["image"]),
+        [[(objects, GROUND_TRUTH_COLOR, "-")] for objects in subset["objects"]],
+        [f"#{i} {w}x{h}px" for i, w, h in zip(subset["image_id"], subset["width"], subset["height"])],
+        path,
+    )
+
+
+def plot_predictions(dataset, records: list[dict], n: int, path: str | Path) -> Figure:
+    """Ground truth (solid) against predictions (dashed) for the first ``n`` evaluated images."""
+    n = min(n, len(records))
+    images = list(dataset.select(range(n))["image"])
+    return plot_image_grid(
+        images,
+        [[(r["ground_truth"], GROUND_TRUTH_COLOR, "-"), (r["predictions"], PREDICTION_COLOR, "--")] for r in records[:n]],
+        [f"#{r['image_id']}: {len(r['predictions'])} pred / {len(r['ground_truth'])} gt" for r in records[:n]],
+        path,
+    )
+
+
+def plot_loss_curve(log_history: list[dict], path: str | Path) -> Figure:
+    """Training (and evaluation, when logged) loss against the optimizer step."""
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    for key, label in (("loss", "train loss"), ("eval_loss", "eval loss")):
+        points = [(entry["step"], entry[key]) for entry in log_history if key in entry]
+        if points:
+            steps, values = zip(*points)
+            ax.plot(steps, values, marker="o" if len(points) < 30 else None, markersize=3, label=label)
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("cross-entropy (answer tokens)")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    return fig

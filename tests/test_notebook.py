@@ -1,0 +1,125 @@
+"""The notebook's shape, its presets, and the headless run end to end on the offline profile."""
+
+from __future__ import annotations
+
+import ast
+import json
+import math
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import jupytext
+import nbformat
+import pytest
+import yaml
+
+from helpers.run import check_parameters
+from helpers.run_notebook import NOTEBOOK_PATH, REPO_ROOT, notebook_defaults, resolve_parameters
+
+NOTEBOOK = jupytext.read(NOTEBOOK_PATH)
+DEFAULTS = notebook_defaults(NOTEBOOK)
+
+
+def parameter_annotations() -> dict:
+    """Parameter name -> annotated type, evaluated from the parameters cell."""
+    cell = next(c for c in NOTEBOOK.cells if "parameters" in c.metadata.get("tags", []))
+    return {node.target.id: eval(ast.unparse(node.annotation)) for node in ast.parse(cell.source).body}
+
+
+def test_parameters_cell_is_first_and_only_holds_typed_commented_literals():
+    code_cells = [c for c in NOTEBOOK.cells if c.cell_type == "code"]
+    assert code_cells[0].metadata.get("tags") == ["parameters"]
+    assert sum("parameters" in c.metadata.get("tags", []) for c in code_cells) == 1
+    lines = [line for line in code_cells[0].source.splitlines() if line.strip()]
+    for line in lines:
+        assert re.match(r"^\w+: [\w| ]+ = .+  # .+", line), f"parameter line needs a type and a comment: {line}"
+        assert "=" not in line.split("#", 1)[1], f"papermill cannot parse '=' in a parameter comment: {line}"
+    for node in ast.parse(code_cells[0].source).body:
+        assert isinstance(node, ast.AnnAssign)
+
+
+def test_sections_are_numbered_without_gaps():
+    headings = [m.group(1) for c in NOTEBOOK.cells if c.cell_type == "markdown" for m in re.finditer(r"^## (\d+)\. ", c.source, re.M)]
+    assert [int(h) for h in headings] == list(range(1, len(headings) + 1))
+    assert len(headings) >= 10
+
+
+@pytest.mark.parametrize("preset", sorted((REPO_ROOT / "params").glob("*.yaml")), ids=lambda p: p.name)
+def test_presets_use_known_names_and_types(preset):
+    values = resolve_parameters(DEFAULTS, yaml.safe_load(preset.read_text()), {})
+    check_parameters(values, parameter_annotations())
+
+
+def test_runner_rejects_unknown_names_before_starting_a_kernel():
+    with pytest.raises(SystemExit, match=r"unknown parameters \['lerning_rate'\]"):
+        resolve_parameters(DEFAULTS, {}, {"lerning_rate": 0.1})
+
+
+def run_notebook(tmp_path: Path, *overrides: str) -> subprocess.CompletedProcess:
+    """Run the smoke preset through papermill into ``tmp_path``; returns the finished process."""
+    args = ["--preset", "params/offline_smoke.yaml", "-p", "output_root", str(tmp_path), "-p", "offline_model_dir", str(tmp_path / "models")]
+    for name_value in overrides:
+        args += ["-p", *name_value.split("=", 1)]
+    return subprocess.run(
+        [sys.executable, "-m", "helpers.run_notebook", *args], cwd=REPO_ROOT, capture_output=True, text=True, timeout=600
+    )
+
+
+def test_wrong_parameter_type_stops_in_the_check_cell(tmp_path):
+    result = run_notebook(tmp_path, "max_steps=ten")
+    assert result.returncode != 0
+    assert "parameter max_steps='ten' is str" in result.stdout + result.stderr
+
+
+def test_offline_run_end_to_end(tmp_path):
+    repo_entries_before = sorted(p.name for p in REPO_ROOT.iterdir())
+    result = run_notebook(tmp_path)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    run_dir = tmp_path / "offline-smoke"
+    assert f"run folder: {run_dir}" in result.stdout
+
+    # Everything the run wrote is in its folder (plus the shared offline-model cache we pointed at tmp).
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["models", "offline-smoke"]
+    assert sorted(p.name for p in REPO_ROOT.iterdir()) == repo_entries_before
+    for name in ["notebook.ipynb", "params.json", "metrics.json", "predictions.jsonl", "predictions_baseline.jsonl",
+                 "log_history.json", "data_report.json", "plots/samples.png", "plots/predictions.png", "plots/loss.png",
+                 "model/model.safetensors", "model/config.json", "model/processor_config.json", "model/tokenizer.json"]:
+        assert (run_dir / name).is_file(), name
+
+    notebook = nbformat.read(run_dir / "notebook.ipynb", as_version=4)
+    assert not [o for c in notebook.cells for o in c.get("outputs", []) if o.get("output_type") == "error"]
+    assert all(c.get("execution_count") for c in notebook.cells if c.cell_type == "code" and c.source.strip())
+
+    params = json.loads((run_dir / "params.json").read_text())["parameters"]
+    assert params["max_steps"] == 12 and params["output_root"] == str(tmp_path)
+
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    for stage in ("baseline", "finetuned"):
+        assert metrics[stage]["n_images"] == params["test_size"]
+        assert math.isfinite(metrics[stage]["mean_iou"]) and 0 <= metrics[stage]["mean_iou"] <= 1
+    lines = (run_dir / "predictions.jsonl").read_text().splitlines()
+    assert len(lines) == params["test_size"]
+    assert set(json.loads(lines[0])) == {"image_id", "ground_truth", "raw_text", "predictions"}
+
+    checkpoints = sorted((run_dir / "checkpoints").glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
+    assert [p.name for p in checkpoints] == ["checkpoint-6", "checkpoint-12"]
+    state = json.loads((checkpoints[-1] / "trainer_state.json").read_text())
+    losses = [entry["loss"] for entry in state["log_history"] if "loss" in entry]
+    assert state["global_step"] == 12 and len(losses) >= 5
+    assert losses[-1] < losses[0] - 0.3  # a random model's loss on these answers drops fast
+    assert any("eval_loss" in entry for entry in state["log_history"])
+
+
+def test_saved_run_model_reloads(tmp_path):
+    result = run_notebook(tmp_path, "max_steps=2", "eval_steps=2", "save_steps=2", "test_size=2", "run_name=reload")
+    assert result.returncode == 0, result.stderr[-3000:]
+    from transformers import AutoModelForImageTextToText
+
+    from helpers.processing import load_processor
+
+    model_dir = tmp_path / "reload" / "model"
+    model = AutoModelForImageTextToText.from_pretrained(model_dir)
+    processor = load_processor(model_dir, 3136, 50176)
+    assert model.config.model_type == "qwen2_vl" and processor.tokenizer.eos_token == "<|im_end|>"

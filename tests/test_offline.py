@@ -1,0 +1,78 @@
+"""The offline profile's tiny checkpoints load through the same from_pretrained path as hub ids."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from PIL import Image
+from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
+
+from helpers.formatting import format_detection_messages
+from helpers.offline import QWEN_SPECIAL_TOKENS, build_tiny_checkpoint, train_tiny_tokenizer
+from helpers.processing import IMAGE_ONLY_PROCESSORS, SUPPORTED_FAMILIES, load_processor
+
+
+@pytest.mark.parametrize("family", SUPPORTED_FAMILIES)
+def test_checkpoint_reloads_and_trains_one_step(tiny_checkpoints, family):
+    path = tiny_checkpoints[family]
+    assert AutoConfig.from_pretrained(path).model_type == family
+    processor = load_processor(path, min_pixels=56 * 56, max_pixels=112 * 112)
+    model = AutoModelForImageTextToText.from_pretrained(path)
+    text = processor.apply_chat_template(format_detection_messages("Detect.", "red circle"), tokenize=False)
+    batch = processor(text=[text], images=[[Image.new("RGB", (90, 60), "red")]], return_tensors="pt")
+    loss = model(**batch, labels=batch["input_ids"]).loss
+    loss.backward()
+    assert torch.isfinite(loss) and 3.0 < loss.item() < 10.0  # about ln(vocab) for random weights
+    assert all(p.grad is not None for p in model.model.language_model.parameters() if p.requires_grad)
+
+
+@pytest.mark.parametrize("family", SUPPORTED_FAMILIES)
+def test_config_special_ids_match_tokenizer(tiny_checkpoints, family):
+    config = AutoConfig.from_pretrained(tiny_checkpoints[family])
+    tokenizer = load_processor(tiny_checkpoints[family], 3136, 50176).tokenizer
+    assert config.image_token_id == tokenizer.convert_tokens_to_ids("<|image_pad|>")
+    assert config.vision_start_token_id == tokenizer.convert_tokens_to_ids("<|vision_start|>")
+    assert config.vision_end_token_id == tokenizer.convert_tokens_to_ids("<|vision_end|>")
+    assert config.text_config.vocab_size == len(tokenizer)
+
+
+@pytest.mark.parametrize("family", SUPPORTED_FAMILIES)
+def test_auto_processor_returns_the_image_only_processor(tiny_checkpoints, family):
+    processor = AutoProcessor.from_pretrained(tiny_checkpoints[family])
+    assert isinstance(processor, IMAGE_ONLY_PROCESSORS[family])
+
+
+def test_tokenizer_splits_digits_and_keeps_special_tokens_whole():
+    tokenizer = train_tiny_tokenizer()
+    assert tokenizer.tokenize("1234") == ["1", "2", "3", "4"]
+    for token in QWEN_SPECIAL_TOKENS:
+        assert tokenizer.tokenize(token) == [token]
+    assert tokenizer.eos_token == "<|im_end|>" and tokenizer.pad_token == "<|endoftext|>"
+    text = '[{"bbox_2d": [12, 345, 6, 78], "label": "red circle"}]'
+    assert tokenizer.decode(tokenizer.encode(text)) == text
+
+
+def test_build_is_cached_and_rebuilt_when_recipe_changes(tmp_path):
+    out = build_tiny_checkpoint("qwen2_vl", tmp_path / "m")
+    weights = out / "model.safetensors"
+    first_mtime = weights.stat().st_mtime_ns
+    build_tiny_checkpoint("qwen2_vl", tmp_path / "m")
+    assert weights.stat().st_mtime_ns == first_mtime  # cached: not rewritten
+    stamp = out / "offline_build.json"
+    stamp.write_text(json.dumps({"fingerprint": "stale"}))
+    build_tiny_checkpoint("qwen2_vl", tmp_path / "m")
+    assert json.loads(stamp.read_text())["fingerprint"] != "stale"
+    assert [p.name for p in tmp_path.iterdir()] == ["m"]  # no temp folder left behind
+
+
+def test_same_seed_same_weights(tmp_path):
+    a = AutoModelForImageTextToText.from_pretrained(build_tiny_checkpoint("qwen2_5_vl", tmp_path / "a", seed=3))
+    b = AutoModelForImageTextToText.from_pretrained(build_tiny_checkpoint("qwen2_5_vl", tmp_path / "b", seed=3))
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+
+
+def test_unknown_family_is_rejected(tmp_path):
+    with pytest.raises(ValueError, match="unknown family"):
+        build_tiny_checkpoint("llava", tmp_path / "x")

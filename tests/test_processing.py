@@ -1,0 +1,54 @@
+"""Processor choice and resolution settings."""
+
+from __future__ import annotations
+
+import pytest
+from PIL import Image
+
+from helpers.boxes import resized_size
+from helpers.processing import (
+    IMAGE_ONLY_PROCESSORS,
+    STOCK_PROCESSORS,
+    SUPPORTED_FAMILIES,
+    load_processor,
+    processor_class_for,
+    read_family,
+)
+
+
+@pytest.mark.parametrize("family", SUPPORTED_FAMILIES)
+@pytest.mark.parametrize("torchvision_available", [True, False])
+def test_processor_class_choice(family, torchvision_available):
+    expected = STOCK_PROCESSORS[family] if torchvision_available else IMAGE_ONLY_PROCESSORS[family]
+    assert processor_class_for(family, torchvision_available) is expected
+
+
+def test_processor_class_for_unknown_family():
+    with pytest.raises(ValueError, match="unknown family 'llava'"):
+        processor_class_for("llava", False)
+
+
+@pytest.mark.parametrize("family", SUPPORTED_FAMILIES)
+@pytest.mark.parametrize(
+    "width,height,min_pixels,max_pixels",
+    [(90, 60, 3136, 50176), (640, 480, 3136, 50176), (30, 300, 3136, 50176), (500, 500, 200704, 1003520)],
+)
+def test_resolution_bounds_reach_the_image_processor(tiny_checkpoints, family, width, height, min_pixels, max_pixels):
+    processor = load_processor(tiny_checkpoints[family], min_pixels, max_pixels)
+    grid = processor.image_processor(images=[Image.new("RGB", (width, height))], return_tensors="pt")["image_grid_thw"][0]
+    patch = processor.image_processor.patch_size
+    assert (int(grid[2]) * patch, int(grid[1]) * patch) == resized_size(family, width, height, min_pixels, max_pixels)
+    assert min_pixels <= int(grid[1]) * int(grid[2]) * patch * patch <= max_pixels
+
+
+def test_bad_pixel_bounds_are_rejected(tiny_checkpoints):
+    with pytest.raises(ValueError, match="min_pixels <= max_pixels"):
+        load_processor(tiny_checkpoints["qwen2_vl"], 5000, 4000)
+
+
+def test_read_family_rejects_other_models(tmp_path):
+    from transformers import LlamaConfig
+
+    LlamaConfig(hidden_size=8, num_hidden_layers=1, num_attention_heads=1, intermediate_size=8).save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match="model_type 'llama' is not a supported Qwen-VL family"):
+        read_family(tmp_path)
