@@ -20,7 +20,8 @@
 #
 # **Hardware.** The default parameters run the *offline profile* (a tiny random-initialised
 # Qwen-VL built locally and a synthetic dataset) on any CPU in minutes. A real model
-# (`model_id="Qwen/Qwen2-VL-2B-Instruct"`) needs a CUDA GPU; 4-bit QLoRA fits a 2B model in 8 GB.
+# (`model_id="Qwen/Qwen2-VL-2B-Instruct"`) needs a CUDA GPU; `quantization="4bit"` with LoRA
+# (QLoRA) keeps the memory of a 2B model small.
 # Every knob is in the next cell; papermill overrides them (`-p name value` or `-f preset.yaml`).
 
 # %% tags=["parameters"]
@@ -329,11 +330,11 @@ train_result.metrics
 # The same function on the same images as the baseline, so the two rows compare like with like.
 
 # %%
+from helpers.metrics import format_comparison
+
 finetuned_records, finetuned_metrics = evaluate_model(trainer.model, processor, splits["test"], **eval_settings)
 metrics = {"baseline": baseline_metrics, "finetuned": finetuned_metrics}
-print(f"{'metric':<20}{'baseline':>12}{'fine-tuned':>12}")
-for key in finetuned_metrics:
-    print(f"{key:<20}{baseline_metrics[key]:>12.3f}{finetuned_metrics[key]:>12.3f}")
+print(format_comparison(baseline_metrics, finetuned_metrics))
 
 # %% [markdown]
 # ## 9. Pictures

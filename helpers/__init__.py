@@ -1,0 +1,1 @@
+"""Helpers for the Qwen-VL object-detection fine-tuning notebook."""

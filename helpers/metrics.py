@@ -53,3 +53,13 @@ def summarize_detections(records: list[dict], iou_threshold: float = 0.5) -> dic
         "recall_50": true_positives / n_gt if n_gt else math.nan,
         "parse_failure_rate": failures / len(records) if records else math.nan,
     }
+
+
+def format_comparison(before: dict, after: dict, names: tuple[str, str] = ("baseline", "fine-tuned")) -> str:
+    """A plain-text table of two metric dicts side by side (keys of ``after``, in its order)."""
+    lines = [f"{'metric':<20}{names[0]:>12}{names[1]:>12}"]
+    for key, value in after.items():
+        # metrics.json stores NaN (no ground truth, say) as null
+        old, new = (math.nan if v is None else v for v in (before.get(key), value))
+        lines.append(f"{key:<20}{old:>12.3f}{new:>12.3f}")
+    return "\n".join(lines)

@@ -27,7 +27,10 @@ def quantization_config(quantization: str, compute_dtype: torch.dtype) -> BitsAn
         raise ValueError(f"quantization={quantization!r}; expected one of {QUANTIZATION_CHOICES}")
     if quantization == "none":
         return None
-    skip = ["visual", "lm_head"]  # narrow vision layers break 4-bit kernels; the head stays exact
+    # Names match from the start of the module path (transformers' should_convert_module), so the
+    # vision tower is "model.visual", not "visual". Narrow vision layers break 4-bit kernels on
+    # CPU (shared/ENVIRONMENT.md) and the head stays exact.
+    skip = ["model.visual", "lm_head"]
     if quantization == "4bit":
         if not torch.cuda.is_available():
             raise ValueError(
@@ -72,6 +75,9 @@ def wrap_lora(model, rank: int, alpha: int, dropout: float):
     if getattr(model, "is_quantized", False):
         # QLoRA: cast norms to fp32 and let gradients reach the adapters through frozen int weights.
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+    # With frozen embeddings and activation checkpointing, no checkpointed input would require
+    # grad and the adapters would get none; this hook makes the embedding output require it.
+    model.enable_input_require_grads()
     config = LoraConfig(
         r=rank, lora_alpha=alpha, lora_dropout=dropout, target_modules=LANGUAGE_LORA_TARGETS, bias="none", task_type="CAUSAL_LM"
     )

@@ -162,25 +162,14 @@ def tiny_config(family: str, tokenizer: Qwen2Tokenizer) -> PretrainedConfig:
         # Qwen2-VL's merger projects to vision_config.hidden_size, which must equal the text width.
         vision |= {"embed_dim": s["vision_hidden_size"], "hidden_size": s["hidden_size"], "mlp_ratio": 2, "patch_size": 14}
         return Qwen2VLConfig(text_config=text, vision_config=vision, **ids)
+    # Qwen2.5-VL and Qwen3-VL have their own vision width and project to the text width.
+    projected = {"hidden_size": s["vision_hidden_size"], "intermediate_size": 2 * s["vision_hidden_size"], "out_hidden_size": s["hidden_size"]}
     if family == "qwen2_5_vl":
-        vision |= {
-            "hidden_size": s["vision_hidden_size"],
-            "intermediate_size": 2 * s["vision_hidden_size"],
-            "out_hidden_size": s["hidden_size"],
-            "patch_size": 14,
-            "window_size": 112,
-            "fullatt_block_indexes": [1],
-        }
+        vision |= projected | {"patch_size": 14, "window_size": 112, "fullatt_block_indexes": [1]}
         return Qwen2_5_VLConfig(text_config=text, vision_config=vision, **ids)
     if family == "qwen3_vl":
-        vision |= {
-            "hidden_size": s["vision_hidden_size"],
-            "intermediate_size": 2 * s["vision_hidden_size"],
-            "out_hidden_size": s["hidden_size"],
-            "patch_size": 16,
-            "num_position_embeddings": 256,
-            "deepstack_visual_indexes": [0],  # must be below the vision depth
-        }
+        # deepstack_visual_indexes must be below the vision depth.
+        vision |= projected | {"patch_size": 16, "num_position_embeddings": 256, "deepstack_visual_indexes": [0]}
         text |= {"head_dim": head_dim}
         return Qwen3VLConfig(text_config=text, vision_config=vision, **ids)
     raise ValueError(f"unknown family {family!r}; expected one of {SUPPORTED_FAMILIES}")

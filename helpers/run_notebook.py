@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import argparse
 import ast
+import json
+import logging
 import shutil
 import sys
 from pathlib import Path
@@ -16,6 +18,8 @@ from pathlib import Path
 import jupytext
 import papermill
 import yaml
+
+from helpers.metrics import format_comparison
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOK_PATH = REPO_ROOT / "fine_tuning_vlm_for_object_detection_trl.py"
@@ -64,6 +68,8 @@ def main(argv: list[str] | None = None) -> Path:
             raise SystemExit(f"run folder {run_dir} exists; choose another run_name or pass --overwrite")
         shutil.rmtree(run_dir)
     run_dir.mkdir(parents=True)
+    # papermill logs the cells' printed output at INFO; show it so a headless run reads like the notebook.
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
     papermill.execute_notebook(
         notebook,
         str(run_dir / "notebook.ipynb"),
@@ -73,6 +79,8 @@ def main(argv: list[str] | None = None) -> Path:
         log_output=True,
         progress_bar=False,
     )
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    print(format_comparison(metrics["baseline"], metrics["finetuned"]))
     print(f"run folder: {run_dir}")
     return run_dir
 

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from helpers.metrics import is_parse_failure, match_boxes, summarize_detections
+from helpers.metrics import format_comparison, is_parse_failure, match_boxes, summarize_detections
 
 
 def obj(label, box):
@@ -45,3 +45,16 @@ def test_summary_numbers():
 def test_summary_of_nothing_is_nan_not_a_crash():
     summary = summarize_detections([{"raw_text": "[]", "ground_truth": [], "predictions": []}])
     assert math.isnan(summary["mean_iou"]) and summary["precision_50"] == 0.0
+
+
+def test_format_comparison():
+    table = format_comparison({"mean_iou": 0.1, "n_images": 4}, {"mean_iou": 0.55, "n_images": 4})
+    assert table.splitlines() == [
+        "metric                  baseline  fine-tuned",
+        "mean_iou                   0.100       0.550",
+        "n_images                   4.000       4.000",
+    ]
+
+
+def test_format_comparison_reads_nulls_from_json_as_nan():
+    assert format_comparison({"mean_iou": None}, {"mean_iou": None}).splitlines()[1].split() == ["mean_iou", "nan", "nan"]

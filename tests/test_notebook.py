@@ -123,3 +123,11 @@ def test_saved_run_model_reloads(tmp_path):
     model = AutoModelForImageTextToText.from_pretrained(model_dir)
     processor = load_processor(model_dir, 3136, 50176)
     assert model.config.model_type == "qwen2_vl" and processor.tokenizer.eos_token == "<|im_end|>"
+
+
+def test_lora_run_saves_the_adapter(tmp_path):
+    result = run_notebook(tmp_path, "use_lora=true", "max_steps=2", "eval_steps=2", "save_steps=2", "test_size=2", "run_name=lora")
+    assert result.returncode == 0, result.stderr[-3000:]
+    model_dir = tmp_path / "lora" / "model"
+    assert (model_dir / "adapter_config.json").is_file() and (model_dir / "adapter_model.safetensors").is_file()
+    assert not (model_dir / "model.safetensors").exists()
