@@ -65,7 +65,7 @@ seed: int = 42  # seeds Python, NumPy, torch and the synthetic data
 run_name: str = "offline-demo"  # the run writes outputs/<run_name>/ and nothing else
 output_root: str = "outputs"  # parent folder of every run folder
 report_to: str = "none"  # "none", "wandb" or "tensorboard"
-max_new_tokens: int = 128  # generation budget per answer; 4 JSON boxes take about 90 tokens
+max_new_tokens: int = 160  # generation budget per answer; a JSON box is about 30 tokens
 generation_batch_size: int = 8  # images per generate() call in evaluation
 n_plot_images: int = 8  # images in each picture grid
 
@@ -167,6 +167,18 @@ print(f"family: {family}; image {example['width']}x{example['height']}px -> mode
 print(processor.apply_chat_template(format_detection_messages(example["prompt"], example["answer"]), tokenize=False))
 
 # %% [markdown]
+# Generation stops after `max_new_tokens`, so an answer longer than that is cut and its last boxes
+# are lost. Count how many test answers would not fit (digits are one token each in Qwen's
+# vocabulary, so a JSON box costs about 30 tokens).
+
+# %%
+answer_tokens = [len(processor.tokenizer(answer, add_special_tokens=False).input_ids) + 1 for answer in splits["test"]["answer"]]
+too_long = sum(n > max_new_tokens for n in answer_tokens)
+print(f"test answers: {min(answer_tokens)}..{max(answer_tokens)} tokens (with end-of-turn); max_new_tokens={max_new_tokens}")
+if too_long:
+    print(f"WARNING: {too_long} of {len(answer_tokens)} test answers exceed max_new_tokens and will be cut; raise it")
+
+# %% [markdown]
 # ## 4. Data collators
 #
 # The collator turns examples into tensors and decides what the model learns: positions whose label
@@ -210,16 +222,16 @@ class AssistantOnlyCollator:
         images = [[ex["image"].convert("RGB")] for ex in examples]
         batch = self.processor(text=texts, images=images, return_tensors="pt", padding=True)
         labels = torch.full_like(batch["input_ids"], IGNORE_INDEX)
-        for row, (ids, mask) in enumerate(zip(batch["input_ids"].tolist(), batch["attention_mask"].tolist())):
-            ids = [tok for tok, keep in zip(ids, mask) if keep]  # drop padding, then index in the unpadded row
-            offset = batch["attention_mask"][row].nonzero()[0].item()  # 0 with right padding
+        # Padding (<|endoftext|>) never matches the markers, so this works for either padding side.
+        for row, ids in enumerate(batch["input_ids"].tolist()):
+            name = examples[row].get("image_id", row)
             start = find_subsequence_end(ids, self.answer_prefix_ids)
             if start < 0:
-                raise ValueError(f"example {examples[row].get('image_id', row)}: no assistant turn in the chat text")
-            end = ids.index(self.end_of_turn_id, start) if self.end_of_turn_id in ids[start:] else -1
-            if end < 0:
-                raise ValueError(f"example {examples[row].get('image_id', row)}: the answer has no end-of-turn token (truncated?)")
-            labels[row, offset + start : offset + end + 1] = batch["input_ids"][row, offset + start : offset + end + 1]
+                raise ValueError(f"example {name}: no assistant turn in the chat text")
+            if self.end_of_turn_id not in ids[start:]:
+                raise ValueError(f"example {name}: the answer has no end-of-turn token (truncated?)")
+            end = ids.index(self.end_of_turn_id, start) + 1  # the end-of-turn token is trained too
+            labels[row, start:end] = batch["input_ids"][row, start:end]
         batch["labels"] = labels
         return batch
 
