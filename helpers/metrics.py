@@ -55,9 +55,9 @@ def summarize_detections(records: list[dict], iou_threshold: float = 0.5) -> dic
     }
 
 
-def format_comparison(before: dict, after: dict, names: tuple[str, str] = ("baseline", "fine-tuned")) -> str:
-    """A plain-text table of two metric dicts side by side (keys of ``after``, in its order)."""
-    lines = [f"{'metric':<20}{names[0]:>12}{names[1]:>12}"]
+def format_comparison(before: dict, after: dict) -> str:
+    """A plain-text baseline/fine-tuned table of two metric dicts (keys of ``after``, in its order)."""
+    lines = [f"{'metric':<20}{'baseline':>12}{'fine-tuned':>12}"]
     for key, value in after.items():
         # metrics.json stores NaN (no ground truth, say) as null
         old, new = (math.nan if v is None else v for v in (before.get(key), value))

@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> Path:
     """Execute the notebook and return the run folder."""
     args = parse_args(sys.argv[1:] if argv is None else argv)
     notebook = jupytext.read(NOTEBOOK_PATH)
-    preset = yaml.safe_load(args.preset.read_text()) or {} if args.preset else {}
+    preset = (yaml.safe_load(args.preset.read_text()) or {}) if args.preset else {}  # an empty file is {}
     overrides = {name: yaml.safe_load(value) for name, value in args.p}
     parameters = resolve_parameters(notebook_defaults(notebook), preset, overrides)
     run_dir = (REPO_ROOT / parameters["output_root"] / parameters["run_name"]).resolve()
