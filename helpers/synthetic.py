@@ -99,5 +99,5 @@ def make_synthetic_dataset(
     records = []
     for image_id in range(n_images):
         image, objects = make_synthetic_example(rng, class_names, min_side_px, max_side_px, max_objects)
-        records.append({"image_id": image_id, "image": image, "width": image.width, "height": image.height, "objects": objects})
+        records.append({"image_id": str(image_id), "image": image, "width": image.width, "height": image.height, "objects": objects})
     return Dataset.from_list(records, features=DETECTION_FEATURES)

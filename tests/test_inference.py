@@ -36,7 +36,7 @@ def test_evaluate_model_restores_mode_and_padding(tiny_checkpoints):
         model, processor, ds, "qwen2_5_vl", "Detect.", MIN_PIXELS, MAX_PIXELS, max_new_tokens=8, batch_size=2
     )
     assert model.training and processor.tokenizer.padding_side == "right"
-    assert [r["image_id"] for r in records] == [0, 1, 2]
+    assert [r["image_id"] for r in records] == ["0", "1", "2"]
     assert [r["ground_truth"] for r in records] == ds["objects"]
     assert metrics["n_images"] == 3 and metrics["n_ground_truth"] == sum(len(o) for o in ds["objects"])
 
