@@ -6,7 +6,9 @@ Conventions (``family`` is ``config.model_type``):
   ``qwen-vl-finetune/tools/process_bbox.ipynb``, ``convert_to_qwen2vl_format``; QwenLM/Qwen3-VL#1486).
 - ``qwen2_5_vl``: JSON ``[{"bbox_2d": [x1, y1, x2, y2], "label": "..."}]`` in absolute pixels of the
   image *after* the processor's ``smart_resize``, i.e. ``image_grid_thw * patch_size``
-  (QwenLM/Qwen3-VL#931: scale outputs by original size / model input size).
+  (Qwen2.5-VL technical report, arXiv:2502.13923, abstract: coordinates at native resolution
+  "without relying on traditional normalization"; QwenLM/Qwen3-VL#931: scale outputs by original /
+  model input size).
 - ``qwen3_vl``: the same JSON with integers in 0..1000 relative to the image side (Qwen3-VL README:
   "changed from the absolute coordinates used in Qwen2.5-VL to relative coordinates ranging from
   0 to 1000"; QwenLM/Qwen3-VL#1741).
@@ -16,6 +18,7 @@ All boxes outside this module are ``bbox_xyxy_px``: ``[x1, y1, x2, y2]`` in orig
 from __future__ import annotations
 
 import json
+import math
 import re
 
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import smart_resize
@@ -25,13 +28,15 @@ RESIZE_FACTOR = {"qwen2_vl": 28, "qwen2_5_vl": 28, "qwen3_vl": 32}  # 14*2, 14*2
 RELATIVE_FAMILIES = ("qwen2_vl", "qwen3_vl")  # coordinates in 0..1000 of the image side
 NORM_SCALE = 1000
 
+_NUMBER = r"(-?\d+(?:\.\d+)?)"
+# One Qwen2-VL box; the object_ref part is optional (a box right after another box keeps its label).
 _QWEN2_BOX_RE = re.compile(
-    r"<\|object_ref_start\|>(?P<label>.*?)<\|object_ref_end\|>\s*"
-    r"<\|box_start\|>\s*\(\s*(?P<x1>-?\d+(?:\.\d+)?)\s*,\s*(?P<y1>-?\d+(?:\.\d+)?)\s*\)\s*,\s*"
-    r"\(\s*(?P<x2>-?\d+(?:\.\d+)?)\s*,\s*(?P<y2>-?\d+(?:\.\d+)?)\s*\)\s*<\|box_end\|>",
+    r"(?:<\|object_ref_start\|>(?P<label>(?:(?!<\|).)*?)<\|object_ref_end\|>\s*)?"  # a label holds no tag
+    rf"<\|box_start\|>\s*\(\s*{_NUMBER}\s*,\s*{_NUMBER}\s*\)\s*,?\s*\(\s*{_NUMBER}\s*,\s*{_NUMBER}\s*\)\s*<\|box_end\|>",
     re.DOTALL,
 )
 _JSON_OBJECT_RE = re.compile(r"\{[^{}]*\}")  # complete flat objects; a cut-off tail never matches
+JSON_BOX_KEYS = ("bbox_2d", "bbox")  # not Gemini's "box_2d", which is [y1, x1, y2, x2]: ambiguous
 
 
 def _check_family(family: str) -> None:
@@ -81,37 +86,64 @@ def to_model_answer(objects: list[dict], family: str, image_size: tuple[int, int
             f"<|object_ref_start|>{label}<|object_ref_end|><|box_start|>({c[0]},{c[1]}),({c[2]},{c[3]})<|box_end|>"
             for label, c in items
         )
-    return json.dumps([{"bbox_2d": c, "label": label} for label, c in items])
+    return json.dumps([{"bbox_2d": c, "label": label} for label, c in items], ensure_ascii=False)
 
 
-def _raw_boxes(text: str) -> list[tuple[str, list[float]]]:
-    """Find ``(label, [x1, y1, x2, y2])`` in either the Qwen2-VL tag syntax or the JSON syntax."""
-    found = [
-        (m["label"].strip(), [float(m["x1"]), float(m["y1"]), float(m["x2"]), float(m["y2"])]) for m in _QWEN2_BOX_RE.finditer(text)
-    ]
-    if found:
-        return found
+def is_box_of_numbers(values) -> bool:
+    """True for a list or tuple of 4 finite numbers (JSON allows NaN and Infinity; booleans are not numbers)."""
+    return (
+        isinstance(values, (list, tuple))
+        and len(values) == 4
+        and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in values)
+    )
+
+
+def _tag_boxes(text: str) -> list[tuple[str, list[float]]]:
+    """``(label, [x1, y1, x2, y2])`` from Qwen2-VL's tag syntax, in its 0..1000 frame."""
+    found, label = [], ""
+    for match in _QWEN2_BOX_RE.finditer(text):
+        label = match["label"].strip() if match["label"] is not None else label
+        coords = [float(v) for v in match.groups()[1:]]
+        if all(math.isfinite(v) for v in coords):
+            found.append((label, coords))
+    return found
+
+
+def _json_boxes(text: str) -> list[tuple[str, list[float]]]:
+    """``(label, [x1, y1, x2, y2])`` from every complete JSON object with a box key, in the text's order."""
+    found = []
     for chunk in _JSON_OBJECT_RE.findall(text):
         try:
             obj = json.loads(chunk)
-        except json.JSONDecodeError:
+        except (json.JSONDecodeError, RecursionError):
             continue
-        bbox = obj.get("bbox_2d", obj.get("bbox"))
-        if not (isinstance(bbox, list) and len(bbox) == 4 and all(isinstance(v, (int, float)) for v in bbox)):
-            continue
-        found.append((str(obj.get("label", "")).strip(), [float(v) for v in bbox]))
+        bbox = next((obj[key] for key in JSON_BOX_KEYS if key in obj), None)
+        if is_box_of_numbers(bbox):
+            found.append((str(obj.get("label", "")).strip(), [float(v) for v in bbox]))
     return found
 
 
 def parse_model_answer(text: str, family: str, image_size: tuple[int, int], resized_size: tuple[int, int]) -> list[dict]:
-    """Read boxes from a model answer into original-image pixels; never raises on bad text."""
+    """Read boxes from a model answer into original-image pixels; never raises on bad text.
+
+    Either syntax is accepted from any family. The tag syntax is always read in its own 0..1000
+    frame; JSON is read in the family's frame (Qwen2.5-VL: resized pixels, others: 0..1000),
+    since the JSON text alone does not say which. Prose, code fences and a cut-off tail are
+    ignored; swapped corners are put in order and boxes are clipped to the image.
+    """
     _check_family(family)
     if not isinstance(text, str):
         return []
     width, height = image_size
-    sx, sy = _model_scale(family, image_size, resized_size)
+    tagged = _tag_boxes(text)
+    if tagged:
+        sx, sy = NORM_SCALE / width, NORM_SCALE / height
+        raw = tagged
+    else:
+        sx, sy = _model_scale(family, image_size, resized_size)
+        raw = _json_boxes(text)
     objects = []
-    for label, (x1, y1, x2, y2) in _raw_boxes(text):
+    for label, (x1, y1, x2, y2) in raw:
         x1, x2 = sorted((x1 / sx, x2 / sx))  # swapped corners are normalised
         y1, y2 = sorted((y1 / sy, y2 / sy))
         box = [min(max(x1, 0.0), width), min(max(y1, 0.0), height), min(max(x2, 0.0), width), min(max(y2, 0.0), height)]

@@ -8,37 +8,55 @@ import numpy as np
 import pytest
 
 from helpers.boxes import box_iou, parse_model_answer, resized_size, sort_objects, to_model_answer
+from tests.cases import FAMILIES, IMAGE_SIZES, PIXEL_BOUNDS
 
-FAMILIES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl")
-IMAGE_SIZES = [(96, 224), (224, 96), (640, 480), (33, 1200), (3000, 2000), (57, 57)]
 
 
 def random_objects(rng, width, height, n):
-    """``n`` random valid boxes inside a ``width`` x ``height`` image."""
-    objects = []
+    """``n`` random valid boxes inside a ``width`` x ``height`` image, plus the whole image and a corner pixel."""
+    objects = [
+        {"label": "whole image", "bbox_xyxy_px": [0.0, 0.0, float(width), float(height)]},
+        {"label": "corner", "bbox_xyxy_px": [width - min(1.0, width / 2), height - min(1.0, height / 2), float(width), float(height)]},
+    ]
     for i in range(n):
         x1, x2 = sorted(rng.uniform(0, width, 2))
         y1, y2 = sorted(rng.uniform(0, height, 2))
-        objects.append({"label": f"class {i % 3}", "bbox_xyxy_px": [x1, y1, x2 + 1e-3, y2 + 1e-3]})
+        objects.append({"label": f"class {i % 3} é", "bbox_xyxy_px": [x1, y1, x2, y2]})
     return objects
 
 
 @pytest.mark.parametrize("family", FAMILIES)
 @pytest.mark.parametrize("width,height", IMAGE_SIZES)
-def test_round_trip_within_quantisation(family, width, height):
-    rng = np.random.default_rng(width * height)
-    model_size = resized_size(family, width, height, 3136, 1003520)
-    objects = random_objects(rng, width, height, 4)
-    parsed = parse_model_answer(to_model_answer(objects, family, (width, height), model_size), family, (width, height), model_size)
-    if family == "qwen2_5_vl":  # half a resized pixel of rounding, mapped back to original pixels
+@pytest.mark.parametrize("min_pixels,max_pixels", PIXEL_BOUNDS)
+def test_round_trip_within_quantisation(family, width, height, min_pixels, max_pixels):
+    rng = np.random.default_rng(width * 7919 + height)
+    model_size = resized_size(family, width, height, min_pixels, max_pixels)
+    objects = random_objects(rng, width, height, 6)
+    answer = to_model_answer(objects, family, (width, height), model_size)
+    parsed = parse_model_answer(answer, family, (width, height), model_size)
+    # The format's quantum: 1 resized pixel mapped back (absolute) or 1/1000 of the side (relative);
+    # rounding to the nearest integer keeps the error within half of it.
+    if family == "qwen2_5_vl":
         tol_x, tol_y = 0.5 * width / model_size[0] + 1e-6, 0.5 * height / model_size[1] + 1e-6
-    else:  # half of 1/1000 of the side
+    else:
         tol_x, tol_y = 0.5 * width / 1000 + 1e-6, 0.5 * height / 1000 + 1e-6
     expected = sort_objects(objects)
     assert [p["label"] for p in parsed] == [e["label"] for e in expected]
     for p, e in zip(parsed, expected):
+        x1, y1, x2, y2 = p["bbox_xyxy_px"]
+        assert 0 <= x1 <= x2 <= width and 0 <= y1 <= y2 <= height
         for axis, (got, want) in enumerate(zip(p["bbox_xyxy_px"], e["bbox_xyxy_px"])):
             assert abs(got - want) <= (tol_x if axis % 2 == 0 else tol_y)
+
+
+def test_objects_are_written_top_to_bottom_then_left_to_right():
+    objects = [
+        {"label": "bottom", "bbox_xyxy_px": [0, 50, 10, 60]},
+        {"label": "top right", "bbox_xyxy_px": [50, 0, 60, 10]},
+        {"label": "top left", "bbox_xyxy_px": [0, 0, 10, 10]},
+    ]
+    answer = to_model_answer(objects, "qwen3_vl", (100, 100), (100, 100))
+    assert [o["label"] for o in json.loads(answer)] == ["top left", "top right", "bottom"]
 
 
 @pytest.mark.parametrize(
@@ -69,6 +87,20 @@ def test_answer_text_per_family(family, expected_start):
         ("<|object_ref_start|>a<|object_ref_end|><|box_start|>(10,10),(50,50)<|box_end|>", 1),
         ("<|object_ref_start|>a<|object_ref_end|><|box_start|>(10,10),(50", 0),
         ("{{{{ ]]]] \x00 \ufffd", 0),
+        ('[{"bbox_2d": [NaN, 1, 2, 3], "label": "nan"}, {"bbox_2d": [1, 2, Infinity, 4], "label": "inf"}]', 0),
+        ('[{"bbox_2d": [true, 1, 2, 3], "label": "boolean"}]', 0),
+        ('[{"bbox_2d": [1, 2, 30, 40], "label": 7}]', 1),  # a non-string label is kept as text
+        ('[{"bbox": [1, 2, 30, 40], "label": "plain bbox key"}]', 1),
+        ('[{"box_2d": [1, 2, 30, 40], "label": "y-first key is ambiguous"}]', 0),
+        ('{"bbox_2d": [1, 2, 30, 40], "label": "no list"}', 1),
+        ('{"objects": [{"bbox_2d": [1, 2, 30, 40], "label": "nested"}]}', 1),
+        ('Here you go: [{"bbox_2d": [1, 2, 30, 40], "label": "a"}] Hope this helps! {"note": 1}', 1),
+        ('[{"bbox_2d": [1, 2, 30, 40], "label": "a"}, {"bbox_2d": [5, 6, 70, 80], "label": "b"}, {"bbox_2d"', 2),
+        ("<|box_start|>(10,10),(50,50)<|box_end|>", 1),  # no object_ref: label ""
+        ("<|object_ref_start|>a<|object_ref_end|><|box_start|>(1,1),(5,5)<|box_end|><|box_start|>(6,6),(9,9)<|box_end|>", 2),
+        ("<|object_ref_start|>a<|object_ref_end|><|box_start|>(1e9,1),(5,5)<|box_end|>", 0),
+        ("<|object_ref_start|>a<|object_ref_end|><|box_start|>(99999999999999999999,1),(5,5)<|box_end|>", 1),
+        ("(10,10),(50,50)", 0),  # tags stripped by skip_special_tokens: no frame to trust
     ],
 )
 @pytest.mark.parametrize("family", FAMILIES)
@@ -78,6 +110,34 @@ def test_parser_never_raises_and_keeps_boxes_inside(family, text, n_boxes):
     for obj in parsed:
         x1, y1, x2, y2 = obj["bbox_xyxy_px"]
         assert 0 <= x1 <= x2 <= 100 and 0 <= y1 <= y2 <= 80
+
+
+@pytest.mark.parametrize("text", [None, 123, b"bytes", ["list"]])
+def test_parser_returns_nothing_for_non_strings(text):
+    assert parse_model_answer(text, "qwen2_vl", (10, 10), (28, 28)) == []
+
+
+@pytest.mark.parametrize(
+    "text,family,expected",
+    [
+        # The tag syntax is 0..1000 whatever the family; JSON follows the family's frame.
+        ("<|object_ref_start|>a<|object_ref_end|><|box_start|>(100,250),(500,750)<|box_end|>", "qwen2_5_vl", [20, 50, 100, 150]),
+        ("<|object_ref_start|>a<|object_ref_end|><|box_start|>(100,250),(500,750)<|box_end|>", "qwen3_vl", [20, 50, 100, 150]),
+        ('[{"bbox_2d": [100, 250, 500, 750], "label": "a"}]', "qwen2_vl", [20, 50, 100, 150]),
+        ('[{"bbox_2d": [22, 56, 112, 168], "label": "a"}]', "qwen2_5_vl", [200 * 22 / 224, 200 * 56 / 224, 100, 150]),
+        ('[{"bbox_2d": [500, 750, 100, 250], "label": "a"}]', "qwen3_vl", [20, 50, 100, 150]),  # swapped corners
+        ('[{"bbox_2d": [-100, 250, 1500, 750], "label": "a"}]', "qwen3_vl", [0, 50, 200, 150]),  # clipped
+    ],
+)
+def test_parsed_values_per_frame(text, family, expected):
+    (parsed,) = parse_model_answer(text, family, (200, 200), (224, 224))
+    assert parsed["label"] == "a"
+    assert parsed["bbox_xyxy_px"] == pytest.approx(expected)
+
+
+def test_a_label_never_swallows_tags():
+    text = "<|object_ref_start|>a<|object_ref_end|> junk <|object_ref_start|>b<|object_ref_end|><|box_start|>(1,1),(5,5)<|box_end|>"
+    assert [o["label"] for o in parse_model_answer(text, "qwen2_vl", (10, 10), (28, 28))] == ["b"]
 
 
 @pytest.mark.parametrize(

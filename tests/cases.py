@@ -1,0 +1,50 @@
+"""Tables shared by several test modules."""
+
+from __future__ import annotations
+
+import numpy as np
+
+FAMILIES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl")
+
+
+def _random_sizes(n: int, seed: int) -> list[tuple[int, int]]:
+    """``n`` seeded (width, height) pairs from 1 to 4000 px with an aspect ratio under 200."""
+    rng = np.random.default_rng(seed)
+    sizes = []
+    while len(sizes) < n:
+        width, height = (int(v) for v in np.exp(rng.uniform(0, np.log(4000), 2)))
+        if max(width, height) / min(width, height) < 200:
+            sizes.append((width, height))
+    return sizes
+
+
+# Tiny, typical, huge and extreme aspect ratios (smart_resize refuses 200:1 and beyond), then random.
+IMAGE_SIZES: list[tuple[int, int]] = [
+    (1, 1), (2, 3), (14, 14), (27, 29), (57, 57), (96, 224), (224, 96), (640, 480), (1920, 1080),
+    (4000, 3000), (33, 1200), (1200, 33), (10, 1990), (3980, 20),
+] + _random_sizes(16, seed=0)
+
+# (min_pixels, max_pixels): the offline demo's bounds and Qwen2-VL's defaults.
+PIXEL_BOUNDS = [(3136, 50176), (3136, 1003520)]
+
+
+def write_coco_split(dataset, folder, split: str, missing_images: int = 0) -> None:
+    """Write a schema dataset as ``<folder>/<split>/annotations.json`` + PNGs; the first ``missing_images`` files are left out."""
+    import json
+    from pathlib import Path
+
+    split_dir = Path(folder) / split
+    split_dir.mkdir(parents=True, exist_ok=True)
+    names = sorted({obj["label"] for objects in dataset["objects"] for obj in objects})
+    images, annotations = [], []
+    for index, example in enumerate(dataset):
+        file_name = f"{index:05d}.png"
+        if index >= missing_images:
+            example["image"].save(split_dir / file_name)
+        images.append({"id": index, "file_name": file_name, "width": example["width"], "height": example["height"]})
+        for obj in example["objects"]:
+            x1, y1, x2, y2 = obj["bbox_xyxy_px"]
+            annotations.append({"id": len(annotations), "image_id": index, "category_id": names.index(obj["label"]) + 1,
+                                "bbox": [x1, y1, x2 - x1, y2 - y1], "iscrowd": 0, "area": (x2 - x1) * (y2 - y1)})
+    categories = [{"id": i + 1, "name": name} for i, name in enumerate(names)]
+    (split_dir / "annotations.json").write_text(json.dumps({"images": images, "annotations": annotations, "categories": categories}))
