@@ -27,8 +27,10 @@
 # %% tags=["parameters"]
 model_id: str = "offline:qwen2_vl"  # hub id, local checkpoint dir, or "offline:<family>" (tiny random model built here)
 offline_model_dir: str = "outputs/.offline_models"  # cache of "offline:" checkpoints, built once
-dataset_source: str = "synthetic"  # "synthetic", a hub dataset id, or a local `save_to_disk` folder
-dataset_bbox_format: str = "xywh"  # hub datasets' objects.bbox layout: "xywh" (COCO) or "xyxy", in pixels
+dataset_source: str = "synthetic"  # "synthetic", a hub id, or a local folder: save_to_disk, COCO or JSONL (see helpers.data)
+dataset_bbox_format: str = "xywh"  # hub and JSONL boxes: "xywh" (COCO) or "xyxy", in pixels; COCO files are always xywh
+dataset_classes: list = []  # labels the data may use; others are skipped as unknown (empty: all)
+data_strict: bool = False  # True: a bad record stops loading with its name; False: fix or skip it and count it
 train_split: str = "train"  # source split for training (hub/local datasets only)
 eval_split: str = "validation"  # source split for the eval loss during training
 test_split: str = "test"  # source split for the before/after detection metrics
@@ -68,6 +70,7 @@ report_to: str = "none"  # "none", "wandb" or "tensorboard"
 max_new_tokens: int = 160  # generation budget per answer; a JSON box is about 30 tokens
 generation_batch_size: int = 8  # images per generate() call in evaluation
 n_plot_images: int = 8  # images in each picture grid
+n_scaling_check_images: int = 3  # images in the coordinate-scaling check of section 2
 
 # %% [markdown]
 # The next cell checks every parameter against its declared type, so a typo in a papermill call
@@ -86,7 +89,9 @@ params
 # ## 1. Set-up
 #
 # Seed everything, pick the device and dtype (bf16 on a modern GPU, fp32 on CPU), and create the
-# run folder. Every file this run writes goes under it.
+# run folder: every file this run writes goes under it. Then read the **model family** from the
+# checkpoint's config (`model_type`), never from the id's spelling, because the family decides how
+# boxes are written, and load the processor with the resolution bounds.
 
 # %%
 import os
@@ -95,6 +100,7 @@ import torch
 from transformers import set_seed
 
 from helpers.modeling import pick_device_and_dtype
+from helpers.processing import load_processor, read_family
 from helpers.run import environment_report, prepare_run_dir, resolve_model_path, write_json
 
 set_seed(seed)
@@ -103,19 +109,26 @@ run_dir = prepare_run_dir(output_root, run_name)
 os.environ.setdefault("WANDB_DIR", str(run_dir))  # keep W&B's local files inside the run folder
 environment = environment_report(device, dtype)
 write_json(run_dir / "params.json", {"parameters": params, "environment": environment})
-print(f"run folder: {run_dir}")
+model_path = resolve_model_path(model_id, offline_model_dir)
+family = read_family(model_path)
+processor = load_processor(model_path, min_pixels, max_pixels)
+print(f"run folder: {run_dir}; model family: {family}")
 environment
 
 # %% [markdown]
 # ## 2. Data
 #
-# Every source is loaded into one schema: an RGB image and a list of objects, each a `label` and a
-# `bbox_xyxy_px` box (`[x1, y1, x2, y2]` in pixels of that image). The synthetic images vary in
-# size and aspect ratio on purpose: the processor resizes each one differently, which is exactly
-# where coordinate bugs hide.
+# Every source is loaded into one schema: an RGB image (EXIF orientation applied, so boxes match
+# what the model sees) and a list of objects, each a `label` and a `bbox_xyxy_px` box
+# (`[x1, y1, x2, y2]` in pixels of that image). Bad records are never silently lost: a missing or
+# unreadable image, a size that disagrees with the annotations, a box that is inverted, empty or
+# outside the image, or an unknown class is skipped (a box partly outside is clipped), and each
+# is counted below and saved in `data_report.json`. With `data_strict=True` the first one stops
+# the run instead, naming the record. The synthetic images vary in size and aspect ratio on
+# purpose: the processor resizes each one differently, which is exactly where coordinate bugs hide.
 
 # %%
-from helpers.data import dataset_class_names, load_detection_splits
+from helpers.data import dataset_class_names, format_data_report, load_detection_splits
 from helpers.plotting import plot_samples
 
 splits, load_reports = load_detection_splits(
@@ -130,40 +143,59 @@ splits, load_reports = load_detection_splits(
         "max_side_px": synthetic_max_side_px,
         "max_objects": synthetic_max_objects,
     },
+    known_classes=dataset_classes,
+    strict=data_strict,
 )
 class_names = dataset_class_names(splits["train"])
-write_json(run_dir / "data_report.json", {name: dict(report) for name, report in load_reports.items()})
+write_json(run_dir / "data_report.json", {name: report.as_dict() for name, report in load_reports.items()})
 print({name: len(ds) for name, ds in splits.items()}, "classes:", class_names)
-print("boxes kept / fixed / skipped per split:", {name: dict(report) for name, report in load_reports.items()})
+print(format_data_report(load_reports))
+for report in load_reports.values():
+    for message in report.examples[:5]:
+        print("  ", message)
 
 # %%
 plot_samples(splits["train"], n_plot_images, run_dir / "plots" / "samples.png");
 
 # %% [markdown]
+# **Coordinate-scaling check.** Each family writes boxes in its own frame: Qwen2-VL as
+# `<|box_start|>(x1,y1),(x2,y2)<|box_end|>` in 0..1000 of the image side, Qwen2.5-VL as JSON in
+# pixels *of the resized image the model sees* (sides rounded to multiples of 28 within the
+# min/max pixel bounds), Qwen3-VL as JSON in 0..1000. Left: the original image with its ground
+# truth. Right: the image rebuilt from the processor's own pixel values, with the boxes decoded
+# from the target text. They must sit on the same objects, and the worst round-trip error must
+# stay within one unit of the format; otherwise the run stops here, before teaching wrong boxes.
+
+# %%
+from helpers.scaling_check import check_coordinate_scaling
+
+scaling = check_coordinate_scaling(
+    splits["train"], processor, family, min_pixels, max_pixels, n_scaling_check_images, run_dir / "plots" / "coordinate_check.png"
+)
+for item in scaling["examples"]:
+    print(f"image {item['image_id']}: {item['image_size']} px -> model input {item['processor_size']} px, "
+          f"worst error {item['max_error_px']:.2f} px (one format unit: {item['allowed_px']:.2f} px)")
+if not scaling["ok"]:
+    raise RuntimeError(f"coordinate-scaling check failed: {scaling['examples']}")
+
+# %% [markdown]
 # ## 3. Formatting as chat messages
 #
-# The model family is read from the checkpoint's config (`model_type`), never from the id's
-# spelling, because the family decides the answer format:
-# Qwen2-VL writes `<|box_start|>(x1,y1),(x2,y2)<|box_end|>` in 0..1000 of the image side,
-# Qwen2.5-VL writes JSON in pixels *of the resized image the model sees*, Qwen3-VL writes JSON in
-# 0..1000. `helpers.boxes` holds the conversions; the same code writes training targets and reads
-# the model's answers back.
+# Each example becomes a system prompt, a user turn (the image and an instruction naming the
+# classes and the answer syntax) and the assistant's target answer. `helpers.boxes` writes the
+# targets, and the same code reads the model's answers back in evaluation.
 
 # %%
 from helpers.boxes import resized_size
 from helpers.formatting import add_chat_columns, detection_prompt, format_detection_messages
-from helpers.processing import load_processor, read_family
 
-model_path = resolve_model_path(model_id, offline_model_dir)
-family = read_family(model_path)
-processor = load_processor(model_path, min_pixels, max_pixels)
 prompt = detection_prompt(family, class_names)
 for name in splits:
     splits[name] = add_chat_columns(splits[name], family, prompt, min_pixels, max_pixels)
 
 example = splits["train"][0]
 model_size = resized_size(family, example["width"], example["height"], min_pixels, max_pixels)
-print(f"family: {family}; image {example['width']}x{example['height']}px -> model sees {model_size[0]}x{model_size[1]}px")
+print(f"image {example['width']}x{example['height']}px -> model sees {model_size[0]}x{model_size[1]}px")
 print(processor.apply_chat_template(format_detection_messages(example["prompt"], example["answer"]), tokenize=False))
 
 # %% [markdown]

@@ -16,7 +16,9 @@ import pytest
 import yaml
 
 from helpers.run import check_parameters
+from helpers.synthetic import make_synthetic_dataset
 from helpers.run_notebook import NOTEBOOK_PATH, REPO_ROOT, notebook_defaults, resolve_parameters
+from tests.cases import write_coco_split
 
 NOTEBOOK = jupytext.read(NOTEBOOK_PATH)
 DEFAULTS = notebook_defaults(NOTEBOOK)
@@ -73,9 +75,26 @@ def test_wrong_parameter_type_stops_in_the_check_cell(tmp_path):
     assert "parameter max_steps='ten' is str" in result.stdout + result.stderr
 
 
-def test_offline_run_end_to_end(tmp_path):
+def synthetic_coco_folder(root: Path) -> Path:
+    """The smoke preset's synthetic splits written as a COCO folder, two train images missing."""
+    splits = {"train": (32, 2), "valid": (8, 0), "test": (8, 0)}
+    for offset, (split, (size, missing)) in enumerate(splits.items()):
+        write_coco_split(make_synthetic_dataset(size + missing, seed=100 + offset), root, split, missing_images=missing)
+    return root
+
+
+@pytest.mark.parametrize(
+    "model_id,source",
+    [("offline:qwen2_vl", "synthetic"), ("offline:qwen2_5_vl", "coco")],
+    ids=["qwen2_vl-synthetic", "qwen2_5_vl-coco"],
+)
+def test_offline_run_end_to_end(tmp_path, model_id, source):
     repo_entries_before = sorted(p.name for p in REPO_ROOT.iterdir())
-    result = run_notebook(tmp_path)
+    data_dir = tmp_path.parent / f"{tmp_path.name}-data"  # outside tmp_path, which must hold only the run
+    overrides = [f"model_id={model_id}"]
+    if source == "coco":
+        overrides += [f"dataset_source={synthetic_coco_folder(data_dir)}", "eval_split=valid", "train_size=0", "eval_size=0", "test_size=0"]
+    result = run_notebook(tmp_path, *overrides)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     run_dir = tmp_path / "offline-smoke"
     assert f"run folder: {run_dir}" in result.stdout
@@ -84,9 +103,13 @@ def test_offline_run_end_to_end(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["models", "offline-smoke"]
     assert sorted(p.name for p in REPO_ROOT.iterdir()) == repo_entries_before
     for name in ["notebook.ipynb", "params.json", "metrics.json", "predictions.jsonl", "predictions_baseline.jsonl",
-                 "log_history.json", "data_report.json", "plots/samples.png", "plots/predictions.png", "plots/loss.png",
+                 "log_history.json", "data_report.json", "plots/samples.png", "plots/coordinate_check.png",
+                 "plots/predictions.png", "plots/loss.png",
                  "model/model.safetensors", "model/config.json", "model/processor_config.json", "model/tokenizer.json"]:
         assert (run_dir / name).is_file(), name
+    data_report = json.loads((run_dir / "data_report.json").read_text())
+    assert data_report["train"]["counts"]["images_loaded"] == 32
+    assert data_report["train"]["counts"].get("missing_image", 0) == (2 if source == "coco" else 0)
 
     notebook = nbformat.read(run_dir / "notebook.ipynb", as_version=4)
     assert not [o for c in notebook.cells for o in c.get("outputs", []) if o.get("output_type") == "error"]
@@ -97,10 +120,10 @@ def test_offline_run_end_to_end(tmp_path):
 
     metrics = json.loads((run_dir / "metrics.json").read_text())
     for stage in ("baseline", "finetuned"):
-        assert metrics[stage]["n_images"] == params["test_size"]
+        assert metrics[stage]["n_images"] == 8
         assert math.isfinite(metrics[stage]["mean_iou"]) and 0 <= metrics[stage]["mean_iou"] <= 1
     lines = (run_dir / "predictions.jsonl").read_text().splitlines()
-    assert len(lines) == params["test_size"]
+    assert len(lines) == 8
     assert set(json.loads(lines[0])) == {"image_id", "ground_truth", "raw_text", "predictions"}
 
     checkpoints = sorted((run_dir / "checkpoints").glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
@@ -110,6 +133,14 @@ def test_offline_run_end_to_end(tmp_path):
     assert state["global_step"] == 12 and len(losses) >= 5
     assert losses[-1] < losses[0] - 0.3  # a random model's loss on these answers drops fast
     assert any("eval_loss" in entry for entry in state["log_history"])
+
+
+def test_strict_data_stops_the_run_naming_the_record(tmp_path):
+    data_dir = synthetic_coco_folder(tmp_path.parent / f"{tmp_path.name}-data")
+    result = run_notebook(tmp_path, f"dataset_source={data_dir}", "eval_split=valid", "data_strict=true")
+    assert result.returncode != 0
+    assert "image id 0 ('00000.png'): image" in result.stdout + result.stderr
+    assert "Fix: add the image file or remove the record" in result.stdout + result.stderr
 
 
 def test_saved_run_model_reloads(tmp_path):
