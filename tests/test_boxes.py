@@ -152,3 +152,32 @@ def test_box_iou(a, b, iou):
 def test_unknown_family_is_an_error():
     with pytest.raises(ValueError, match="unknown family"):
         resized_size("qwen_vl", 10, 10, 100, 1000)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_every_truncation_keeps_the_complete_boxes_before_the_cut(family):
+    objects = [{"label": f"obj {i}", "bbox_xyxy_px": [10 * i, 5 * i, 10 * i + 30, 5 * i + 20]} for i in range(4)]
+    model_size = resized_size(family, 120, 90, 3136, 50176)
+    answer = to_model_answer(objects, family, (120, 90), model_size)
+    full = parse_model_answer(answer, family, (120, 90), model_size)
+    previous = 0
+    for cut in range(len(answer) + 1):
+        parsed = parse_model_answer(answer[:cut], family, (120, 90), model_size)
+        assert parsed == full[: len(parsed)]  # a prefix of the complete answer's boxes, never a partial one
+        assert previous <= len(parsed) <= previous + 1
+        previous = len(parsed)
+    assert previous == 4
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_random_corruption_never_raises(family):
+    rng = np.random.default_rng(1)
+    answer = to_model_answer([{"label": "a", "bbox_xyxy_px": [1, 2, 50, 60]}] * 3, family, (100, 80), (112, 84))
+    alphabet = list('{}[]()<>|,:"0123456789.-eE aNIfinity') + ["<|box_start|>", "<|object_ref_end|>", "\x00", "é"]
+    for _ in range(300):
+        chars = list(answer)
+        for _ in range(int(rng.integers(1, 6))):
+            chars[int(rng.integers(len(chars)))] = alphabet[int(rng.integers(len(alphabet)))]
+        for obj in parse_model_answer("".join(chars), family, (100, 80), (112, 84)):
+            x1, y1, x2, y2 = obj["bbox_xyxy_px"]
+            assert 0 <= x1 <= x2 <= 100 and 0 <= y1 <= y2 <= 80
