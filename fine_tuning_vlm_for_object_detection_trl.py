@@ -55,6 +55,7 @@ max_steps: int = 1500  # optimizer steps; -1 to run num_train_epochs instead
 per_device_train_batch_size: int = 8  # images per optimizer micro-step on each device
 per_device_eval_batch_size: int = 8  # images per eval-loss step
 gradient_accumulation_steps: int = 1  # effective batch: per-device batch * accumulation * GPUs
+padding_free: bool = False  # pack each batch into one row (pays off with flash-attention; see section 5)
 warmup_ratio: float = 0.05  # fraction of the total steps spent warming the learning rate up
 lr_scheduler_type: str = "cosine"  # "cosine", "linear" or "constant_with_warmup"
 weight_decay: float = 0.0  # AdamW decoupled weight decay
@@ -211,15 +212,44 @@ if too_long:
     print(f"WARNING: {too_long} of {len(answer_tokens)} test answers exceed max_new_tokens and will be cut; raise it")
 
 # %% [markdown]
-# ## 4. Data collators
+# ## 4. Model and LoRA
+#
+# The model class comes from the checkpoint's config. On a real model, LoRA adapters on the
+# language model's attention and MLP projections train a fraction of a percent of the weights; the
+# offline model starts from random weights, so it is fully fine-tuned instead (`use_lora=False`).
+
+# %%
+from helpers.modeling import count_parameters, load_model, wrap_lora
+
+model = load_model(model_path, quantization, attn_implementation, dtype, device)
+if use_lora:
+    model = wrap_lora(model, lora_rank, lora_alpha, lora_dropout)
+trainable, total = count_parameters(model)
+print(f"{type(model).__name__}: {trainable:,} trainable of {total:,} parameters ({100 * trainable / total:.2f}%)")
+
+# %% [markdown]
+# ## 5. Data collators
 #
 # The collator turns examples into tensors and decides what the model learns: positions whose label
-# is -100 carry no loss. We train on the **assistant's answer and its end-of-turn token only**:
-# the system prompt, the instruction and the hundreds of image tokens are context, not something to
-# imitate. The answer span is found from the tokenised chat structure: the last
-# `<|im_start|>assistant\n` marks its start and the next `<|im_end|>` its end (ids taken from the
-# tokenizer). A sample without an answer, or whose answer was cut off, is an error, not a silent
-# zero-loss row.
+# is -100 carry no loss. Three collators, each given the processor explicitly:
+#
+# 1. `VisionAndPaddingMaskingCollator`, what most tutorials do: labels are the input ids with
+#    padding and vision tokens masked. It still trains the model to reproduce the system prompt and
+#    the instruction, which are identical in every sample: that dilutes the loss with tokens the
+#    model can predict perfectly and spends capacity on text it will never have to write.
+# 2. `AssistantOnlyCollator`, the default: only the **answer and its end-of-turn token** carry
+#    labels. The answer span is found from the tokenised chat structure: the last
+#    `<|im_start|>assistant\n` marks its start and the next `<|im_end|>` its end (ids taken from
+#    the tokenizer). A sample without an answer, or whose answer was cut off, is an error, not a
+#    silent zero-loss row.
+# 3. `PaddingFreeCollator`: the assistant-only batch packed into one row without padding. The
+#    model finds the sample boundaries from `position_ids` of shape (4, 1, L): a text row that
+#    restarts at 0 for each sample, plus the three M-RoPE rows (time, height, width) computed per
+#    sample by the model's own `get_rope_index`. With no attention mask and the cache off, this
+#    transformers version builds block-diagonal attention for `sdpa` and `eager`, and
+#    flash-attention uses its variable-length kernel. Only flash-attention saves compute that way;
+#    `sdpa`/`eager` attend over a dense mask of the whole packed row, so `padding_free` is off by
+#    default.
 
 # %% tags=["collators"]
 import torch
@@ -227,6 +257,17 @@ import torch
 from helpers.formatting import format_detection_messages
 
 IGNORE_INDEX = -100  # label value that cross-entropy skips
+VISION_TOKENS = ("<|image_pad|>", "<|video_pad|>", "<|vision_start|>", "<|vision_end|>")
+
+
+def encode_chat_batch(processor, examples: list[dict]) -> dict:
+    """Render each example's chat (system, user with image, assistant answer) and tokenise the batch."""
+    texts = [
+        processor.apply_chat_template(format_detection_messages(ex["prompt"], ex["answer"]), tokenize=False)
+        for ex in examples
+    ]
+    images = [[ex["image"].convert("RGB")] for ex in examples]
+    return processor(text=texts, images=images, return_tensors="pt", padding=True)
 
 
 def find_subsequence_end(ids: list[int], pattern: list[int]) -> int:
@@ -237,8 +278,24 @@ def find_subsequence_end(ids: list[int], pattern: list[int]) -> int:
     return -1
 
 
+class VisionAndPaddingMaskingCollator:
+    """Batch examples; labels are the input ids with padding and vision tokens set to -100."""
+
+    def __init__(self, processor):
+        self.processor = processor
+        self.vision_ids = torch.tensor([processor.tokenizer.convert_tokens_to_ids(t) for t in VISION_TOKENS])
+
+    def __call__(self, examples: list[dict]) -> dict:
+        batch = encode_chat_batch(self.processor, examples)
+        labels = batch["input_ids"].clone()
+        labels[batch["attention_mask"] == 0] = IGNORE_INDEX
+        labels[torch.isin(labels, self.vision_ids)] = IGNORE_INDEX
+        batch["labels"] = labels
+        return batch
+
+
 class AssistantOnlyCollator:
-    """Batch detection examples; labels only on the assistant's answer and its end-of-turn token."""
+    """Batch examples; labels only on the assistant's answer and its end-of-turn token."""
 
     def __init__(self, processor):
         self.processor = processor
@@ -247,12 +304,7 @@ class AssistantOnlyCollator:
         self.end_of_turn_id = tokenizer.convert_tokens_to_ids("<|im_end|>")
 
     def __call__(self, examples: list[dict]) -> dict:
-        texts = [
-            self.processor.apply_chat_template(format_detection_messages(ex["prompt"], ex["answer"]), tokenize=False)
-            for ex in examples
-        ]
-        images = [[ex["image"].convert("RGB")] for ex in examples]
-        batch = self.processor(text=texts, images=images, return_tensors="pt", padding=True)
+        batch = encode_chat_batch(self.processor, examples)
         labels = torch.full_like(batch["input_ids"], IGNORE_INDEX)
         # Padding (<|endoftext|>) never matches the markers, so this works for either padding side.
         for row, ids in enumerate(batch["input_ids"].tolist()):
@@ -268,34 +320,84 @@ class AssistantOnlyCollator:
         return batch
 
 
+class PaddingFreeCollator:
+    """Assistant-only labels, the batch packed into one row with per-sample (4, 1, L) position ids."""
+
+    def __init__(self, processor, rope_index_fn):
+        self.assistant_only = AssistantOnlyCollator(processor)
+        self.rope_index_fn = rope_index_fn  # the model's get_rope_index: M-RoPE rows need the image grids
+
+    def __call__(self, examples: list[dict]) -> dict:
+        padded = self.assistant_only(examples)
+        if len(padded["image_grid_thw"]) != len(examples):
+            raise ValueError(f"expected one image per example, got {len(padded['image_grid_thw'])} for {len(examples)}")
+        pieces = {"input_ids": [], "labels": [], "mm_token_type_ids": [], "position_ids": []}
+        for row in range(len(examples)):
+            keep = padded["attention_mask"][row].bool()  # drop padding, whichever side it is on
+            sample = {key: padded[key][row][keep][None] for key in ("input_ids", "labels", "mm_token_type_ids")}
+            mrope, _ = self.rope_index_fn(
+                sample["input_ids"], sample["mm_token_type_ids"], image_grid_thw=padded["image_grid_thw"][row : row + 1], attention_mask=None
+            )
+            text_positions = torch.arange(sample["input_ids"].shape[1]).view(1, 1, -1)
+            sample["position_ids"] = torch.cat([text_positions, mrope.to(text_positions.dtype)], dim=0)
+            sample["labels"][0, 0] = IGNORE_INDEX  # never predict a sample's first token from the previous sample
+            for key, value in sample.items():
+                pieces[key].append(value)
+        packed = {key: torch.cat(values, dim=-1) for key, values in pieces.items()}
+        # No attention mask: the model then reads the sample boundaries from the restarting text positions.
+        packed["pixel_values"] = padded["pixel_values"]
+        packed["image_grid_thw"] = padded["image_grid_thw"]
+        return packed
+
+
+# Attention implementations that separate packed samples by their restarting position ids in this
+# transformers version: flash-attention through its variable-length kernel, sdpa and eager through
+# a block-diagonal mask built when no attention mask is given.
+PACKED_ATTENTION = ("flash_attention_2", "flash_attention_3", "sdpa", "eager")
+
+
+def choose_training_collator(processor, model, padding_free: bool):
+    """The collator to train with, and why: assistant-only, or padding-free where the attention allows it."""
+    if not padding_free:
+        return AssistantOnlyCollator(processor), "assistant-only (padding_free is off)"
+    attention = model.config._attn_implementation
+    if attention not in PACKED_ATTENTION:
+        return AssistantOnlyCollator(processor), f"assistant-only: attention {attention!r} cannot separate packed samples"
+    base_model = model.get_base_model() if hasattr(model, "get_base_model") else model  # under a PEFT wrapper
+    note = "" if attention.startswith("flash_attention") else ", correct but over a dense mask of the packed row"
+    return PaddingFreeCollator(processor, base_model.model.get_rope_index), f"padding-free with {attention}{note}"
+
+
 # %% [markdown]
-# One batch, with its tensor shapes and the tokens that carry labels decoded back to text: they
-# must read as exactly the target answers followed by `<|im_end|>`.
+# The three collators on the same batch: how many tokens each trains on, and the shapes they
+# produce. The assistant-only and padding-free collators must train on exactly the same tokens.
+# The labelled tokens of the assistant-only batch, decoded back to text, must read as exactly the
+# target answers followed by `<|im_end|>`.
 
 # %%
-collator = AssistantOnlyCollator(processor)
-batch = collator([splits["train"][i] for i in range(2)])
-print({key: tuple(value.shape) for key, value in batch.items()})
-for row in range(2):
-    trained = batch["input_ids"][row][batch["labels"][row] != IGNORE_INDEX]
-    print(f"row {row}: {int((batch['labels'][row] != IGNORE_INDEX).sum())} of {int(batch['attention_mask'][row].sum())} tokens trained:")
-    print("   ", processor.tokenizer.decode(trained, skip_special_tokens=False))
+from helpers.collator_debug import VerboseCollator, analyze_token_distribution
+
+base_model = model.get_base_model() if use_lora else model  # PEFT wraps the model; get_rope_index lives below
+collators = {
+    "vision+padding masking": VisionAndPaddingMaskingCollator(processor),
+    "assistant-only": AssistantOnlyCollator(processor),
+    "padding-free": PaddingFreeCollator(processor, base_model.model.get_rope_index),
+}
+demo_examples = [splits["train"][i] for i in range(4)]
+for name, candidate in collators.items():
+    demo_batch = candidate(demo_examples)
+    trained = int((demo_batch["labels"] != IGNORE_INDEX).sum())
+    print(f"{name:>24}: input_ids {tuple(demo_batch['input_ids'].shape)}, {trained} trained tokens")
+VerboseCollator(collators["assistant-only"], processor, max_samples=1)(demo_examples[:2]);
 
 # %% [markdown]
-# ## 5. Model and LoRA
-#
-# The model class comes from the checkpoint's config. On a real model, LoRA adapters on the
-# language model's attention and MLP projections train a fraction of a percent of the weights; the
-# offline model starts from random weights, so it is fully fine-tuned instead (`use_lora=False`).
+# Which collator trains, and where its tokens go over a few batches: image tokens dominate the
+# sequence, and padding is wasted compute that the padding-free collator removes.
 
 # %%
-from helpers.modeling import count_parameters, load_model, wrap_lora
-
-model = load_model(model_path, quantization, attn_implementation, dtype, device)
-if use_lora:
-    model = wrap_lora(model, lora_rank, lora_alpha, lora_dropout)
-trainable, total = count_parameters(model)
-print(f"{type(model).__name__}: {trainable:,} trainable of {total:,} parameters ({100 * trainable / total:.2f}%)")
+collator, why = choose_training_collator(processor, model, padding_free)
+print("training collator:", why)
+token_stats = analyze_token_distribution(collator, splits["train"], processor, n=4 * per_device_train_batch_size, batch_size=per_device_train_batch_size)
 
 # %% [markdown]
 # ## 6. Baseline before training

@@ -1,53 +1,234 @@
-"""The notebook's inline assistant-only collator, run from the notebook source itself."""
+"""The notebook's inline collators, run from the notebook source itself, for every family."""
 
 from __future__ import annotations
 
-import pytest
+from pathlib import Path
 
-from helpers.formatting import add_chat_columns, detection_prompt
-from helpers.processing import SUPPORTED_FAMILIES, load_processor
+import pytest
+import torch
+import trl
+from transformers import AutoModelForImageTextToText
+from trl.trainer.sft_trainer import DataCollatorForVisionLanguageModeling
+
+from helpers.formatting import add_chat_columns, detection_prompt, format_detection_messages
+from helpers.processing import load_processor
 from helpers.synthetic import make_synthetic_dataset
-from tests.notebook_cells import run_tagged_cells
+from tests.cases import FAMILIES
+from helpers.notebook_cells import run_tagged_cells
 
 CELLS = run_tagged_cells("collators")
+IGNORE = CELLS["IGNORE_INDEX"]
 MIN_PIXELS, MAX_PIXELS = 3136, 50176
+VISION_TOKENS = ("<|image_pad|>", "<|video_pad|>", "<|vision_start|>", "<|vision_end|>")
+COLLATORS = ("VisionAndPaddingMaskingCollator", "AssistantOnlyCollator", "PaddingFreeCollator")
 
 
-def chat_dataset(family, n=4, max_objects=4):
-    ds = make_synthetic_dataset(n, seed=11, max_objects=max_objects)
-    return add_chat_columns(ds, family, detection_prompt(family, ["red circle"]), MIN_PIXELS, MAX_PIXELS)
+def chat_examples(family: str, n: int = 4, seed: int = 11) -> list[dict]:
+    """``n`` examples with different image sizes and answer lengths, as the notebook formats them."""
+    ds = make_synthetic_dataset(n, seed=seed, max_objects=4, min_side_px=60, max_side_px=260)
+    ds = add_chat_columns(ds, family, detection_prompt(family, ["red circle", "green square"]), MIN_PIXELS, MAX_PIXELS)
+    return [ds[i] for i in range(n)]
 
 
-@pytest.mark.parametrize("family", SUPPORTED_FAMILIES)
+@pytest.fixture(scope="module")
+def models(tiny_checkpoints):
+    """Family -> the tiny model in eval mode (sdpa), loaded once for the module."""
+    loaded = {}
+    for family in FAMILIES:
+        model = AutoModelForImageTextToText.from_pretrained(tiny_checkpoints[family], attn_implementation="sdpa")
+        loaded[family] = model.eval()
+    return loaded
+
+
+def make_collator(name: str, processor, model):
+    """One of the notebook's collators; the padding-free one also takes the model's rope-index function."""
+    if name == "PaddingFreeCollator":
+        return CELLS[name](processor, model.model.get_rope_index)
+    return CELLS[name](processor)
+
+
+def sample_spans(batch: dict) -> list[tuple[int, int, int]]:
+    """(row, start, end) of each sample: the non-padding span of a row, or a packed segment."""
+    if "attention_mask" in batch:
+        spans = []
+        for row, mask in enumerate(batch["attention_mask"]):
+            real = mask.nonzero().flatten()
+            spans.append((row, int(real[0]), int(real[-1]) + 1))
+        return spans
+    starts = (batch["position_ids"][0, 0] == 0).nonzero().flatten().tolist() + [batch["input_ids"].shape[1]]
+    return [(0, a, b) for a, b in zip(starts[:-1], starts[1:])]
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("collator_name", COLLATORS)
 @pytest.mark.parametrize("padding_side", ["right", "left"])
-def test_only_answer_and_end_of_turn_carry_labels(tiny_checkpoints, family, padding_side):
+def test_labelled_tokens_decode_exactly(tiny_checkpoints, models, family, collator_name, padding_side):
     processor = load_processor(tiny_checkpoints[family], MIN_PIXELS, MAX_PIXELS)
     processor.tokenizer.padding_side = padding_side
-    ds = chat_dataset(family)
-    examples = [ds[i] for i in range(len(ds))]  # mixed image sizes and answer lengths
-    batch = CELLS["AssistantOnlyCollator"](processor)(examples)
-    ignore = CELLS["IGNORE_INDEX"]
     tokenizer = processor.tokenizer
-    assert len({int(m.sum()) for m in batch["attention_mask"]}) > 1  # the batch really is padded
-    for row, example in enumerate(examples):
-        labelled = batch["labels"][row] != ignore
-        assert (batch["labels"][row][labelled] == batch["input_ids"][row][labelled]).all()
-        assert tokenizer.decode(batch["input_ids"][row][labelled], skip_special_tokens=False) == example["answer"] + "<|im_end|>"
-        positions = labelled.nonzero().flatten()
-        assert int(positions[-1] - positions[0] + 1) == len(positions)  # one contiguous span
-        vision_ids = {tokenizer.convert_tokens_to_ids(t) for t in ("<|image_pad|>", "<|vision_start|>", "<|vision_end|>")}
-        assert not any(int(t) in vision_ids for t in batch["input_ids"][row][labelled])
-        assert not labelled[batch["attention_mask"][row] == 0].any()
+    examples = chat_examples(family)
+    assert len({(e["width"], e["height"]) for e in examples}) == len(examples)  # mixed image sizes
+    assert len({len(e["answer"]) for e in examples}) > 1  # and answer lengths
+    batch = make_collator(collator_name, processor, models[family])(examples)
+    vision_ids = torch.tensor([tokenizer.convert_tokens_to_ids(t) for t in VISION_TOKENS])
+    labels, input_ids = batch["labels"], batch["input_ids"]
+    labelled = labels != IGNORE
+    assert (labels[labelled] == input_ids[labelled]).all()
+    assert not (labelled & torch.isin(input_ids, vision_ids)).any()  # no vision token ever carries a label
+    if "attention_mask" in batch:
+        assert not labelled[batch["attention_mask"] == 0].any()  # nor any padding
+        assert len({int(m.sum()) for m in batch["attention_mask"]}) > 1  # the batch really is padded
+    spans = sample_spans(batch)
+    assert len(spans) == len(examples)
+    for (row, start, end), example in zip(spans, examples):
+        span_labelled = labelled[row, start:end]
+        decoded = tokenizer.decode(input_ids[row, start:end][span_labelled], skip_special_tokens=False)
+        if collator_name == "VisionAndPaddingMaskingCollator":
+            chat = processor.apply_chat_template(format_detection_messages(example["prompt"], example["answer"]), tokenize=False)
+            assert decoded == chat.replace("<|vision_start|><|image_pad|><|vision_end|>", "")  # everything but vision
+        else:
+            assert decoded == example["answer"] + "<|im_end|>"
+            positions = span_labelled.nonzero().flatten()
+            assert int(positions[-1] - positions[0] + 1) == len(positions)  # one contiguous span
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_padding_free_structure_matches_the_padded_batch(tiny_checkpoints, models, family):
+    processor = load_processor(tiny_checkpoints[family], MIN_PIXELS, MAX_PIXELS)
+    model = models[family]
+    examples = chat_examples(family)
+    padded = CELLS["AssistantOnlyCollator"](processor)(examples)
+    packed = CELLS["PaddingFreeCollator"](processor, model.model.get_rope_index)(examples)
+    lengths = padded["attention_mask"].sum(dim=1).tolist()
+    total = sum(lengths)
+    assert set(packed) == {"input_ids", "labels", "mm_token_type_ids", "position_ids", "pixel_values", "image_grid_thw"}
+    assert packed["input_ids"].shape == packed["labels"].shape == packed["mm_token_type_ids"].shape == (1, total)
+    assert packed["position_ids"].shape == (4, 1, total)
+    assert torch.equal(packed["pixel_values"], padded["pixel_values"])
+    assert torch.equal(packed["image_grid_thw"], padded["image_grid_thw"])
+    # The model's own M-RoPE positions for the padded batch, sample by sample.
+    padded_positions, _ = model.model.get_rope_index(
+        padded["input_ids"], padded["mm_token_type_ids"], image_grid_thw=padded["image_grid_thw"], attention_mask=padded["attention_mask"]
+    )
+    offset = 0
+    for row, length in enumerate(lengths):
+        keep = padded["attention_mask"][row].bool()
+        segment = slice(offset, offset + length)
+        assert torch.equal(packed["position_ids"][0, 0, segment], torch.arange(length))  # the text row restarts
+        assert torch.equal(packed["position_ids"][1:, 0, segment], padded_positions[:, row, keep])
+        assert torch.equal(packed["input_ids"][0, segment], padded["input_ids"][row, keep])
+        assert torch.equal(packed["labels"][0, segment], padded["labels"][row, keep])
+        assert packed["labels"][0, offset] == IGNORE  # a sample's first token is never a target
+        offset += length
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("attention", ["sdpa", "eager"])
+def test_packed_loss_equals_padded_loss(tiny_checkpoints, family, attention):
+    # Both attention implementations available on CPU separate packed samples in this transformers
+    # version, so the equivalence is proven here; flash-attention's varlen path needs a GPU:
+    #   .venv/bin/python -m pytest tests/test_collator.py -k packed_loss  (with flash-attn installed, add
+    #   "flash_attention_2" to the attention list and load the model on CUDA in bf16).
+    processor = load_processor(tiny_checkpoints[family], MIN_PIXELS, MAX_PIXELS)
+    model = AutoModelForImageTextToText.from_pretrained(tiny_checkpoints[family], attn_implementation=attention).eval()
+    examples = chat_examples(family, n=3, seed=5)
+    padded = CELLS["AssistantOnlyCollator"](processor)(examples)
+    packed = CELLS["PaddingFreeCollator"](processor, model.model.get_rope_index)(examples)
+    with torch.no_grad():
+        padded_out = model(**padded, use_cache=False)
+        packed_out = model(**packed, use_cache=False)
+    assert abs(float(packed_out.loss) - float(padded_out.loss)) < 1e-5
+    real = padded_out.logits[padded["attention_mask"].bool()]  # rows in order, padding dropped
+    assert torch.allclose(packed_out.logits[0], real, atol=1e-4)
+
+
+def test_packed_samples_do_not_see_each_other(tiny_checkpoints, models):
+    # Changing the first sample must leave the second sample's logits untouched.
+    processor = load_processor(tiny_checkpoints["qwen2_vl"], MIN_PIXELS, MAX_PIXELS)
+    model = models["qwen2_vl"]
+    collator = CELLS["PaddingFreeCollator"](processor, model.model.get_rope_index)
+    first, second = chat_examples("qwen2_vl", n=2, seed=5)
+    other_first = chat_examples("qwen2_vl", n=1, seed=99)[0]
+    with torch.no_grad():
+        a = model(**collator([first, second]), use_cache=False).logits[0]
+        b = model(**collator([other_first, second]), use_cache=False).logits[0]
+    n_second = collator([second])["input_ids"].shape[1]
+    assert torch.allclose(a[-n_second:], b[-n_second:], atol=1e-5)
+
+
+# ---------------------------------------------------------------- TRL's own assistant-only path
+
+TRL_TEMPLATES = Path(trl.__file__).parent / "chat_templates"
+TRL_TRAINING_TEMPLATE = {  # TRL's training templates; Qwen2-VL ships the Qwen2.5-VL template byte for byte
+    "qwen2_vl": "qwen2_5_vl_training.jinja",
+    "qwen2_5_vl": "qwen2_5_vl_training.jinja",
+    "qwen3_vl": "qwen3_vl_training.jinja",
+}
+# A Qwen-VL template whose {% generation %} block closes right after <|im_end|>, as our collator trains.
+END_OF_TURN_GENERATION_TEMPLATE = (
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
+    "{% if message['role'] == 'assistant' %}{% generation %}"
+    "{% for part in message['content'] %}{{ part['text'] }}{% endfor %}<|im_end|>{% endgeneration %}{{ '\\n' }}"  # trim_blocks eats a bare newline
+    "{% else %}{% for part in message['content'] %}"
+    "{% if part['type'] == 'image' %}<|vision_start|><|image_pad|><|vision_end|>{% else %}{{ part['text'] }}{% endif %}"
+    "{% endfor %}<|im_end|>\n{% endif %}{% endfor %}"
+)
+
+
+def trl_labels(processor, examples: list[dict], chat_template: str) -> torch.Tensor:
+    """Labels from TRL's vision collator with ``assistant_only_loss`` and the given template."""
+    collator = DataCollatorForVisionLanguageModeling(processor, assistant_only_loss=True, chat_template=chat_template)
+    trl_examples = [
+        {"messages": format_detection_messages(e["prompt"], e["answer"]), "images": [e["image"].convert("RGB")]} for e in examples
+    ]
+    return collator(trl_examples)["labels"]
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_trl_assistant_only_path_gives_identical_labels(tiny_checkpoints, family):
+    processor = load_processor(tiny_checkpoints[family], MIN_PIXELS, MAX_PIXELS)
+    processor.tokenizer.padding_side = "right"  # TRL pads on the right
+    examples = chat_examples(family)
+    ours = CELLS["AssistantOnlyCollator"](processor)(examples)["labels"]
+    assert torch.equal(trl_labels(processor, examples, END_OF_TURN_GENERATION_TEMPLATE), ours)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_trl_shipped_template_differs_only_by_the_newline_after_end_of_turn(tiny_checkpoints, family):
+    # TRL's own training templates put the "\n" after <|im_end|> inside {% generation %}; generation
+    # stops at <|im_end|>, so we do not train that newline. Every other label is identical.
+    processor = load_processor(tiny_checkpoints[family], MIN_PIXELS, MAX_PIXELS)
+    processor.tokenizer.padding_side = "right"
+    examples = chat_examples(family)
+    ours = CELLS["AssistantOnlyCollator"](processor)(examples)["labels"]
+    theirs = trl_labels(processor, examples, (TRL_TEMPLATES / TRL_TRAINING_TEMPLATE[family]).read_text())
+    newline_id = processor.tokenizer.encode("\n", add_special_tokens=False)
+    assert len(newline_id) == 1
+    differs = (ours != theirs).nonzero().tolist()
+    assert len(differs) == len(examples)  # one position per sample
+    for row, position in differs:
+        assert ours[row, position] == IGNORE and theirs[row, position] == newline_id[0]
+        assert ours[row, position - 1] == processor.tokenizer.convert_tokens_to_ids("<|im_end|>")
+
+
+# ---------------------------------------------------------------- errors and the collator choice
 
 
 def test_missing_assistant_turn_is_a_clear_error(tiny_checkpoints):
     processor = load_processor(tiny_checkpoints["qwen2_vl"], MIN_PIXELS, MAX_PIXELS)
     collator = CELLS["AssistantOnlyCollator"](processor)
-    example = chat_dataset("qwen2_vl", n=1)[0]
     # The answer text itself may not contain the marker; simulate a template without an assistant turn.
     collator.answer_prefix_ids = processor.tokenizer.encode("<|im_start|>nobody\n", add_special_tokens=False)
     with pytest.raises(ValueError, match="example 0: no assistant turn"):
-        collator([example])
+        collator(chat_examples("qwen2_vl", n=1))
+
+
+def test_truncated_answer_is_a_clear_error(tiny_checkpoints):
+    processor = load_processor(tiny_checkpoints["qwen2_vl"], MIN_PIXELS, MAX_PIXELS)
+    collator = CELLS["AssistantOnlyCollator"](processor)
+    collator.end_of_turn_id = processor.tokenizer.convert_tokens_to_ids("<|quad_end|>")  # never in the text
+    with pytest.raises(ValueError, match="example 0: the answer has no end-of-turn token"):
+        collator(chat_examples("qwen2_vl", n=1))
 
 
 def test_find_subsequence_end():
@@ -57,9 +238,23 @@ def test_find_subsequence_end():
     assert find([1, 2, 3], [4]) == -1
 
 
-def test_truncated_answer_is_a_clear_error(tiny_checkpoints):
+@pytest.mark.parametrize(
+    "padding_free,attention,expected,why",
+    [
+        (False, "sdpa", "AssistantOnlyCollator", "padding_free is off"),
+        (True, "sdpa", "PaddingFreeCollator", "dense mask"),
+        (True, "eager", "PaddingFreeCollator", "dense mask"),
+        (True, "flash_attention_2", "PaddingFreeCollator", "padding-free with flash_attention_2"),
+        (True, "flex_attention", "AssistantOnlyCollator", "cannot separate packed samples"),
+    ],
+)
+def test_training_collator_choice(tiny_checkpoints, models, padding_free, attention, expected, why):
     processor = load_processor(tiny_checkpoints["qwen2_vl"], MIN_PIXELS, MAX_PIXELS)
-    collator = CELLS["AssistantOnlyCollator"](processor)
-    collator.end_of_turn_id = processor.tokenizer.convert_tokens_to_ids("<|quad_end|>")  # never in the text
-    with pytest.raises(ValueError, match="example 0: the answer has no end-of-turn token"):
-        collator([chat_dataset("qwen2_vl", n=1)[0]])
+    model = models["qwen2_vl"]
+    original = model.config._attn_implementation
+    model.config._attn_implementation = attention  # only read by the choice, never run
+    try:
+        collator, reason = CELLS["choose_training_collator"](processor, model, padding_free)
+    finally:
+        model.config._attn_implementation = original
+    assert type(collator).__name__ == expected and why in reason

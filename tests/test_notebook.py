@@ -157,8 +157,12 @@ def test_saved_run_model_reloads(tmp_path):
 
 
 def test_lora_run_saves_the_adapter(tmp_path):
-    result = run_notebook(tmp_path, "use_lora=true", "max_steps=2", "eval_steps=2", "save_steps=2", "test_size=2", "run_name=lora")
+    # Also trains padding-free, through the PEFT wrapper, to prove that path end to end.
+    result = run_notebook(
+        tmp_path, "use_lora=true", "padding_free=true", "max_steps=2", "eval_steps=2", "save_steps=2", "test_size=2", "run_name=lora"
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     model_dir = tmp_path / "lora" / "model"
     assert (model_dir / "adapter_config.json").is_file() and (model_dir / "adapter_model.safetensors").is_file()
     assert not (model_dir / "model.safetensors").exists()
+    assert "training collator: padding-free with sdpa" in (tmp_path / "lora" / "notebook.ipynb").read_text()

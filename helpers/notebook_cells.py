@@ -1,12 +1,10 @@
-"""Execute tagged cells of the notebook source into a namespace, so tests use the inline code."""
+"""Execute tagged cells of the notebook source into a namespace, so tests and benchmarks use the inline code."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import jupytext
 
-NOTEBOOK_PATH = Path(__file__).resolve().parent.parent / "fine_tuning_vlm_for_object_detection_trl.py"
+from helpers.run_notebook import NOTEBOOK_PATH
 
 
 def run_tagged_cells(tag: str) -> dict:
