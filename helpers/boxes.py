@@ -52,6 +52,12 @@ def resized_size(family: str, width: int, height: int, min_pixels: int, max_pixe
     return resized_w, resized_h
 
 
+def visual_token_count(family: str, width: int, height: int, min_pixels: int, max_pixels: int) -> int:
+    """Vision tokens the language model gets for one image: one per merged group of patches."""
+    resized_w, resized_h = resized_size(family, width, height, min_pixels, max_pixels)
+    return (resized_w // RESIZE_FACTOR[family]) * (resized_h // RESIZE_FACTOR[family])
+
+
 def _model_scale(family: str, image_size: tuple[int, int], resized: tuple[int, int]) -> tuple[float, float]:
     """Model units per original pixel along x and y."""
     width, height = image_size

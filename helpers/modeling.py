@@ -1,17 +1,30 @@
-"""Model loading (dtype, attention, quantisation) and LoRA wrapping for Qwen-VL checkpoints."""
+"""Model loading (dtype, attention, quantisation), LoRA configuration and trainable-parameter summaries."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import torch
 from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 from transformers import AutoModelForImageTextToText, BitsAndBytesConfig
 from transformers.utils import is_flash_attn_2_available
 
+from helpers.processing import load_processor
+
 QUANTIZATION_CHOICES = ("none", "8bit", "4bit")
 ATTENTION_CHOICES = ("sdpa", "eager", "flash_attention_2")
-# The language model's attention and MLP projections only: a plain `q_proj` target would also
-# hit vision-tower layers in some families (shared/ENVIRONMENT.md), so anchor on `language_model`.
-LANGUAGE_LORA_TARGETS = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
+# LoRA target blocks as regexes on module names (PEFT full-matches them), each hitting Linear layers
+# only. A plain `q_proj` or `mlp` target would also hit vision layers in some families
+# (shared/ENVIRONMENT.md), so every pattern is anchored on its block.
+LORA_TARGET_PATTERNS = {
+    # the language model's attention and MLP projections (all three families)
+    "language": r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)",
+    # the vision tower's attention and MLP layers: fc1/fc2 (Qwen2-VL), gate/up/down_proj (2.5), linear_fc1/2 (3)
+    "vision": r".*visual\.blocks\.\d+\.(attn\.(qkv|proj)|mlp\.(fc1|fc2|gate_proj|up_proj|down_proj|linear_fc1|linear_fc2))",
+    # the patch merger(s) that project vision features into the language model (Qwen3-VL adds deepstack ones)
+    "merger": r".*visual\.(merger|deepstack_merger_list\.\d+)\.(mlp\.[02]|linear_fc1|linear_fc2)",  # mlp.1 is a GELU
+}
+LANGUAGE_LORA_TARGETS = LORA_TARGET_PATTERNS["language"]
 
 
 def pick_device_and_dtype() -> tuple[str, torch.dtype]:
@@ -70,18 +83,67 @@ def load_model(model_id_or_path: str, quantization: str, attn_implementation: st
     return model
 
 
-def wrap_lora(model, rank: int, alpha: int, dropout: float):
-    """Wrap ``model`` with LoRA adapters on the language model's projections."""
+def load_model_and_processor(
+    model_id_or_path: str | Path,
+    quantization: str,
+    attn_implementation: str,
+    dtype: torch.dtype,
+    device: str,
+    min_pixels: int,
+    max_pixels: int,
+):
+    """Load a Qwen-VL model and its processor (resolution bounds applied) from a hub id or local path."""
+    processor = load_processor(model_id_or_path, min_pixels, max_pixels)
+    return load_model(str(model_id_or_path), quantization, attn_implementation, dtype, device), processor
+
+
+def lora_config(targets: list[str], rank: int, alpha: int, dropout: float) -> LoraConfig:
+    """A LoRA config on the chosen blocks (any of ``LORA_TARGET_PATTERNS``), rank, alpha and dropout."""
+    unknown = sorted(set(targets) - set(LORA_TARGET_PATTERNS))
+    if unknown or not targets:
+        raise ValueError(f"lora_targets={targets!r}; choose one or more of {sorted(LORA_TARGET_PATTERNS)}")
+    pattern = "|".join(f"(?:{LORA_TARGET_PATTERNS[name]})" for name in LORA_TARGET_PATTERNS if name in targets)
+    return LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout, target_modules=pattern, bias="none", task_type="CAUSAL_LM")
+
+
+def wrap_lora(model, config: LoraConfig):
+    """Wrap ``model`` with LoRA adapters (QLoRA preparation first when the model is quantised)."""
     if getattr(model, "is_quantized", False):
         # QLoRA: cast norms to fp32 and let gradients reach the adapters through frozen int weights.
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
     # With frozen embeddings and activation checkpointing, no checkpointed input would require
     # grad and the adapters would get none; this hook makes the embedding output require it.
     model.enable_input_require_grads()
-    config = LoraConfig(
-        r=rank, lora_alpha=alpha, lora_dropout=dropout, target_modules=LANGUAGE_LORA_TARGETS, bias="none", task_type="CAUSAL_LM"
-    )
     return get_peft_model(model, config)
+
+
+def parameter_block(name: str) -> str:
+    """The top-level block a parameter belongs to: vision, merger, language model, lm_head or other."""
+    if ".visual.merger." in f".{name}" or ".visual.deepstack_merger_list." in f".{name}":
+        return "merger"
+    if ".visual." in f".{name}":
+        return "vision"
+    if ".language_model." in f".{name}":
+        return "language model"
+    if ".lm_head." in f".{name}":
+        return "lm_head"
+    return "other"
+
+
+def summarize_trainables(model, print_fn=print) -> list[dict]:
+    """Trainable vs total parameters per top-level block (LoRA weights count in their block); prints a table."""
+    blocks = ("vision", "merger", "language model", "lm_head", "other")
+    rows = {block: {"block": block, "trainable": 0, "total": 0} for block in blocks}
+    for name, parameter in model.named_parameters():
+        row = rows[parameter_block(name)]
+        row["total"] += parameter.numel()
+        row["trainable"] += parameter.numel() if parameter.requires_grad else 0
+    table = [row for row in rows.values() if row["total"]]
+    table.append({"block": "all", "trainable": sum(r["trainable"] for r in table), "total": sum(r["total"] for r in table)})
+    lines = [f"{'block':<16}{'trainable':>14}{'total':>14}{'trainable %':>13}"]
+    lines += [f"{r['block']:<16}{r['trainable']:>14,}{r['total']:>14,}{100 * r['trainable'] / r['total']:>12.2f}%" for r in table]
+    print_fn("\n".join(lines))
+    return table
 
 
 def count_parameters(model) -> tuple[int, int]:

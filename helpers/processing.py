@@ -97,3 +97,8 @@ def load_processor(model_id_or_path: str | Path, min_pixels: int, max_pixels: in
     # `size` is the supported knob; processor-call min_pixels/max_pixels are deprecated.
     processor.image_processor.size = {"shortest_edge": min_pixels, "longest_edge": max_pixels}
     return processor
+
+
+def load_saved_processor(processor_dir: str | Path, family: str) -> ProcessorMixin:
+    """Load a processor saved by a run (its resolution bounds as saved) for the given family."""
+    return processor_class_for(family, has_torchvision()).from_pretrained(str(processor_dir))

@@ -5,7 +5,21 @@ from __future__ import annotations
 import pytest
 import torch
 
-from helpers.modeling import count_parameters, load_model, pick_device_and_dtype, quantization_config, wrap_lora
+from pathlib import Path
+
+from helpers.modeling import (
+    LORA_TARGET_PATTERNS,
+    count_parameters,
+    load_model,
+    load_model_and_processor,
+    lora_config,
+    parameter_block,
+    pick_device_and_dtype,
+    quantization_config,
+    summarize_trainables,
+    wrap_lora,
+)
+from tests.cases import FAMILIES
 
 
 def test_cpu_device_and_dtype():
@@ -41,17 +55,84 @@ def test_missing_flash_attention_is_a_clear_error(tiny_checkpoints):
         load_model(tiny_checkpoints["qwen2_vl"], "none", "flash_attention_2", torch.float32, "cpu")
 
 
-@pytest.mark.parametrize("family", ["qwen2_vl", "qwen2_5_vl", "qwen3_vl"])
+@pytest.mark.parametrize("family", FAMILIES)
 def test_lora_hits_only_language_model_projections(tiny_checkpoints, family):
     model = load_model(tiny_checkpoints[family], "none", "sdpa", torch.float32, "cpu")
     total_before = count_parameters(model)[1]
-    model = wrap_lora(model, rank=4, alpha=8, dropout=0.0)
+    model = wrap_lora(model, lora_config(["language"], rank=4, alpha=8, dropout=0.0))
     trainable = [name for name, p in model.named_parameters() if p.requires_grad]
     assert trainable and all("language_model" in name and "lora_" in name for name in trainable)
     projections = {name.split(".lora_")[0].rsplit(".", 1)[1] for name in trainable}
     assert projections == {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
     n_trainable, total = count_parameters(model)
     assert total > total_before and n_trainable == total - total_before
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("targets", [["vision"], ["merger"], ["language", "merger"], ["language", "vision", "merger"]])
+def test_lora_targets_cover_exactly_the_chosen_blocks(tiny_checkpoints, family, targets):
+    model = load_model(tiny_checkpoints[family], "none", "sdpa", torch.float32, "cpu")
+    linear_blocks = {
+        name: parameter_block(name + ".weight") for name, module in model.named_modules() if isinstance(module, torch.nn.Linear)
+    }
+    expected = {name for name, block in linear_blocks.items() if block in {t.replace("language", "language model") for t in targets}}
+    model = wrap_lora(model, lora_config(targets, rank=2, alpha=4, dropout=0.0))
+    adapted = {name.removeprefix("base_model.model.") for name, module in model.named_modules() if hasattr(module, "lora_A")}
+    assert adapted == expected
+
+
+@pytest.mark.parametrize("targets", [[], ["decoder"], ["language", "everything"]])
+def test_lora_config_rejects_unknown_targets(targets):
+    with pytest.raises(ValueError, match="choose one or more of"):
+        lora_config(targets, 4, 8, 0.0)
+
+
+@pytest.mark.parametrize(
+    "name,block",
+    [
+        ("model.visual.blocks.0.attn.qkv.weight", "vision"),
+        ("model.visual.merger.mlp.0.weight", "merger"),
+        ("model.visual.deepstack_merger_list.1.linear_fc1.bias", "merger"),
+        ("base_model.model.model.language_model.layers.0.self_attn.q_proj.lora_A.default.weight", "language model"),
+        ("model.language_model.embed_tokens.weight", "language model"),
+        ("lm_head.weight", "lm_head"),
+        ("something_else.weight", "other"),
+    ],
+)
+def test_parameter_block(name, block):
+    assert parameter_block(name) == block
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("use_lora", [False, True])
+def test_summarize_trainables_adds_up(tiny_checkpoints, family, use_lora):
+    model = load_model(tiny_checkpoints[family], "none", "sdpa", torch.float32, "cpu")
+    if use_lora:
+        model = wrap_lora(model, lora_config(["language"], rank=2, alpha=4, dropout=0.0))
+    printed = []
+    table = summarize_trainables(model, print_fn=printed.append)
+    rows = {row["block"]: row for row in table}
+    trainable, total = count_parameters(model)
+    assert rows["all"] == {"block": "all", "trainable": trainable, "total": total}
+    assert {"vision", "merger", "language model", "lm_head"} <= set(rows)
+    if use_lora:
+        assert rows["language model"]["trainable"] == trainable and rows["vision"]["trainable"] == 0
+    else:
+        assert all(row["trainable"] == row["total"] for row in table)
+    assert "trainable %" in printed[0]
+
+
+def test_model_and_processor_load_together(tiny_checkpoints):
+    model, processor = load_model_and_processor(tiny_checkpoints["qwen2_5_vl"], "none", "sdpa", torch.float32, "cpu", 3136, 50176)
+    assert type(model).__name__ == "Qwen2_5_VLForConditionalGeneration"  # chosen from config.model_type
+    assert processor.image_processor.size == {"shortest_edge": 3136, "longest_edge": 50176}
+    assert model.config._attn_implementation == "sdpa"
+
+
+def test_no_remote_code_anywhere():
+    root = Path(__file__).resolve().parent.parent
+    sources = [*root.glob("helpers/*.py"), root / "fine_tuning_vlm_for_object_detection_trl.py"]
+    assert not [p.name for p in sources if "trust_remote_code=True" in p.read_text()]
 
 
 def test_8bit_model_loads_on_cpu(tiny_checkpoints):

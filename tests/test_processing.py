@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from PIL import Image
 
-from helpers.boxes import resized_size
+from helpers.boxes import resized_size, visual_token_count
 from tests.cases import IMAGE_SIZES, PIXEL_BOUNDS
 from helpers.processing import (
     IMAGE_ONLY_PROCESSORS,
@@ -53,3 +53,13 @@ def test_read_family_rejects_other_models(tmp_path):
     LlamaConfig(hidden_size=8, num_hidden_layers=1, num_attention_heads=1, intermediate_size=8).save_pretrained(tmp_path)
     with pytest.raises(ValueError, match="model_type 'llama' is not a supported Qwen-VL family"):
         read_family(tmp_path)
+
+
+@pytest.mark.parametrize("family", SUPPORTED_FAMILIES)
+@pytest.mark.parametrize("width,height", [(90, 60), (640, 480), (33, 1200)])
+def test_visual_token_count_is_the_number_of_image_tokens(tiny_checkpoints, family, width, height):
+    processor = load_processor(tiny_checkpoints[family], 3136, 50176)
+    text = processor.apply_chat_template([{"role": "user", "content": [{"type": "image"}]}], tokenize=False)
+    ids = processor(text=[text], images=[[Image.new("RGB", (width, height))]], return_tensors="pt")["input_ids"][0]
+    n_image_tokens = int((ids == processor.tokenizer.convert_tokens_to_ids("<|image_pad|>")).sum())
+    assert visual_token_count(family, width, height, 3136, 50176) == n_image_tokens
