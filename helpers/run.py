@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 import transformers
 
+from helpers.gpu import device_report
 from helpers.offline import build_tiny_checkpoint
 from helpers.processing import SUPPORTED_FAMILIES
 
@@ -63,18 +64,8 @@ def prepare_run_dir(output_root: str | Path, run_name: str) -> Path:
 
 def environment_report(device: str, dtype: torch.dtype) -> dict:
     """Versions and hardware a run depends on, for the notebook and ``params.json``."""
-    report = {
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "device": device,
-        "dtype": str(dtype).removeprefix("torch."),
-        "cpu_threads": torch.get_num_threads(),
-    }
-    if device == "cuda":
-        report["gpu"] = torch.cuda.get_device_name(0)
-        report["gpu_memory_gib"] = round(torch.cuda.get_device_properties(0).total_memory / 2**30, 1)
-    return report
+    versions = {"python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__}
+    return versions | device_report(device, dtype)
 
 
 def _finite_or_none(value):

@@ -1,0 +1,147 @@
+"""TRL training configuration from the notebook parameters, its printed arithmetic, and resuming."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import torch
+from transformers.trainer import SAFE_WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_NAME
+from trl import SFTConfig, SFTTrainer
+
+SCHEDULES = ("cosine", "linear", "constant_with_warmup")
+REPORT_TO_CHOICES = ("none", "wandb", "tensorboard")
+
+
+def device_defaults(device: str, dtype: torch.dtype) -> dict:
+    """Precision, pinned memory and activation checkpointing that suit the device."""
+    on_gpu = device == "cuda"
+    return {
+        "bf16": on_gpu and dtype == torch.bfloat16,  # bf16=True on CPU is an error in this stack
+        "fp16": on_gpu and dtype == torch.float16,
+        "dataloader_pin_memory": on_gpu,  # pinning needs CUDA
+        "activation_checkpointing": on_gpu,  # trades compute for memory; on CPU memory is not the limit
+    }
+
+
+def create_sft_config(params: dict, run_dir: str | Path, device: str, dtype: torch.dtype) -> SFTConfig:
+    """TRL's ``SFTConfig`` for a VLM with our own collator, with safe defaults for the device."""
+    if params["lr_scheduler_type"] not in SCHEDULES:
+        raise ValueError(f"lr_scheduler_type={params['lr_scheduler_type']!r}; expected one of {SCHEDULES}")
+    if params["report_to"] not in REPORT_TO_CHOICES:
+        raise ValueError(f"report_to={params['report_to']!r}; expected one of {REPORT_TO_CHOICES}")
+    if not 0 <= params["warmup_ratio"] < 1:
+        raise ValueError(f"warmup_ratio={params['warmup_ratio']} must be in [0, 1)")
+    return SFTConfig(
+        output_dir=str(Path(run_dir) / "checkpoints"),
+        max_steps=params["max_steps"],
+        num_train_epochs=params["num_train_epochs"],
+        per_device_train_batch_size=params["per_device_train_batch_size"],
+        per_device_eval_batch_size=params["per_device_eval_batch_size"],
+        gradient_accumulation_steps=params["gradient_accumulation_steps"],
+        learning_rate=params["learning_rate"],
+        lr_scheduler_type=params["lr_scheduler_type"],
+        warmup_steps=params["warmup_ratio"],  # SFTConfig reads a value below 1 as a fraction of the total steps
+        weight_decay=params["weight_decay"],
+        max_grad_norm=params["max_grad_norm"],
+        logging_steps=params["logging_steps"],
+        logging_first_step=True,
+        eval_strategy="steps",
+        eval_steps=params["eval_steps"],
+        save_strategy="steps",
+        save_steps=params["save_steps"],
+        save_total_limit=params["save_total_limit"],
+        seed=params["seed"],
+        data_seed=params["seed"],
+        **device_defaults(device, dtype),
+        report_to=[] if params["report_to"] == "none" else [params["report_to"]],
+        run_name=params["run_name"],
+        # Our collator tokenises, so TRL must keep the raw columns, not prepare the dataset, and not
+        # truncate (a cut answer would teach the model to stop early).
+        remove_unused_columns=False,
+        dataset_kwargs={"skip_prepare_dataset": True},
+        max_length=None,
+    )
+
+
+def training_arithmetic(config: SFTConfig, n_train_examples: int) -> dict:
+    """Effective batch, optimizer steps, warm-up steps and epochs implied by ``config``."""
+    processes = config.world_size
+    effective_batch = config.per_device_train_batch_size * config.gradient_accumulation_steps * processes
+    batches_per_epoch = math.ceil(n_train_examples / (config.per_device_train_batch_size * processes))
+    steps_per_epoch = max(batches_per_epoch // config.gradient_accumulation_steps, 1)
+    total_steps = config.max_steps if config.max_steps > 0 else math.ceil(config.num_train_epochs * steps_per_epoch)
+    return {
+        "processes": processes,
+        "effective_batch": effective_batch,
+        "steps_per_epoch": steps_per_epoch,
+        "total_steps": total_steps,
+        "warmup_steps": config.get_warmup_steps(total_steps),
+        "epochs": total_steps * effective_batch / n_train_examples,
+    }
+
+
+def print_training_config(config: SFTConfig, n_train_examples: int, print_fn=print) -> dict:
+    """Print the settings that matter, with the arithmetic behind the step counts; return the arithmetic."""
+    a = training_arithmetic(config, n_train_examples)
+    precision = "bf16" if config.bf16 else "fp16" if config.fp16 else "fp32"
+    source = "max_steps" if config.max_steps > 0 else f"{config.num_train_epochs} epochs"
+    lines = [
+        f"effective batch   {a['effective_batch']} = {config.per_device_train_batch_size} per device"
+        f" x {config.gradient_accumulation_steps} accumulation x {a['processes']} process(es)",
+        f"optimizer steps   {a['total_steps']} ({source}); {a['steps_per_epoch']} per epoch of {n_train_examples}"
+        f" training images, so {a['epochs']:.2f} epochs",
+        f"learning rate     {config.learning_rate:g}, {a['warmup_steps']} warm-up steps then {getattr(config.lr_scheduler_type, 'value', config.lr_scheduler_type)}"
+        f"; weight decay {config.weight_decay:g}; gradients clipped to norm {config.max_grad_norm:g}",
+        f"precision         {precision}; activation checkpointing {'on' if config.activation_checkpointing else 'off'}"
+        f"; pin memory {'on' if config.dataloader_pin_memory else 'off'}; seed {config.seed}",
+        f"cadence           log every {config.logging_steps}, eval every {config.eval_steps}, save every {config.save_steps}"
+        f" (keep {config.save_total_limit}) to {config.output_dir}",
+        f"reporting         {', '.join(config.report_to) or 'none'}",
+    ]
+    print_fn("\n".join(lines))
+    return a
+
+
+def latest_complete_checkpoint(checkpoints_dir: str | Path) -> Path | None:
+    """The highest ``checkpoint-N`` folder whose ``trainer_state.json`` was written (the trainer writes it last)."""
+    folder = Path(checkpoints_dir)
+    complete = [p for p in folder.glob("checkpoint-*") if p.name.split("-")[-1].isdigit() and (p / "trainer_state.json").is_file()]
+    return max(complete, key=lambda p: int(p.name.split("-")[-1]), default=None)
+
+
+def resolve_resume(resume_from_checkpoint: bool | str, checkpoints_dir: str | Path) -> str | None:
+    """The checkpoint to resume from: None (start fresh), the latest complete one (``True``), or the given path."""
+    if resume_from_checkpoint is False or resume_from_checkpoint == "":
+        return None
+    if resume_from_checkpoint is True:
+        latest = latest_complete_checkpoint(checkpoints_dir)
+        if latest is None:
+            raise ValueError(f"resume_from_checkpoint=True but {checkpoints_dir} holds no complete checkpoint-* folder")
+        return str(latest)
+    if not (Path(resume_from_checkpoint) / "trainer_state.json").is_file():
+        raise ValueError(f"resume_from_checkpoint={resume_from_checkpoint!r} is not a checkpoint folder (no trainer_state.json)")
+    return str(resume_from_checkpoint)
+
+
+class ResumableSFTTrainer(SFTTrainer):
+    """``SFTTrainer`` whose resume really restores full-model weights of Qwen-VL checkpoints.
+
+    ``save_pretrained`` writes Qwen-VL weights in the original hub layout (``model.layers``,
+    ``visual``), while the loaded model names them ``model.language_model`` / ``model.visual``.
+    transformers 5.24's resume loads the file with ``load_state_dict(strict=False)`` on the raw
+    keys, so nothing matches and training silently restarts from the initial weights with the
+    restored optimizer state (huggingface/transformers#43701). Loading the checkpoint through
+    ``from_pretrained`` applies the key conversion; LoRA checkpoints take the trainer's own path.
+    """
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
+        model = self.model if model is None else model
+        folder = Path(resume_from_checkpoint)
+        has_full_weights = (folder / SAFE_WEIGHTS_NAME).is_file() or (folder / SAFE_WEIGHTS_INDEX_NAME).is_file()
+        if hasattr(model, "peft_config") or not has_full_weights:
+            return super()._load_from_checkpoint(resume_from_checkpoint, model)
+        dtype = next(model.parameters()).dtype
+        saved = type(model).from_pretrained(str(folder), dtype=dtype, use_safetensors=True)  # converts the keys
+        model.load_state_dict(saved.state_dict(), strict=True)  # every weight, or an error
+        del saved

@@ -1,0 +1,99 @@
+"""Training configuration from the notebook's parameters, its arithmetic, and resume choices."""
+
+from __future__ import annotations
+
+import jupytext
+import pytest
+import torch
+
+from helpers.run_notebook import NOTEBOOK_PATH, notebook_defaults
+from helpers.training import (
+    create_sft_config,
+    device_defaults,
+    latest_complete_checkpoint,
+    print_training_config,
+    resolve_resume,
+    training_arithmetic,
+)
+
+DEFAULTS = notebook_defaults(jupytext.read(NOTEBOOK_PATH))
+
+
+def test_config_from_notebook_defaults_on_cpu(tmp_path):
+    config = create_sft_config(DEFAULTS, tmp_path / "run", "cpu", torch.float32)
+    assert config.output_dir == str(tmp_path / "run" / "checkpoints")
+    assert (config.bf16, config.fp16, config.dataloader_pin_memory, config.activation_checkpointing) == (False, False, False, False)
+    assert config.remove_unused_columns is False and config.max_length is None
+    assert config.dataset_kwargs == {"skip_prepare_dataset": True}
+    assert config.report_to == [] and config.seed == DEFAULTS["seed"] == config.data_seed
+    assert config.max_grad_norm == DEFAULTS["max_grad_norm"] and config.weight_decay == DEFAULTS["weight_decay"]
+    assert config.get_warmup_steps(1000) == 50  # warmup_ratio 0.05 of the total
+
+
+@pytest.mark.parametrize(
+    "device,dtype,expected",
+    [
+        ("cpu", torch.float32, (False, False, False, False)),
+        ("cuda", torch.bfloat16, (True, False, True, True)),
+        ("cuda", torch.float16, (False, True, True, True)),
+    ],
+)
+def test_device_defaults(device, dtype, expected):
+    d = device_defaults(device, dtype)
+    assert (d["bf16"], d["fp16"], d["dataloader_pin_memory"], d["activation_checkpointing"]) == expected
+
+
+@pytest.mark.parametrize(
+    "change,message",
+    [({"lr_scheduler_type": "cosine_with_restarts"}, "lr_scheduler_type"), ({"report_to": "mlflow"}, "report_to"),
+     ({"warmup_ratio": 1.5}, "warmup_ratio")],
+)
+def test_bad_training_parameters_are_named(tmp_path, change, message):
+    with pytest.raises(ValueError, match=message):
+        create_sft_config(DEFAULTS | change, tmp_path, "cpu", torch.float32)
+
+
+@pytest.mark.parametrize(
+    "n_train,batch,accumulation,max_steps,epochs,expected",
+    [
+        (2048, 8, 1, 1500, 1.0, {"effective_batch": 8, "steps_per_epoch": 256, "total_steps": 1500, "warmup_steps": 75}),
+        (2048, 8, 4, -1, 2.0, {"effective_batch": 32, "steps_per_epoch": 64, "total_steps": 128, "warmup_steps": 7}),
+        (100, 8, 1, -1, 1.0, {"effective_batch": 8, "steps_per_epoch": 13, "total_steps": 13, "warmup_steps": 1}),
+    ],
+)
+def test_training_arithmetic(tmp_path, n_train, batch, accumulation, max_steps, epochs, expected):
+    params = DEFAULTS | {"per_device_train_batch_size": batch, "gradient_accumulation_steps": accumulation,
+                         "max_steps": max_steps, "num_train_epochs": epochs}
+    arithmetic = training_arithmetic(create_sft_config(params, tmp_path, "cpu", torch.float32), n_train)
+    assert {k: arithmetic[k] for k in expected} == expected
+    assert arithmetic["epochs"] == pytest.approx(expected["total_steps"] * expected["effective_batch"] / n_train)
+
+
+def test_printed_training_config_shows_the_arithmetic(tmp_path):
+    printed = []
+    print_training_config(create_sft_config(DEFAULTS, tmp_path, "cpu", torch.float32), 2048, print_fn=printed.append)
+    text = printed[0]
+    assert "effective batch   8 = 8 per device x 1 accumulation x 1 process(es)" in text
+    assert "75 warm-up steps then cosine" in text and "5.86 epochs" in text and "precision         fp32" in text
+
+
+def make_checkpoint(folder, step, complete=True):
+    path = folder / f"checkpoint-{step}"
+    path.mkdir(parents=True)
+    if complete:
+        (path / "trainer_state.json").write_text("{}")
+    return path
+
+
+def test_resume_choices(tmp_path):
+    assert resolve_resume(False, tmp_path) is None
+    with pytest.raises(ValueError, match="no complete checkpoint"):
+        resolve_resume(True, tmp_path)
+    make_checkpoint(tmp_path, 5)
+    make_checkpoint(tmp_path, 10)
+    make_checkpoint(tmp_path, 15, complete=False)  # interrupted while being written
+    assert latest_complete_checkpoint(tmp_path) == tmp_path / "checkpoint-10"
+    assert resolve_resume(True, tmp_path) == str(tmp_path / "checkpoint-10")
+    assert resolve_resume(str(tmp_path / "checkpoint-5"), tmp_path) == str(tmp_path / "checkpoint-5")
+    with pytest.raises(ValueError, match="not a checkpoint folder"):
+        resolve_resume(str(tmp_path / "checkpoint-15"), tmp_path)
