@@ -1,0 +1,34 @@
+"""Export: merge a saved LoRA adapter into its base model as a standalone checkpoint."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from peft import PeftModel
+from transformers import AutoModelForImageTextToText
+
+from helpers.processing import load_saved_processor, read_family
+
+
+def merge_refusal(quantization: str, use_lora: bool) -> str | None:
+    """Why a merged model cannot be written for this run, or None when it can."""
+    if not use_lora:
+        return "nothing to merge: the run fine-tuned the full model, which model/ already holds"
+    if quantization != "none":
+        return (
+            f"not merging into a {quantization} base: adding the adapter to quantised weights rounds it away. "
+            "Reload the base in bf16 on a GPU, attach model/ with PeftModel.from_pretrained, and merge there "
+            "(the result differs slightly from the quantised base + adapter the run evaluated)"
+        )
+    return None
+
+
+def merge_adapter(base_model: str | Path, adapter_dir: str | Path, out_dir: str | Path, dtype: torch.dtype) -> Path:
+    """Load the base fresh, apply the adapter, merge it in, and save model + processor to ``out_dir``."""
+    base = AutoModelForImageTextToText.from_pretrained(str(base_model), dtype=dtype, use_safetensors=True)
+    merged = PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload()
+    out_dir = Path(out_dir)
+    merged.save_pretrained(out_dir, safe_serialization=True)
+    load_saved_processor(adapter_dir, read_family(base_model)).save_pretrained(out_dir)  # the run saved it next to the adapter
+    return out_dir

@@ -1,0 +1,106 @@
+"""Callbacks in a real tiny SFTTrainer run: the values they log, where they reach, the model's mode."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import TrainerCallback
+from trl import SFTTrainer
+
+from helpers.callbacks import (
+    ConsoleLogCallback,
+    GradNormCallback,
+    IoUEvalCallback,
+    attach_callbacks,
+    gradient_l2_norm,
+)
+from helpers.formatting import add_chat_columns, detection_prompt
+from helpers.modeling import load_model_and_processor, lora_config, wrap_lora
+from helpers.notebook_cells import run_tagged_cells
+from helpers.synthetic import make_synthetic_dataset
+from helpers.training import create_sft_config
+from tests.test_training import DEFAULTS
+
+CLASSES = ["red circle", "green square", "blue triangle"]
+MIN_PIXELS, MAX_PIXELS = 3136, 50176
+
+
+class RecordingCallback(TrainerCallback):
+    """Stands in for a logging backend: records every log it is shown."""
+
+    def __init__(self):
+        self.logs = []
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        self.logs.append(dict(logs))
+
+
+def tiny_run(checkpoint, tmp_path, max_grad_norm: float, use_lora: bool):
+    """Six optimizer steps with logging every step and evaluation at steps 3 and 6; returns trainer and recorder."""
+    model, processor = load_model_and_processor(checkpoint, "none", "sdpa", torch.float32, "cpu", MIN_PIXELS, MAX_PIXELS)
+    if use_lora:
+        model = wrap_lora(model, lora_config(["language"], 4, 8, 0.0))
+    prompt = detection_prompt("qwen2_vl", CLASSES)
+    splits = [add_chat_columns(make_synthetic_dataset(n, seed=s), "qwen2_vl", prompt, MIN_PIXELS, MAX_PIXELS) for n, s in ((16, 1), (4, 2))]
+    params = DEFAULTS | {"max_steps": 6, "logging_steps": 1, "eval_steps": 3, "save_steps": 100, "per_device_train_batch_size": 4,
+                         "per_device_eval_batch_size": 4, "max_grad_norm": max_grad_norm, "learning_rate": 1e-3}
+    trainer = SFTTrainer(model=model, args=create_sft_config(params, tmp_path, "cpu", torch.float32), train_dataset=splits[0],
+                         eval_dataset=splits[1], data_collator=run_tagged_cells("collators")["AssistantOnlyCollator"](processor),
+                         processing_class=processor)
+    recorder, printed = RecordingCallback(), []
+    trainer.add_callback(recorder)  # added first, like a backend the trainer was created with
+    iou = IoUEvalCallback(processor, splits[1], n_images=3, family="qwen2_vl", prompt=prompt, min_pixels=MIN_PIXELS,
+                          max_pixels=MAX_PIXELS, max_new_tokens=8, batch_size=2)
+    attach_callbacks(trainer, [GradNormCallback(), iou, ConsoleLogCallback(print_fn=printed.append)])
+    trainer.train()
+    return trainer, recorder, printed
+
+
+@pytest.mark.parametrize("max_grad_norm,use_lora", [(0.01, False), (1e9, False), (0.01, True)])
+def test_callbacks_log_into_every_record_and_backend(tiny_checkpoints, tmp_path, max_grad_norm, use_lora):
+    trainer, recorder, printed = tiny_run(tiny_checkpoints["qwen2_vl"], tmp_path, max_grad_norm, use_lora)
+    history = trainer.state.log_history
+    train_logs = [entry for entry in history if "loss" in entry]
+    assert [entry["step"] for entry in train_logs] == [1, 2, 3, 4, 5, 6]
+    for entry in train_logs:
+        # The trainer's grad_norm is measured before clipping, ours after: the clip is min(norm, max).
+        assert entry["grad_norm_clipped"] == pytest.approx(min(entry["grad_norm"], max_grad_norm), rel=1e-4)
+    if max_grad_norm < 1:
+        assert all(entry["grad_norm"] > max_grad_norm for entry in train_logs)  # clipping was active
+    eval_logs = [entry for entry in history if "eval_loss" in entry]
+    assert [entry["step"] for entry in eval_logs] == [3, 6]
+    for entry in eval_logs:
+        assert 0 <= entry["eval_mean_iou"] <= 1 and 0 <= entry["eval_parse_failure_rate"] <= 1
+    # A backend registered before ours still sees the added values, and so does the console line.
+    assert sum("grad_norm_clipped" in logs for logs in recorder.logs) == 6
+    assert sum("eval_mean_iou" in logs for logs in recorder.logs) == 2
+    assert sum("eval_mean_iou" in line for line in printed) == 2
+    assert printed[0].startswith("step 1/6 | loss ")
+
+
+def test_grad_norm_matches_an_independent_computation():
+    model = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.Linear(2, 1))
+    model[0].weight.requires_grad_(False)  # frozen parameters do not count
+    model(torch.ones(4, 3)).sum().backward()
+    expected = torch.cat([p.grad.flatten() for p in model.parameters() if p.requires_grad]).norm().item()
+    assert gradient_l2_norm(model) == pytest.approx(expected)
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_iou_callback_leaves_the_model_mode_as_found(tiny_checkpoints, training):
+    model, processor = load_model_and_processor(tiny_checkpoints["qwen2_vl"], "none", "sdpa", torch.float32, "cpu", MIN_PIXELS, MAX_PIXELS)
+    model = wrap_lora(model, lora_config(["language"], 4, 8, 0.0))  # a PEFT-wrapped model
+    prompt = detection_prompt("qwen2_vl", CLASSES)
+    data = add_chat_columns(make_synthetic_dataset(2, seed=3), "qwen2_vl", prompt, MIN_PIXELS, MAX_PIXELS)
+    callback = IoUEvalCallback(processor, data, n_images=2, family="qwen2_vl", prompt=prompt, min_pixels=MIN_PIXELS,
+                               max_pixels=MAX_PIXELS, max_new_tokens=4, batch_size=2)
+    model.train(training)
+
+    class State:
+        log_history = [{"eval_loss": 1.0, "step": 3}]
+        global_step = 3
+
+    logs = {"eval_loss": 1.0}
+    callback.on_log(None, State, None, logs=logs, model=model)
+    assert model.training is training
+    assert set(logs) == {"eval_loss", "eval_mean_iou", "eval_parse_failure_rate"} and State.log_history[-1] == logs | {"step": 3}
