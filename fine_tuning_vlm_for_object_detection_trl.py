@@ -47,6 +47,7 @@ use_lora: bool = False  # False: full fine-tuning (the offline model starts from
 lora_rank: int = 16  # LoRA adapter rank (used when use_lora is True)
 lora_alpha: int = 32  # LoRA scale: alpha / rank, 32 / 16 is 2
 lora_dropout: float = 0.05  # dropout on the LoRA branch
+lora_targets: list = ["language"]  # blocks to adapt: any of "language", "vision" (tower) and "merger"
 quantization: str = "none"  # "none", "8bit", or "4bit" (QLoRA, CUDA only)
 attn_implementation: str = "sdpa"  # "sdpa", "eager" or "flash_attention_2" (needs flash-attn on GPU)
 learning_rate: float = 1e-3  # 1e-3 suits the random tiny model; use ~2e-4 for LoRA on a real model
@@ -64,12 +65,15 @@ logging_steps: int = 50  # log the training loss every N optimizer steps
 eval_steps: int = 500  # compute the eval loss every N steps
 save_steps: int = 750  # write a checkpoint every N steps
 save_total_limit: int = 2  # checkpoints kept in the run folder
+resume_from_checkpoint: bool | str = False  # True: continue from this run's latest checkpoint; or a checkpoint path
+merge_adapter: bool = False  # LoRA on an unquantised base: also save model_merged/, base and adapter in one
 seed: int = 42  # seeds Python, NumPy, torch and the synthetic data
 run_name: str = "offline-demo"  # the run writes outputs/<run_name>/ and nothing else
 output_root: str = "outputs"  # parent folder of every run folder
-report_to: str = "none"  # "none", "wandb" or "tensorboard"
+report_to: str = "none"  # "none", "wandb" or "tensorboard"; W&B honours WANDB_MODE (online, offline, disabled)
 max_new_tokens: int = 160  # generation budget per answer; a JSON box is about 30 tokens
 generation_batch_size: int = 8  # images per generate() call in evaluation
+iou_eval_images: int = 16  # held-out images the IoU callback generates on at each evaluation (0: off)
 n_plot_images: int = 8  # images in each picture grid
 n_scaling_check_images: int = 3  # images in the coordinate-scaling check of section 2
 
@@ -89,31 +93,38 @@ params
 # %% [markdown]
 # ## 1. Set-up
 #
-# Seed everything, pick the device and dtype (bf16 on a modern GPU, fp32 on CPU), and create the
-# run folder: every file this run writes goes under it. Then read the **model family** from the
-# checkpoint's config (`model_type`), never from the id's spelling, because the family decides how
-# boxes are written, and load the processor with the resolution bounds.
+# Seed everything, pick the device and dtype (bf16 on a modern GPU, fp32 on CPU), create the run
+# folder (every file this run writes goes under it) and point the logging backend at it. W&B
+# reads its key from the environment (`WANDB_API_KEY`); without one, online mode falls back to
+# offline instead of failing. Secrets are never printed or saved.
+#
+# Then read the **model family** from the checkpoint's config (`model_type`), never from the id's
+# spelling, because the family decides how boxes are written, and load the model and processor:
+# the class comes from the config, weights from safetensors, no remote code. `quantization`
+# `4bit` (NF4, double quantisation, bf16 compute) is QLoRA's setting and needs CUDA; `8bit` also
+# runs on CPU; the vision tower and `lm_head` always stay unquantised. The resolution bounds go to
+# the image processor's `size`, the supported knob.
 
 # %%
-import os
-
 import torch
 from transformers import set_seed
 
-from helpers.modeling import pick_device_and_dtype
-from helpers.processing import load_processor, read_family
+from helpers.modeling import load_model_and_processor, pick_device_and_dtype
+from helpers.processing import read_family
 from helpers.run import environment_report, prepare_run_dir, resolve_model_path, write_json
+from helpers.tracking import configure_reporting
 
 set_seed(seed)
 device, dtype = pick_device_and_dtype()
 run_dir = prepare_run_dir(output_root, run_name)
-os.environ.setdefault("WANDB_DIR", str(run_dir))  # keep W&B's local files inside the run folder
+reporting = configure_reporting(report_to, run_dir)
 environment = environment_report(device, dtype)
 write_json(run_dir / "params.json", {"parameters": params, "environment": environment})
 model_path = resolve_model_path(model_id, offline_model_dir)
 family = read_family(model_path)
-processor = load_processor(model_path, min_pixels, max_pixels)
-print(f"run folder: {run_dir}; model family: {family}")
+model, processor = load_model_and_processor(model_path, quantization, attn_implementation, dtype, device, min_pixels, max_pixels)
+print(f"run folder: {run_dir}; reporting: {reporting}")
+print(f"{type(model).__name__} (family {family}), attention {model.config._attn_implementation}, quantization {quantization}")
 environment
 
 # %% [markdown]
@@ -187,7 +198,7 @@ if not scaling["ok"]:
 # targets, and the same code reads the model's answers back in evaluation.
 
 # %%
-from helpers.boxes import resized_size
+from helpers.boxes import resized_size, visual_token_count
 from helpers.formatting import add_chat_columns, detection_prompt, format_detection_messages
 
 prompt = detection_prompt(family, class_names)
@@ -196,7 +207,9 @@ for name in splits:
 
 example = splits["train"][0]
 model_size = resized_size(family, example["width"], example["height"], min_pixels, max_pixels)
-print(f"image {example['width']}x{example['height']}px -> model sees {model_size[0]}x{model_size[1]}px")
+n_visual = visual_token_count(family, example["width"], example["height"], min_pixels, max_pixels)
+print(f"image {example['width']}x{example['height']}px -> model sees {model_size[0]}x{model_size[1]}px, "
+      f"{n_visual} visual tokens (min_pixels {min_pixels}, max_pixels {max_pixels})")
 print(processor.apply_chat_template(format_detection_messages(example["prompt"], example["answer"]), tokenize=False))
 
 # %% [markdown]
@@ -212,20 +225,21 @@ if too_long:
     print(f"WARNING: {too_long} of {len(answer_tokens)} test answers exceed max_new_tokens and will be cut; raise it")
 
 # %% [markdown]
-# ## 4. Model and LoRA
+# ## 4. LoRA and what trains
 #
-# The model class comes from the checkpoint's config. On a real model, LoRA adapters on the
-# language model's attention and MLP projections train a fraction of a percent of the weights; the
-# offline model starts from random weights, so it is fully fine-tuned instead (`use_lora=False`).
+# On a real model, LoRA adapters on the language model's attention and MLP projections train a
+# fraction of a percent of the weights. The targets are regexes anchored on each block, so a
+# projection name shared with the vision tower is not adapted by accident; `lora_targets` can add
+# the vision tower and the merger that feeds its features to the language model. The offline model
+# starts from random weights, so it is fully fine-tuned instead (`use_lora=False`): adapters on a
+# random model have nothing to adapt.
 
 # %%
-from helpers.modeling import count_parameters, load_model, wrap_lora
+from helpers.modeling import lora_config, summarize_trainables, wrap_lora
 
-model = load_model(model_path, quantization, attn_implementation, dtype, device)
 if use_lora:
-    model = wrap_lora(model, lora_rank, lora_alpha, lora_dropout)
-trainable, total = count_parameters(model)
-print(f"{type(model).__name__}: {trainable:,} trainable of {total:,} parameters ({100 * trainable / total:.2f}%)")
+    model = wrap_lora(model, lora_config(lora_targets, lora_rank, lora_alpha, lora_dropout))
+trainables = summarize_trainables(model)
 
 # %% [markdown]
 # ## 5. Data collators
@@ -420,46 +434,28 @@ baseline_metrics
 # %% [markdown]
 # ## 7. Training with TRL's `SFTTrainer`
 #
-# Our collator does the tokenisation, so TRL is told to leave the dataset alone
-# (`skip_prepare_dataset`), to keep the image and text columns the collator needs
-# (`remove_unused_columns=False`), and not to truncate (`max_length=None`: a cut answer would teach
-# the model to stop early). Checkpoints go to the run folder.
+# `create_sft_config` turns the parameters into TRL's `SFTConfig`. Our collator does the
+# tokenisation, so TRL is told to leave the dataset alone (`skip_prepare_dataset`), to keep the
+# image and text columns the collator needs (`remove_unused_columns=False`), and not to truncate
+# (`max_length=None`: a cut answer would teach the model to stop early). Per device: bf16 and
+# activation checkpointing on a GPU, fp32 on CPU, pinned memory only with CUDA. Checkpoints go to
+# the run folder; `resume_from_checkpoint=True` continues the latest one after an interruption
+# (`ResumableSFTTrainer` works around a transformers bug that would silently restart from the
+# initial weights).
+#
+# Three callbacks: `GradNormCallback` logs the gradient norm after clipping (the trainer's own
+# `grad_norm` is before clipping), `IoUEvalCallback` generates on a few held-out images at each
+# evaluation and logs their mean IoU and parse-failure rate, which the eval loss cannot show, and
+# `ConsoleLogCallback` prints one line per log so a headless run can be followed.
 
 # %%
-from trl import SFTConfig, SFTTrainer
+from helpers.callbacks import ConsoleLogCallback, GradNormCallback, IoUEvalCallback, attach_callbacks
+from helpers.gpu import clear_memory, peak_memory_report, reset_peak_memory
+from helpers.training import ResumableSFTTrainer, create_sft_config, print_training_config, resolve_resume
 
-on_gpu = device == "cuda"
-training_args = SFTConfig(
-    output_dir=str(run_dir / "checkpoints"),
-    max_steps=max_steps,
-    num_train_epochs=num_train_epochs,
-    per_device_train_batch_size=per_device_train_batch_size,
-    per_device_eval_batch_size=per_device_eval_batch_size,
-    gradient_accumulation_steps=gradient_accumulation_steps,
-    learning_rate=learning_rate,
-    lr_scheduler_type=lr_scheduler_type,
-    warmup_steps=warmup_ratio,  # a value below 1 is read as a fraction of the total steps
-    weight_decay=weight_decay,
-    max_grad_norm=max_grad_norm,
-    logging_steps=logging_steps,
-    logging_first_step=True,
-    eval_strategy="steps",
-    eval_steps=eval_steps,
-    save_strategy="steps",
-    save_steps=save_steps,
-    save_total_limit=save_total_limit,
-    seed=seed,
-    bf16=on_gpu and dtype == torch.bfloat16,
-    fp16=on_gpu and dtype == torch.float16,
-    dataloader_pin_memory=on_gpu,
-    activation_checkpointing=on_gpu,  # trades compute for memory; on CPU memory is not the limit
-    report_to=[] if report_to == "none" else [report_to],
-    run_name=run_name,
-    remove_unused_columns=False,
-    dataset_kwargs={"skip_prepare_dataset": True},
-    max_length=None,
-)
-trainer = SFTTrainer(
+training_args = create_sft_config(params, run_dir, device, dtype)
+print_training_config(training_args, len(splits["train"]))
+trainer = ResumableSFTTrainer(  # TRL's SFTTrainer, with a resume that restores Qwen-VL weights (see helpers.training)
     model=model,
     args=training_args,
     train_dataset=splits["train"],
@@ -467,8 +463,17 @@ trainer = SFTTrainer(
     data_collator=collator,
     processing_class=processor,
 )
-train_result = trainer.train()
-train_result.metrics
+callbacks = [GradNormCallback(), ConsoleLogCallback()]
+if iou_eval_images > 0:
+    callbacks.append(IoUEvalCallback(processor, splits["eval"], n_images=iou_eval_images, **eval_settings))
+attach_callbacks(trainer, callbacks)
+resume_from = resolve_resume(resume_from_checkpoint, training_args.output_dir)
+if resume_from:
+    print(f"resuming from {resume_from}")
+clear_memory()
+reset_peak_memory()
+train_result = trainer.train(resume_from_checkpoint=resume_from)
+train_result.metrics | peak_memory_report()
 
 # %% [markdown]
 # ## 8. Evaluation after training
@@ -500,15 +505,25 @@ plot_loss_curve(trainer.state.log_history, run_dir / "plots" / "loss.png");
 # ## 10. Saving
 #
 # The trained weights (the adapter alone when LoRA was used) and the processor go to `model/`,
-# next to the metrics and every prediction, so the run can be inspected and reused later.
+# next to the metrics and every prediction, so the run can be inspected and reused later. With
+# `merge_adapter=True`, the base model is loaded fresh, the adapter merged into it, and the result
+# saved to `model_merged/`: one checkpoint that loads with `from_pretrained`, no PEFT needed.
 
 # %%
+from helpers.export import merge_adapter as merge_adapter_into_base
+from helpers.export import merge_refusal
 from helpers.run import write_jsonl
 
 trainer.save_model(str(run_dir / "model"))
 processor.save_pretrained(str(run_dir / "model"))
-write_json(run_dir / "metrics.json", metrics | {"train": train_result.metrics})
+write_json(run_dir / "metrics.json", metrics | {"train": train_result.metrics | peak_memory_report()})
 write_jsonl(run_dir / "predictions.jsonl", finetuned_records)
 write_jsonl(run_dir / "predictions_baseline.jsonl", baseline_records)
 write_json(run_dir / "log_history.json", trainer.state.log_history)
+if merge_adapter:
+    refusal = merge_refusal(quantization, use_lora)
+    if refusal:
+        print("merge_adapter:", refusal)
+    else:
+        print("merged model:", merge_adapter_into_base(model_path, run_dir / "model", run_dir / "model_merged", dtype))
 sorted(str(path.relative_to(run_dir)) for path in run_dir.iterdir())

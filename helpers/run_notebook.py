@@ -63,11 +63,13 @@ def main(argv: list[str] | None = None) -> Path:
     overrides = {name: yaml.safe_load(value) for name, value in args.p}
     parameters = resolve_parameters(notebook_defaults(notebook), preset, overrides)
     run_dir = (REPO_ROOT / parameters["output_root"] / parameters["run_name"]).resolve()
-    if run_dir.exists():
+    if run_dir.exists() and parameters.get("resume_from_checkpoint") not in (False, "", None):
+        print(f"resuming in the existing run folder {run_dir}")  # its checkpoints are what we resume from
+    elif run_dir.exists():
         if not args.overwrite:
-            raise SystemExit(f"run folder {run_dir} exists; choose another run_name or pass --overwrite")
+            raise SystemExit(f"run folder {run_dir} exists; choose another run_name, pass --overwrite, or resume")
         shutil.rmtree(run_dir)
-    run_dir.mkdir(parents=True)
+    run_dir.mkdir(parents=True, exist_ok=True)
     # papermill logs the cells' printed output at INFO; show it so a headless run reads like the notebook.
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     papermill.execute_notebook(

@@ -5,13 +5,16 @@ from __future__ import annotations
 import ast
 import json
 import math
+import os
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import jupytext
 import nbformat
+import psutil
 import pytest
 import yaml
 
@@ -59,14 +62,17 @@ def test_runner_rejects_unknown_names_before_starting_a_kernel():
         resolve_parameters(DEFAULTS, {}, {"lerning_rate": 0.1})
 
 
-def run_notebook(tmp_path: Path, *overrides: str) -> subprocess.CompletedProcess:
-    """Run the smoke preset through papermill into ``tmp_path``; returns the finished process."""
+def runner_command(tmp_path: Path, *overrides: str) -> list[str]:
+    """The runner's command line for the smoke preset writing into ``tmp_path``, with ``name=value`` overrides."""
     args = ["--preset", "params/offline_smoke.yaml", "-p", "output_root", str(tmp_path), "-p", "offline_model_dir", str(tmp_path / "models")]
     for name_value in overrides:
         args += ["-p", *name_value.split("=", 1)]
-    return subprocess.run(
-        [sys.executable, "-m", "helpers.run_notebook", *args], cwd=REPO_ROOT, capture_output=True, text=True, timeout=600
-    )
+    return [sys.executable, "-m", "helpers.run_notebook", *args]
+
+
+def run_notebook(tmp_path: Path, *overrides: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run the smoke preset through papermill into ``tmp_path``; returns the finished process."""
+    return subprocess.run(runner_command(tmp_path, *overrides), cwd=REPO_ROOT, capture_output=True, text=True, timeout=600, env=env)
 
 
 def test_wrong_parameter_type_stops_in_the_check_cell(tmp_path):
@@ -156,13 +162,68 @@ def test_saved_run_model_reloads(tmp_path):
     assert model.config.model_type == "qwen2_vl" and processor.tokenizer.eos_token == "<|im_end|>"
 
 
-def test_lora_run_saves_the_adapter(tmp_path):
+def test_lora_run_saves_the_adapter_and_a_merged_model(tmp_path):
     # Also trains padding-free, through the PEFT wrapper, to prove that path end to end.
     result = run_notebook(
-        tmp_path, "use_lora=true", "padding_free=true", "max_steps=2", "eval_steps=2", "save_steps=2", "test_size=2", "run_name=lora"
+        tmp_path, "use_lora=true", "padding_free=true", "merge_adapter=true", "lora_targets=[language, merger]",
+        "max_steps=2", "eval_steps=2", "save_steps=2", "test_size=2", "run_name=lora",
     )
     assert result.returncode == 0, result.stderr[-3000:]
     model_dir = tmp_path / "lora" / "model"
     assert (model_dir / "adapter_config.json").is_file() and (model_dir / "adapter_model.safetensors").is_file()
     assert not (model_dir / "model.safetensors").exists()
+    from transformers import AutoModelForImageTextToText
+
+    merged = AutoModelForImageTextToText.from_pretrained(tmp_path / "lora" / "model_merged")
+    assert merged.config.model_type == "qwen2_vl" and not any("lora_" in n for n, _ in merged.named_parameters())
     assert "training collator: padding-free with sdpa" in (tmp_path / "lora" / "notebook.ipynb").read_text()
+
+
+def test_wandb_offline_run_logs_callbacks_and_keeps_secrets_out(tmp_path):
+    secrets = {"WANDB_API_KEY": "wandbsecret" + "0" * 29, "HF_TOKEN": "hf_secrettoken0123456789"}
+    env = os.environ | secrets | {"WANDB_MODE": "offline"}
+    result = run_notebook(tmp_path, "report_to=wandb", "max_steps=2", "eval_steps=2", "save_steps=2", "test_size=2", "run_name=wb", env=env)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    run_dir = tmp_path / "wb"
+    wandb_files = [p for p in (run_dir / "wandb").rglob("*") if p.is_file()]
+    assert any(p.suffix == ".wandb" for p in wandb_files)  # an offline W&B run inside the run folder
+    assert any(b"grad_norm_clipped" in p.read_bytes() for p in wandb_files)  # the callbacks reached W&B
+    for path in [p for p in tmp_path.rglob("*") if p.is_file()]:
+        content = path.read_bytes()
+        assert not any(secret.encode() in content for secret in secrets.values()), f"a secret leaked into {path}"
+    assert not any(secret in result.stdout + result.stderr for secret in secrets.values())
+
+
+def test_interrupted_run_resumes_to_the_same_losses(tmp_path):
+    settings = ["max_steps=40", "save_steps=5", "save_total_limit=20", "logging_steps=1", "eval_steps=40", "iou_eval_images=0",
+                "train_size=64", "test_size=2"]
+    reference = run_notebook(tmp_path, *settings, "run_name=reference")
+    assert reference.returncode == 0, reference.stderr[-3000:]
+
+    # Start the same run and kill it, kernel included, once its first checkpoint is complete.
+    run_dir = tmp_path / "resumed"
+    process = subprocess.Popen(runner_command(tmp_path, *settings, "run_name=resumed"), cwd=REPO_ROOT,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    while not (run_dir / "checkpoints" / "checkpoint-5" / "trainer_state.json").exists():
+        assert process.poll() is None and time.monotonic() < deadline, "the run ended before its first checkpoint"
+        time.sleep(0.05)
+    tree = psutil.Process(process.pid)
+    for child in tree.children(recursive=True) + [tree]:
+        child.kill()
+    process.wait()
+    interrupted_at = max(int(p.name.split("-")[1]) for p in (run_dir / "checkpoints").glob("checkpoint-*"))
+    assert interrupted_at < 40 and not (run_dir / "metrics.json").exists()
+
+    resumed = run_notebook(tmp_path, *settings, "run_name=resumed", "resume_from_checkpoint=true")
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    assert "resuming from" in resumed.stdout + resumed.stderr
+
+    def losses(name):
+        history = json.loads((tmp_path / name / "log_history.json").read_text())
+        return {entry["step"]: entry["loss"] for entry in history if "loss" in entry}
+
+    reference_losses, resumed_losses = losses("reference"), losses("resumed")
+    assert sorted(resumed_losses) == list(range(1, 41)) == sorted(reference_losses)  # the history is continuous
+    for step in range(1, 41):
+        assert resumed_losses[step] == pytest.approx(reference_losses[step], rel=1e-4, abs=1e-5), step
