@@ -104,3 +104,23 @@ def test_iou_callback_leaves_the_model_mode_as_found(tiny_checkpoints, training)
     callback.on_log(None, State, None, logs=logs, model=model)
     assert model.training is training
     assert set(logs) == {"eval_loss", "eval_mean_iou", "eval_parse_failure_rate"} and State.log_history[-1] == logs | {"step": 3}
+
+
+def test_tensorboard_backend_gets_the_added_values_inside_the_run_folder(tiny_checkpoints, tmp_path, monkeypatch):
+    from helpers.tracking import configure_reporting
+
+    environ = {}
+    configure_reporting("tensorboard", tmp_path, environ)
+    monkeypatch.setenv("TENSORBOARD_LOGGING_DIR", environ["TENSORBOARD_LOGGING_DIR"])
+    model, processor = load_model_and_processor(tiny_checkpoints["qwen2_vl"], "none", "sdpa", torch.float32, "cpu", MIN_PIXELS, MAX_PIXELS)
+    prompt = detection_prompt("qwen2_vl", CLASSES)
+    data = add_chat_columns(make_synthetic_dataset(8, seed=1), "qwen2_vl", prompt, MIN_PIXELS, MAX_PIXELS)
+    params = DEFAULTS | {"max_steps": 2, "logging_steps": 1, "eval_steps": 100, "save_steps": 100, "per_device_train_batch_size": 4,
+                         "report_to": "tensorboard"}
+    trainer = SFTTrainer(model=model, args=create_sft_config(params, tmp_path, "cpu", torch.float32), train_dataset=data,
+                         eval_dataset=data, data_collator=run_tagged_cells("collators")["AssistantOnlyCollator"](processor),
+                         processing_class=processor)
+    attach_callbacks(trainer, [GradNormCallback()])
+    trainer.train()
+    events = list((tmp_path / "tensorboard").rglob("events.out.tfevents.*"))
+    assert events and any(b"grad_norm_clipped" in path.read_bytes() for path in events)
