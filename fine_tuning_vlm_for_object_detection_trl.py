@@ -143,18 +143,19 @@ environment
 from helpers.data import dataset_class_names, format_data_report, load_detection_splits
 from helpers.plotting import plot_samples
 
+synthetic_options = {
+    "class_names": synthetic_classes,
+    "min_side_px": synthetic_min_side_px,
+    "max_side_px": synthetic_max_side_px,
+    "max_objects": synthetic_max_objects,
+}
 splits, load_reports = load_detection_splits(
     dataset_source,
     split_names,
     split_sizes,
     dataset_bbox_format,
     seed,
-    synthetic_options={
-        "class_names": synthetic_classes,
-        "min_side_px": synthetic_min_side_px,
-        "max_side_px": synthetic_max_side_px,
-        "max_objects": synthetic_max_objects,
-    },
+    synthetic_options=synthetic_options,
     known_classes=dataset_classes,
     strict=data_strict,
 )
@@ -425,7 +426,7 @@ from helpers.inference import evaluate_model
 
 eval_settings = dict(
     family=family, prompt=prompt, min_pixels=min_pixels, max_pixels=max_pixels,
-    max_new_tokens=max_new_tokens, batch_size=generation_batch_size,
+    max_new_tokens=max_new_tokens, batch_size=generation_batch_size, class_names=class_names,
 )
 baseline_records, baseline_metrics = evaluate_model(model, processor, splits["test"], **eval_settings)
 print("first answer:", repr(baseline_records[0]["raw_text"][:200]))
@@ -478,7 +479,12 @@ train_result.metrics | peak_memory_report()
 # %% [markdown]
 # ## 8. Evaluation after training
 #
-# The same function on the same images as the baseline, so the two rows compare like with like.
+# The same function on the same images as the baseline, so the two columns compare like with like.
+# COCO's mAP needs a confidence per box to rank the predictions; a VLM's answer has none, so each
+# box is scored with the mean probability of the tokens that spell it (see `helpers.inference`).
+# mAP@[.5:.95] averages AP over IoU thresholds from 0.5 to 0.95, so it rewards tight boxes;
+# mean IoU, precision and recall at 0.5 come from greedy one-to-one matching within each class;
+# `accuracy_50` (images with one object: is the top box right?) is the grounding metric.
 
 # %%
 from helpers.metrics import format_comparison
@@ -490,16 +496,22 @@ print(format_comparison(baseline_metrics, finetuned_metrics))
 # %% [markdown]
 # ## 9. Pictures
 #
-# Ground truth (solid green) against the fine-tuned model's predictions (dashed magenta), and the
-# loss curves from the trainer's log history.
+# Ground truth (solid green) against the fine-tuned model's predictions with their scores (dashed
+# magenta); the training curves from the trainer's log history (loss, gradient norm before and
+# after clipping, held-out IoU from the callback, learning rate); and the precision-recall curve
+# at IoU 0.5 before and after training.
 
 # %%
-from helpers.plotting import plot_loss_curve, plot_predictions
+from helpers.plotting import plot_pr_curves, plot_predictions, plot_training_curves
 
 plot_predictions(splits["test"], finetuned_records, n_plot_images, run_dir / "plots" / "predictions.png");
 
 # %%
-plot_loss_curve(trainer.state.log_history, run_dir / "plots" / "loss.png");
+plot_training_curves(trainer.state.log_history, run_dir / "plots" / "training_curves.png");
+
+# %%
+plot_pr_curves({"baseline": baseline_metrics["pr_curve_50"], "fine-tuned": finetuned_metrics["pr_curve_50"]},
+               run_dir / "plots" / "pr_curve.png");
 
 # %% [markdown]
 # ## 10. Saving
@@ -527,3 +539,26 @@ if merge_adapter:
     else:
         print("merged model:", merge_adapter_into_base(model_path, run_dir / "model", run_dir / "model_merged", dtype))
 sorted(str(path.relative_to(run_dir)) for path in run_dir.iterdir())
+
+# %% [markdown]
+# ## 11. Inference with the saved model
+#
+# What you do after training: load `model/` fresh (the adapter on its base model, or the full
+# weights), give it a new image, and read boxes with labels and scores in that image's pixels.
+
+# %%
+from helpers.export import load_trained_model
+from helpers.inference import detect
+from helpers.plotting import plot_image_grid
+from helpers.synthetic import make_synthetic_dataset
+
+del trainer, model  # free the training copy before loading the saved one
+clear_memory()
+saved_model, saved_processor = load_trained_model(run_dir / "model", model_path, quantization, attn_implementation, dtype, device)
+if dataset_source == "synthetic":  # an image no split has seen
+    new_image = make_synthetic_dataset(1, seed=seed + 12345, **synthetic_options)[0]["image"]
+else:
+    new_image = splits["test"][0]["image"]
+boxes = detect(saved_model, saved_processor, new_image, family, prompt, min_pixels, max_pixels, max_new_tokens)
+plot_image_grid([new_image], [[(boxes, "magenta", "--")]], [f"{len(boxes)} boxes"], run_dir / "plots" / "inference.png", columns=1)
+boxes

@@ -104,33 +104,43 @@ def is_box_of_numbers(values) -> bool:
     )
 
 
-def _tag_boxes(text: str) -> list[tuple[str, list[float]]]:
-    """``(label, [x1, y1, x2, y2])`` from Qwen2-VL's tag syntax, in its 0..1000 frame."""
+def _tag_boxes(text: str) -> list[tuple[str, list[float], tuple[int, int]]]:
+    """``(label, [x1, y1, x2, y2], text span)`` from Qwen2-VL's tag syntax, in its 0..1000 frame."""
     found, label = [], ""
     for match in _QWEN2_BOX_RE.finditer(text):
         label = match["label"].strip() if match["label"] is not None else label
         coords = [float(v) for v in match.groups()[1:]]
         if all(math.isfinite(v) for v in coords):
-            found.append((label, coords))
+            found.append((label, coords, match.span()))
     return found
 
 
-def _json_boxes(text: str) -> list[tuple[str, list[float]]]:
-    """``(label, [x1, y1, x2, y2])`` from every complete JSON object with a box key, in the text's order."""
+def _json_boxes(text: str) -> list[tuple[str, list[float], tuple[int, int]]]:
+    """``(label, [x1, y1, x2, y2], text span)`` from every complete JSON object with a box key, in order."""
     found = []
-    for chunk in _JSON_OBJECT_RE.findall(text):
+    for match in _JSON_OBJECT_RE.finditer(text):
         try:
-            obj = json.loads(chunk)
+            obj = json.loads(match.group())
         except (json.JSONDecodeError, RecursionError):
             continue
         bbox = next((obj[key] for key in JSON_BOX_KEYS if key in obj), None)
         if is_box_of_numbers(bbox):
-            found.append((str(obj.get("label", "")).strip(), [float(v) for v in bbox]))
+            found.append((str(obj.get("label", "")).strip(), [float(v) for v in bbox], match.span()))
     return found
 
 
 def parse_model_answer(text: str, family: str, image_size: tuple[int, int], resized_size: tuple[int, int]) -> list[dict]:
     """Read boxes from a model answer into original-image pixels; never raises on bad text.
+
+    See ``parse_model_answer_with_spans`` for the rules.
+    """
+    return [obj for obj, _span in parse_model_answer_with_spans(text, family, image_size, resized_size)]
+
+
+def parse_model_answer_with_spans(
+    text: str, family: str, image_size: tuple[int, int], resized_size: tuple[int, int]
+) -> list[tuple[dict, tuple[int, int]]]:
+    """Boxes in original-image pixels, each with the ``(start, end)`` characters of its object in ``text``.
 
     Either syntax is accepted from any family. The tag syntax is always read in its own 0..1000
     frame; JSON is read in the family's frame (Qwen2.5-VL: resized pixels, others: 0..1000),
@@ -149,11 +159,11 @@ def parse_model_answer(text: str, family: str, image_size: tuple[int, int], resi
         sx, sy = _model_scale(family, image_size, resized_size)
         raw = _json_boxes(text)
     objects = []
-    for label, (x1, y1, x2, y2) in raw:
+    for label, (x1, y1, x2, y2), span in raw:
         x1, x2 = sorted((x1 / sx, x2 / sx))  # swapped corners are normalised
         y1, y2 = sorted((y1 / sy, y2 / sy))
         box = [min(max(x1, 0.0), width), min(max(y1, 0.0), height), min(max(x2, 0.0), width), min(max(y2, 0.0), height)]
-        objects.append({"label": label, "bbox_xyxy_px": box})
+        objects.append(({"label": label, "bbox_xyxy_px": box}, span))
     return objects
 
 

@@ -1,4 +1,4 @@
-"""Export: merge a saved LoRA adapter into its base model as a standalone checkpoint."""
+"""Export and reuse: merge a saved LoRA adapter into its base, and load a run's model fresh."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import torch
 from peft import PeftModel
 from transformers import AutoModelForImageTextToText
 
+from helpers.modeling import load_model
 from helpers.processing import load_saved_processor, read_family
 
 
@@ -32,3 +33,17 @@ def merge_adapter(base_model: str | Path, adapter_dir: str | Path, out_dir: str 
     merged.save_pretrained(out_dir, safe_serialization=True)
     load_saved_processor(adapter_dir, read_family(base_model)).save_pretrained(out_dir)  # the run saved it next to the adapter
     return out_dir
+
+
+def load_trained_model(
+    model_dir: str | Path, base_model: str | Path, quantization: str, attn_implementation: str, dtype: torch.dtype, device: str
+):
+    """Load a run's ``model/`` (full weights, or an adapter on ``base_model``) and its processor, for inference."""
+    model_dir = Path(model_dir)
+    family = read_family(base_model)
+    if (model_dir / "adapter_config.json").is_file():
+        base = load_model(str(base_model), quantization, attn_implementation, dtype, device)
+        model = PeftModel.from_pretrained(base, str(model_dir))
+    else:
+        model = load_model(str(model_dir), quantization, attn_implementation, dtype, device)
+    return model.eval(), load_saved_processor(model_dir, family)

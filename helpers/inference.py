@@ -1,14 +1,47 @@
-"""Batched greedy generation and evaluation of detection answers."""
+"""Batched greedy generation with per-box confidence scores, and evaluation of detection answers.
+
+Confidence: a VLM's answer carries no scores, and scoring every box 1 makes AP's ranking
+meaningless. Each box's score is the mean probability, under the decoding distribution, of the
+generated tokens that spell its object (label and coordinates, from the object's first character
+to its last). Greedy decoding picks the most probable token, so that probability is the maximum
+of the softmax at each step; a recorder placed last among the logits processors reads it. A
+hallucinated object typically starts with an unlikely token and scores low. Scores are in [0, 1]
+and deterministic.
+"""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 from datasets import Dataset
 from tqdm.auto import tqdm
+from transformers import LogitsProcessor, LogitsProcessorList
 
-from helpers.boxes import parse_model_answer, resized_size
+from helpers.boxes import parse_model_answer_with_spans, resized_size
 from helpers.formatting import format_detection_messages
 from helpers.metrics import summarize_detections
+
+
+@dataclass
+class Generation:
+    """One generated answer: its text, its token ids, each token's probability and the character where it ends."""
+
+    text: str
+    token_ids: list[int]
+    token_probs: list[float]
+    token_ends: list[int]
+
+
+class ChosenTokenProbability(LogitsProcessor):
+    """Record, at each greedy step, the probability of the token greedy decoding picks (the softmax maximum)."""
+
+    def __init__(self):
+        self.steps: list[torch.Tensor] = []
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        self.steps.append(torch.softmax(scores.float(), dim=-1).max(dim=-1).values.cpu())
+        return scores
 
 
 def stop_token_ids(model, processor) -> set[int]:
@@ -19,8 +52,31 @@ def stop_token_ids(model, processor) -> set[int]:
     return ids
 
 
-def generate_answers(model, processor, images: list, prompts: list[str], max_new_tokens: int, batch_size: int) -> list[str]:
-    """Greedy answers for image+prompt pairs, batched with left padding (equal to one-by-one)."""
+def token_char_ends(tokenizer, token_ids: list[int]) -> list[int]:
+    """Where each token's text ends in the decoded answer (special tokens kept)."""
+    pieces = [tokenizer.decode([token], skip_special_tokens=False) for token in token_ids]
+    ends, total = [], 0
+    for piece in pieces:
+        total += len(piece)
+        ends.append(total)
+    if total == len(tokenizer.decode(token_ids, skip_special_tokens=False)):
+        return ends
+    # A character split across byte-level tokens decodes differently alone: decode prefixes instead.
+    return [len(tokenizer.decode(token_ids[: i + 1], skip_special_tokens=False)) for i in range(len(token_ids))]
+
+
+def span_score(generation: Generation, span: tuple[int, int]) -> float:
+    """Mean probability of the tokens that overlap the characters ``span`` of the answer."""
+    start, end = span
+    probs = [
+        p for p, token_end, token_start in zip(generation.token_probs, generation.token_ends, [0, *generation.token_ends[:-1]])
+        if token_start < end and token_end > start
+    ]
+    return sum(probs) / len(probs) if probs else 0.0
+
+
+def generate(model, processor, images: list, prompts: list[str], max_new_tokens: int, batch_size: int) -> list[Generation]:
+    """Greedy answers with token probabilities, batched with left padding (equal to one-by-one)."""
     if len(images) != len(prompts):
         raise ValueError(f"got {len(images)} images but {len(prompts)} prompts")
     tokenizer = processor.tokenizer
@@ -29,28 +85,52 @@ def generate_answers(model, processor, images: list, prompts: list[str], max_new
     padding_side = tokenizer.padding_side
     tokenizer.padding_side = "left"  # right padding puts pads between prompt and answer
     model.eval()
-    answers: list[str] = []
+    generations: list[Generation] = []
     try:
         for start in tqdm(range(0, len(images), batch_size), desc="generate", leave=False):
-            batch_images = images[start : start + batch_size]
             texts = [
                 processor.apply_chat_template(format_detection_messages(p), tokenize=False, add_generation_prompt=True)
                 for p in prompts[start : start + batch_size]
             ]
-            inputs = processor(text=texts, images=[[img] for img in batch_images], return_tensors="pt", padding=True)
-            inputs = inputs.to(model.device)
+            batch_images = [[img] for img in images[start : start + batch_size]]
+            inputs = processor(text=texts, images=batch_images, return_tensors="pt", padding=True).to(model.device)
+            recorder = ChosenTokenProbability()
             with torch.inference_mode():
                 output = model.generate(
-                    **inputs, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id
+                    **inputs, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id,
+                    logits_processor=LogitsProcessorList([recorder]),
                 )
-            for row in output[:, inputs["input_ids"].shape[1] :].tolist():
+            probs = torch.stack(recorder.steps, dim=1).tolist()
+            for row, row_probs in zip(output[:, inputs["input_ids"].shape[1] :].tolist(), probs):
                 cut = next((i for i, tok in enumerate(row) if tok in stops), len(row))
                 # Keep special tokens: Qwen2-VL's boxes are written with <|box_start|> and friends.
-                answers.append(tokenizer.decode(row[:cut], skip_special_tokens=False))
+                text = tokenizer.decode(row[:cut], skip_special_tokens=False)
+                generations.append(Generation(text, row[:cut], row_probs[:cut], token_char_ends(tokenizer, row[:cut])))
     finally:
         tokenizer.padding_side = padding_side
         model.train(was_training)
-    return answers
+    return generations
+
+
+def generate_answers(model, processor, images: list, prompts: list[str], max_new_tokens: int, batch_size: int) -> list[str]:
+    """Greedy answer texts, batched with left padding."""
+    return [g.text for g in generate(model, processor, images, prompts, max_new_tokens, batch_size)]
+
+
+def scored_predictions(generation: Generation, family: str, image_size: tuple[int, int], model_size: tuple[int, int]) -> list[dict]:
+    """Parse an answer into ``{"label", "bbox_xyxy_px", "score"}`` in original-image pixels."""
+    return [
+        obj | {"score": span_score(generation, span)}
+        for obj, span in parse_model_answer_with_spans(generation.text, family, image_size, model_size)
+    ]
+
+
+def detect(model, processor, image, family: str, prompt: str, min_pixels: int, max_pixels: int, max_new_tokens: int) -> list[dict]:
+    """Boxes with labels and scores, in the image's pixels, for one image: what a user calls after training."""
+    image = image.convert("RGB")
+    (generation,) = generate(model, processor, [image], [prompt], max_new_tokens, batch_size=1)
+    model_size = resized_size(family, image.width, image.height, min_pixels, max_pixels)
+    return scored_predictions(generation, family, image.size, model_size)
 
 
 def evaluate_model(
@@ -63,20 +143,25 @@ def evaluate_model(
     max_pixels: int,
     max_new_tokens: int,
     batch_size: int,
+    class_names: list[str] | None = None,
 ) -> tuple[list[dict], dict]:
-    """Generate on every image of ``dataset``, parse the boxes, and summarise the detections."""
+    """Generate on every image of ``dataset``, parse and score the boxes, and compute the detection metrics.
+
+    ``class_names`` are the labels the model was taught (default: those in the ground truth);
+    predicted labels outside them are counted as unknown.
+    """
     images = [img.convert("RGB") for img in dataset["image"]]
-    raw_texts = generate_answers(model, processor, images, [prompt] * len(images), max_new_tokens, batch_size)
+    generations = generate(model, processor, images, [prompt] * len(images), max_new_tokens, batch_size)
     records = []
-    for example, raw_text in zip(dataset.select_columns(["image_id", "width", "height", "objects"]), raw_texts):
+    for example, generation in zip(dataset.select_columns(["image_id", "width", "height", "objects"]), generations):
         image_size = (example["width"], example["height"])
         model_size = resized_size(family, example["width"], example["height"], min_pixels, max_pixels)
         records.append(
             {
                 "image_id": example["image_id"],
                 "ground_truth": example["objects"],
-                "raw_text": raw_text,
-                "predictions": parse_model_answer(raw_text, family, image_size, model_size),
+                "raw_text": generation.text,
+                "predictions": scored_predictions(generation, family, image_size, model_size),
             }
         )
-    return records, summarize_detections(records)
+    return records, summarize_detections(records, class_names)

@@ -1,8 +1,22 @@
-"""Detection metrics over parsed answers: greedy IoU matching within each class."""
+"""Detection metrics over scored, parsed answers.
+
+COCO metrics (mAP@[.5:.95], mAP@.5, mAP@.75, AR@100, per-class AP@.5, the precision-recall curve
+at IoU 0.5) come from pycocotools, the reference implementation. Alongside: mean IoU of the ground
+truth under greedy one-to-one matching within each class (0 for a missed box), precision and
+recall at IoU 0.5 under that matching, accuracy at IoU 0.5 on single-object images (grounding),
+and the parse-failure rate. Records are ``{"ground_truth": [{"label", "bbox_xyxy_px"}],
+"predictions": [{"label", "bbox_xyxy_px", "score"}], "raw_text"}``.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import math
+
+import numpy as np
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
 
 from helpers.boxes import box_iou
 
@@ -33,8 +47,81 @@ def is_parse_failure(raw_text: str, predictions: list[dict]) -> bool:
     return not predictions and stripped not in ("", "[]")
 
 
-def summarize_detections(records: list[dict], iou_threshold: float = 0.5) -> dict:
-    """Mean IoU over ground-truth boxes (0 when unmatched), precision/recall at ``iou_threshold``."""
+def _xywh(bbox_xyxy_px: list[float]) -> list[float]:
+    """COCO's ``[x, y, width, height]`` from ``[x1, y1, x2, y2]``."""
+    x1, y1, x2, y2 = bbox_xyxy_px
+    return [x1, y1, x2 - x1, y2 - y1]
+
+
+def coco_metrics(records: list[dict], class_names: list[str]) -> dict:
+    """COCO AP and AR with pycocotools, per-class AP@.5 and the precision-recall curve at IoU 0.5.
+
+    Categories are ``class_names`` plus any ground-truth label outside them; a predicted label
+    outside them cannot be scored and is counted in ``n_unknown_label_predictions`` instead.
+    Values are NaN when there is no ground truth; 0 when nothing was predicted.
+    """
+    names = list(dict.fromkeys([*class_names, *sorted({g["label"] for r in records for g in r["ground_truth"]})]))
+    category = {name: index + 1 for index, name in enumerate(names)}
+    images, annotations, detections = [], [], []
+    n_unknown = 0
+    for image_id, record in enumerate(records, start=1):
+        images.append({"id": image_id})
+        for gt in record["ground_truth"]:
+            box = _xywh(gt["bbox_xyxy_px"])
+            annotations.append({"id": len(annotations) + 1, "image_id": image_id, "category_id": category[gt["label"]],
+                                "bbox": box, "area": box[2] * box[3], "iscrowd": 0})
+        for pred in record["predictions"]:
+            if pred["label"] not in category:
+                n_unknown += 1
+                continue
+            detections.append({"image_id": image_id, "category_id": category[pred["label"]], "bbox": _xywh(pred["bbox_xyxy_px"]),
+                               "score": float(pred["score"])})
+    nan = math.nan
+    result = {"map_50_95": nan, "map_50": nan, "map_75": nan, "ar_100": nan, "ap_50_per_class": dict.fromkeys(names, nan),
+              "pr_curve_50": {"recall": [], "precision": []}, "n_unknown_label_predictions": n_unknown}
+    if not annotations:
+        return result
+    if not detections:
+        with_gt = {names[a["category_id"] - 1] for a in annotations}
+        return result | {"map_50_95": 0.0, "map_50": 0.0, "map_75": 0.0, "ar_100": 0.0,
+                         "ap_50_per_class": {name: (0.0 if name in with_gt else nan) for name in names}}
+    with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress
+        ground_truth = COCO()
+        ground_truth.dataset = {"images": images, "annotations": annotations, "categories": [{"id": i, "name": n} for n, i in category.items()]}
+        ground_truth.createIndex()
+        evaluation = COCOeval(ground_truth, ground_truth.loadRes(detections), "bbox")
+        evaluation.evaluate()
+        evaluation.accumulate()
+        evaluation.summarize()
+    stats = [nan if v < 0 else float(v) for v in evaluation.stats]
+    # precision[T, R, K, A, M]: IoU threshold, recall point, category, area range ("all"), max detections (100)
+    precision = evaluation.eval["precision"][0, :, :, 0, -1]
+    per_class = {name: float(precision[:, k][precision[:, k] > -1].mean()) if (precision[:, k] > -1).any() else nan
+                 for k, name in enumerate(names)}
+    scored = precision[:, (precision > -1).all(axis=0)]  # classes with ground truth
+    curve = scored.mean(axis=1) if scored.size else np.zeros(0)
+    return result | {"map_50_95": stats[0], "map_50": stats[1], "map_75": stats[2], "ar_100": stats[8],
+                     "ap_50_per_class": per_class,
+                     "pr_curve_50": {"recall": [float(r) for r in evaluation.params.recThrs][: len(curve)],
+                                     "precision": [float(p) for p in curve]}}
+
+
+def grounding_accuracy(records: list[dict], iou_threshold: float = 0.5) -> tuple[float, int]:
+    """Share of single-object images whose highest-scoring box has the right label and IoU >= threshold."""
+    single = [r for r in records if len(r["ground_truth"]) == 1]
+    correct = 0
+    for record in single:
+        if record["predictions"]:
+            best = max(record["predictions"], key=lambda p: p["score"])
+            truth = record["ground_truth"][0]
+            correct += best["label"] == truth["label"] and box_iou(best["bbox_xyxy_px"], truth["bbox_xyxy_px"]) >= iou_threshold
+    return (correct / len(single) if single else math.nan), len(single)
+
+
+def summarize_detections(records: list[dict], class_names: list[str] | None = None, iou_threshold: float = 0.5) -> dict:
+    """Every metric of the run (see the module docstring) for a list of evaluated images."""
+    if class_names is None:
+        class_names = sorted({g["label"] for r in records for g in r["ground_truth"]})
     n_gt = sum(len(r["ground_truth"]) for r in records)
     n_pred = sum(len(r["predictions"]) for r in records)
     iou_sum = 0.0
@@ -44,22 +131,41 @@ def summarize_detections(records: list[dict], iou_threshold: float = 0.5) -> dic
             iou_sum += iou
             true_positives += iou >= iou_threshold
     failures = sum(is_parse_failure(r["raw_text"], r["predictions"]) for r in records)
+    accuracy, n_single = grounding_accuracy(records, iou_threshold)
+    coco = coco_metrics(records, class_names)
     return {
         "n_images": len(records),
         "n_ground_truth": n_gt,
         "n_predictions": n_pred,
+        "n_images_without_ground_truth": sum(not r["ground_truth"] for r in records),
+        "n_images_without_predictions": sum(not r["predictions"] for r in records),
+        "map_50_95": coco["map_50_95"],
+        "map_50": coco["map_50"],
+        "map_75": coco["map_75"],
+        "ar_100": coco["ar_100"],
         "mean_iou": iou_sum / n_gt if n_gt else math.nan,
         "precision_50": true_positives / n_pred if n_pred else 0.0,
         "recall_50": true_positives / n_gt if n_gt else math.nan,
+        "accuracy_50": accuracy,
+        "n_single_object_images": n_single,
         "parse_failure_rate": failures / len(records) if records else math.nan,
+        "n_unknown_label_predictions": coco["n_unknown_label_predictions"],
+        "ap_50_per_class": coco["ap_50_per_class"],
+        "pr_curve_50": coco["pr_curve_50"],
     }
 
 
 def format_comparison(before: dict, after: dict) -> str:
-    """A plain-text baseline/fine-tuned table of two metric dicts (keys of ``after``, in its order)."""
-    lines = [f"{'metric':<20}{'baseline':>12}{'fine-tuned':>12}"]
+    """A plain-text baseline/fine-tuned table of the scalar metrics, then AP@.5 per class."""
+    lines = [f"{'metric':<30}{'baseline':>12}{'fine-tuned':>12}"]
+
+    def row(name: str, old, new) -> str:
+        old, new = (math.nan if v is None else v for v in (old, new))  # metrics.json stores NaN as null
+        return f"{name:<30}{old:>12.3f}{new:>12.3f}"
+
     for key, value in after.items():
-        # metrics.json stores NaN (no ground truth, say) as null
-        old, new = (math.nan if v is None else v for v in (before.get(key), value))
-        lines.append(f"{key:<20}{old:>12.3f}{new:>12.3f}")
+        if isinstance(value, (int, float)) or value is None:
+            lines.append(row(key, before.get(key), value))
+    for name, value in after.get("ap_50_per_class", {}).items():
+        lines.append(row(f"ap_50 {name}", before.get("ap_50_per_class", {}).get(name), value))
     return "\n".join(lines)

@@ -1,4 +1,4 @@
-"""Pictures of the run: samples with boxes, predictions against ground truth, the loss curve."""
+"""Pictures of the run: samples with boxes, predictions against ground truth, training and PR curves."""
 
 from __future__ import annotations
 
@@ -14,11 +14,14 @@ PREDICTION_COLOR = "magenta"
 
 
 def draw_boxes(ax, objects: list[dict], color: str, linestyle: str = "-") -> None:
-    """Draw ``bbox_xyxy_px`` boxes with their labels on a matplotlib axis."""
+    """Draw ``bbox_xyxy_px`` boxes with their labels (and scores, when present) on a matplotlib axis."""
     for obj in objects:
         x1, y1, x2, y2 = obj["bbox_xyxy_px"]
         ax.add_patch(Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, edgecolor=color, linewidth=1.5, linestyle=linestyle))
-        ax.text(x1, y1, obj["label"], color="black", fontsize=6, va="bottom", bbox={"facecolor": color, "alpha": 0.7, "pad": 1, "linewidth": 0})
+        text = obj["label"] if "score" not in obj else f"{obj['label']} {obj['score']:.2f}"
+        # Predictions label below their top edge, ground truth above, so the two never cover each other.
+        ax.text(x1, y1 if "score" not in obj else y2, text, color="black", fontsize=6, va="bottom" if "score" not in obj else "top",
+                bbox={"facecolor": color, "alpha": 0.7, "pad": 1, "linewidth": 0})
 
 
 def plot_image_grid(
@@ -56,7 +59,7 @@ def plot_samples(dataset, n: int, path: str | Path) -> Figure:
 
 
 def plot_predictions(dataset, records: list[dict], n: int, path: str | Path) -> Figure:
-    """Ground truth (solid) against predictions (dashed) for the first ``n`` evaluated images."""
+    """Ground truth (solid) against predictions with scores (dashed) for the first ``n`` evaluated images."""
     n = min(n, len(records))
     images = list(dataset.select(range(n))["image"])
     return plot_image_grid(
@@ -67,18 +70,49 @@ def plot_predictions(dataset, records: list[dict], n: int, path: str | Path) -> 
     )
 
 
-def plot_loss_curve(log_history: list[dict], path: str | Path) -> Figure:
-    """Training (and evaluation, when logged) loss against the optimizer step."""
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    for key, label in (("loss", "train loss"), ("eval_loss", "eval loss")):
-        points = [(entry["step"], entry[key]) for entry in log_history if key in entry]
-        if points:
-            steps, values = zip(*points)
-            ax.plot(steps, values, marker="o" if len(points) < 30 else None, markersize=3, label=label)
-    ax.set_xlabel("optimizer step")
-    ax.set_ylabel("cross-entropy (answer tokens)")
-    ax.legend()
+# Panels of the training-curve figure: (title, [(log key, legend)]).
+TRAINING_PANELS = (
+    ("loss (answer tokens)", [("loss", "train"), ("eval_loss", "eval")]),
+    ("gradient norm", [("grad_norm", "before clipping"), ("grad_norm_clipped", "after clipping")]),
+    ("held-out detection", [("eval_mean_iou", "mean IoU"), ("eval_parse_failure_rate", "parse failures")]),
+    ("learning rate", [("learning_rate", "learning rate")]),
+)
+
+
+def plot_training_curves(log_history: list[dict], path: str | Path) -> Figure:
+    """Loss, eval loss, gradient norm, held-out IoU and learning rate against the optimizer step."""
+    fig, axes = plt.subplots(1, len(TRAINING_PANELS), figsize=(4 * len(TRAINING_PANELS), 3.2))
+    for ax, (title, series) in zip(axes, TRAINING_PANELS):
+        for key, label in series:
+            points = [(entry["step"], entry[key]) for entry in log_history if entry.get(key) is not None]
+            if points:
+                steps, values = zip(*points)
+                ax.plot(steps, values, marker="o" if len(points) < 30 else None, markersize=3, label=label)
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel("optimizer step")
+        ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7)
+    fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    return fig
+
+
+def plot_pr_curves(curves: dict[str, dict], path: str | Path) -> Figure:
+    """Precision against recall at IoU 0.5 (COCO's 101 recall points, averaged over classes) per model."""
+    fig, ax = plt.subplots(figsize=(4.5, 4))
+    for name, curve in curves.items():
+        if curve["recall"]:
+            ax.plot(curve["recall"], curve["precision"], label=name)
+    ax.set_xlabel("recall")
+    ax.set_ylabel("precision")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.02)
+    ax.set_title("precision-recall at IoU 0.5", fontsize=9)
     ax.grid(alpha=0.3)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8)
     fig.tight_layout()
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)

@@ -21,3 +21,9 @@ def test_collator_throughput_reports_each_collator_and_the_training_step(tmp_pat
     assert set(results) == {"vision+padding masking", "assistant-only", "padding-free", "training step"}
     assert all(rate > 0 for rate in results.values())
     assert "vs training" in capsys.readouterr().out
+
+
+def test_eval_throughput_reports_both_modes_and_their_ratio(tmp_path, capsys):
+    results = load_script("eval_throughput").main(["--images", "4", "--batch-size", "2", "--max-new-tokens", "4", "--model-dir", str(tmp_path)])
+    assert results["ratio"] == results["batched"] / results["one-by-one"]
+    assert "identical answers: True" in capsys.readouterr().out

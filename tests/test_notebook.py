@@ -110,7 +110,7 @@ def test_offline_run_end_to_end(tmp_path, model_id, source):
     assert sorted(p.name for p in REPO_ROOT.iterdir()) == repo_entries_before
     for name in ["notebook.ipynb", "params.json", "metrics.json", "predictions.jsonl", "predictions_baseline.jsonl",
                  "log_history.json", "data_report.json", "plots/samples.png", "plots/coordinate_check.png",
-                 "plots/predictions.png", "plots/loss.png",
+                 "plots/predictions.png", "plots/training_curves.png", "plots/pr_curve.png", "plots/inference.png",
                  "model/model.safetensors", "model/config.json", "model/processor_config.json", "model/tokenizer.json"]:
         assert (run_dir / name).is_file(), name
     data_report = json.loads((run_dir / "data_report.json").read_text())
@@ -128,9 +128,16 @@ def test_offline_run_end_to_end(tmp_path, model_id, source):
     for stage in ("baseline", "finetuned"):
         assert metrics[stage]["n_images"] == 8
         assert math.isfinite(metrics[stage]["mean_iou"]) and 0 <= metrics[stage]["mean_iou"] <= 1
-    lines = (run_dir / "predictions.jsonl").read_text().splitlines()
-    assert len(lines) == 8
-    assert set(json.loads(lines[0])) == {"image_id", "ground_truth", "raw_text", "predictions"}
+        for key in ("map_50_95", "map_50", "map_75", "precision_50", "recall_50", "parse_failure_rate"):
+            assert metrics[stage][key] is not None and 0 <= metrics[stage][key] <= 1, (stage, key)
+        assert set(metrics[stage]["ap_50_per_class"]) >= {"blue triangle", "green square", "red circle"}
+    for name in ("predictions.jsonl", "predictions_baseline.jsonl"):
+        rows = [json.loads(line) for line in (run_dir / name).read_text().splitlines()]
+        assert len(rows) == 8 and all(set(row) == {"image_id", "ground_truth", "raw_text", "predictions"} for row in rows)
+        for prediction in (p for row in rows for p in row["predictions"]):
+            assert set(prediction) == {"label", "bbox_xyxy_px", "score"} and 0 <= prediction["score"] <= 1
+    history = json.loads((run_dir / "log_history.json").read_text())
+    assert any("eval_mean_iou" in entry for entry in history) and any("grad_norm_clipped" in entry for entry in history)
 
     checkpoints = sorted((run_dir / "checkpoints").glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
     assert [p.name for p in checkpoints] == ["checkpoint-6", "checkpoint-12"]
