@@ -10,23 +10,15 @@ faster than training, so with the data loader in the training process the collat
 
 from __future__ import annotations
 
-import argparse
-import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script from anywhere
+from offline_setup import MAX_PIXELS, MIN_PIXELS, benchmark_parser, offline_model  # noqa: I001 (sets sys.path first)
 
-import torch  # noqa: E402
-from transformers import AutoModelForImageTextToText, set_seed  # noqa: E402
+import torch
 
-from helpers.formatting import add_chat_columns, detection_prompt  # noqa: E402
-from helpers.notebook_cells import run_tagged_cells  # noqa: E402
-from helpers.offline import build_tiny_checkpoint  # noqa: E402
-from helpers.processing import load_processor  # noqa: E402
-from helpers.synthetic import make_synthetic_dataset  # noqa: E402
-
-MIN_PIXELS, MAX_PIXELS = 3136, 50176  # the offline demo's bounds
+from helpers.formatting import add_chat_columns
+from helpers.notebook_cells import run_tagged_cells
+from helpers.synthetic import make_synthetic_dataset
 
 
 def samples_per_second(step, inputs: list, n_samples: int) -> float:
@@ -40,20 +32,14 @@ def samples_per_second(step, inputs: list, n_samples: int) -> float:
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
     """Measure and print the throughputs; return them by name."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--family", default="qwen2_vl", choices=["qwen2_vl", "qwen2_5_vl", "qwen3_vl"])
+    parser = benchmark_parser(__doc__.splitlines()[0])
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--batches", type=int, default=10)
-    parser.add_argument("--model-dir", default="outputs/.offline_models", help="cache of the offline checkpoints")
     args = parser.parse_args(argv)
 
-    set_seed(0)
-    checkpoint = build_tiny_checkpoint(args.family, Path(args.model_dir) / args.family)
-    processor = load_processor(checkpoint, MIN_PIXELS, MAX_PIXELS)
-    model = AutoModelForImageTextToText.from_pretrained(checkpoint, attn_implementation="sdpa").train()
-    dataset = make_synthetic_dataset(args.batch_size * args.batches, seed=1)
-    dataset = add_chat_columns(dataset, args.family, detection_prompt(args.family, ["red circle", "green square", "blue triangle"]),
-                               MIN_PIXELS, MAX_PIXELS)
+    model, processor, prompt = offline_model(args.family, args.model_dir)
+    model.train()
+    dataset = add_chat_columns(make_synthetic_dataset(args.batch_size * args.batches, seed=1), args.family, prompt, MIN_PIXELS, MAX_PIXELS)
     examples = [dataset[i] for i in range(len(dataset))]
     batches = [examples[i : i + args.batch_size] for i in range(0, len(examples), args.batch_size)]
 

@@ -9,41 +9,27 @@ their ratio, measured in one run. Run from the repository root:
 
 from __future__ import annotations
 
-import argparse
-import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script from anywhere
+from offline_setup import MAX_PIXELS, MIN_PIXELS, benchmark_parser, offline_model  # noqa: I001 (sets sys.path first)
 
-import torch  # noqa: E402
-from transformers import AutoModelForImageTextToText, set_seed  # noqa: E402
+import torch
 
-from helpers.formatting import detection_prompt  # noqa: E402
-from helpers.inference import generate  # noqa: E402
-from helpers.offline import build_tiny_checkpoint  # noqa: E402
-from helpers.processing import load_processor  # noqa: E402
-from helpers.synthetic import make_synthetic_dataset  # noqa: E402
-
-MIN_PIXELS, MAX_PIXELS = 3136, 50176  # the offline demo's bounds
+from helpers.inference import generate
+from helpers.synthetic import make_synthetic_dataset
 
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
     """Measure, check and print; return images/s by mode and the ratio."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--family", default="qwen2_vl", choices=["qwen2_vl", "qwen2_5_vl", "qwen3_vl"])
+    parser = benchmark_parser(__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=32)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--max-new-tokens", type=int, default=64)
-    parser.add_argument("--model-dir", default="outputs/.offline_models", help="cache of the offline checkpoints")
     args = parser.parse_args(argv)
 
-    set_seed(0)
-    checkpoint = build_tiny_checkpoint(args.family, Path(args.model_dir) / args.family)
-    processor = load_processor(checkpoint, MIN_PIXELS, MAX_PIXELS)
-    model = AutoModelForImageTextToText.from_pretrained(checkpoint).eval()
+    model, processor, prompt = offline_model(args.family, args.model_dir)
     images = [image.convert("RGB") for image in make_synthetic_dataset(args.images, seed=7)["image"]]
-    prompts = [detection_prompt(args.family, ["red circle", "green square", "blue triangle"])] * len(images)
+    prompts = [prompt] * len(images)
 
     results, answers = {}, {}
     for name, batch_size in (("batched", args.batch_size), ("one-by-one", 1)):

@@ -24,6 +24,14 @@ def draw_boxes(ax, objects: list[dict], color: str, linestyle: str = "-") -> Non
                 bbox={"facecolor": color, "alpha": 0.7, "pad": 1, "linewidth": 0})
 
 
+def save_figure(fig: Figure, path: str | Path) -> Figure:
+    """Lay out and save ``fig`` to ``path`` (its folder created), and return it for the notebook to show."""
+    fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    return fig
+
+
 def plot_image_grid(
     images: list[Image.Image],
     box_sets: list[list[tuple[list[dict], str, str]]],
@@ -41,10 +49,7 @@ def plot_image_grid(
         for objects, color, linestyle in boxes:
             draw_boxes(ax, objects, color, linestyle)
         ax.set_title(title, fontsize=8)
-    fig.tight_layout()
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    return fig
+    return save_figure(fig, path)
 
 
 def plot_samples(dataset, n: int, path: str | Path) -> Figure:
@@ -93,10 +98,7 @@ def plot_training_curves(log_history: list[dict], path: str | Path) -> Figure:
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=7)
-    fig.tight_layout()
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    return fig
+    return save_figure(fig, path)
 
 
 def plot_pr_curves(curves: dict[str, dict], path: str | Path) -> Figure:
@@ -113,7 +115,4 @@ def plot_pr_curves(curves: dict[str, dict], path: str | Path) -> Figure:
     ax.grid(alpha=0.3)
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=8)
-    fig.tight_layout()
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    return fig
+    return save_figure(fig, path)
