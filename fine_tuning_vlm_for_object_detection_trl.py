@@ -109,7 +109,7 @@ params
 import torch
 from transformers import set_seed
 
-from helpers.modeling import load_model_and_processor, pick_device_and_dtype
+from helpers.modeling import load_model_and_processor, pick_device_and_dtype, weights_dtype
 from helpers.processing import read_family
 from helpers.run import environment_report, prepare_run_dir, resolve_model_path, write_json
 from helpers.tracking import configure_reporting
@@ -122,7 +122,9 @@ environment = environment_report(device, dtype)
 write_json(run_dir / "params.json", {"parameters": params, "environment": environment})
 model_path = resolve_model_path(model_id, offline_model_dir)
 family = read_family(model_path)
-model, processor = load_model_and_processor(model_path, quantization, attn_implementation, dtype, device, min_pixels, max_pixels)
+model, processor = load_model_and_processor(
+    model_path, quantization, attn_implementation, weights_dtype(dtype, use_lora), device, min_pixels, max_pixels
+)
 print(f"run folder: {run_dir}; reporting: {reporting}")
 print(f"{type(model).__name__} (family {family}), attention {model.config._attn_implementation}, quantization {quantization}")
 environment
@@ -269,10 +271,7 @@ trainables = summarize_trainables(model)
 # %% tags=["collators"]
 import torch
 
-from helpers.formatting import format_detection_messages
-
-IGNORE_INDEX = -100  # label value that cross-entropy skips
-VISION_TOKENS = ("<|image_pad|>", "<|video_pad|>", "<|vision_start|>", "<|vision_end|>")
+from helpers.formatting import IGNORE_INDEX, format_detection_messages, vision_token_ids
 
 
 def encode_chat_batch(processor, examples: list[dict]) -> dict:
@@ -298,7 +297,7 @@ class VisionAndPaddingMaskingCollator:
 
     def __init__(self, processor):
         self.processor = processor
-        self.vision_ids = torch.tensor([processor.tokenizer.convert_tokens_to_ids(t) for t in VISION_TOKENS])
+        self.vision_ids = torch.tensor(sorted(vision_token_ids(processor.tokenizer)))  # image/video pads and delimiters
 
     def __call__(self, examples: list[dict]) -> dict:
         batch = encode_chat_batch(self.processor, examples)
@@ -368,7 +367,13 @@ class PaddingFreeCollator:
 # Attention implementations that separate packed samples by their restarting position ids in this
 # transformers version: flash-attention through its variable-length kernel, sdpa and eager through
 # a block-diagonal mask built when no attention mask is given.
-PACKED_ATTENTION = ("flash_attention_2", "flash_attention_3", "sdpa", "eager")
+PACKED_ATTENTION = ("flash_attention_2", "sdpa", "eager")
+
+
+def rope_index_fn(model):
+    """The model's M-RoPE position function, under a PEFT wrapper too."""
+    base_model = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return base_model.model.get_rope_index
 
 
 def choose_training_collator(processor, model, padding_free: bool):
@@ -378,9 +383,8 @@ def choose_training_collator(processor, model, padding_free: bool):
     attention = model.config._attn_implementation
     if attention not in PACKED_ATTENTION:
         return AssistantOnlyCollator(processor), f"assistant-only: attention {attention!r} cannot separate packed samples"
-    base_model = model.get_base_model() if hasattr(model, "get_base_model") else model  # under a PEFT wrapper
     note = "" if attention.startswith("flash_attention") else ", correct but over a dense mask of the packed row"
-    return PaddingFreeCollator(processor, base_model.model.get_rope_index), f"padding-free with {attention}{note}"
+    return PaddingFreeCollator(processor, rope_index_fn(model)), f"padding-free with {attention}{note}"
 
 
 # %% [markdown]
@@ -392,11 +396,10 @@ def choose_training_collator(processor, model, padding_free: bool):
 # %%
 from helpers.collator_debug import VerboseCollator, analyze_token_distribution
 
-base_model = model.get_base_model() if use_lora else model  # PEFT wraps the model; get_rope_index lives below
 collators = {
     "vision+padding masking": VisionAndPaddingMaskingCollator(processor),
     "assistant-only": AssistantOnlyCollator(processor),
-    "padding-free": PaddingFreeCollator(processor, base_model.model.get_rope_index),
+    "padding-free": PaddingFreeCollator(processor, rope_index_fn(model)),
 }
 demo_examples = [splits["train"][i] for i in range(4)]
 for name, candidate in collators.items():
@@ -441,7 +444,7 @@ baseline_metrics
 # (`max_length=None`: a cut answer would teach the model to stop early). Per device: bf16 and
 # activation checkpointing on a GPU, fp32 on CPU, pinned memory only with CUDA. Checkpoints go to
 # the run folder; `resume_from_checkpoint=True` continues the latest one after an interruption
-# (`ResumableSFTTrainer` works around a transformers bug that would silently restart from the
+# (`QwenVLSFTTrainer` works around a transformers bug that would silently restart from the
 # initial weights).
 #
 # Three callbacks: `GradNormCallback` logs the gradient norm after clipping (the trainer's own
@@ -452,11 +455,11 @@ baseline_metrics
 # %%
 from helpers.callbacks import ConsoleLogCallback, GradNormCallback, IoUEvalCallback, attach_callbacks
 from helpers.gpu import clear_memory, peak_memory_report, reset_peak_memory
-from helpers.training import ResumableSFTTrainer, create_sft_config, print_training_config, resolve_resume
+from helpers.training import QwenVLSFTTrainer, create_sft_config, print_training_config, resolve_resume
 
 training_args = create_sft_config(params, run_dir, device, dtype)
 print_training_config(training_args, len(splits["train"]))
-trainer = ResumableSFTTrainer(  # TRL's SFTTrainer, with a resume that restores Qwen-VL weights (see helpers.training)
+trainer = QwenVLSFTTrainer(  # TRL's SFTTrainer, with a resume that restores Qwen-VL weights (see helpers.training)
     model=model,
     args=training_args,
     train_dataset=splits["train"],
@@ -474,7 +477,8 @@ if resume_from:
 clear_memory()
 reset_peak_memory()
 train_result = trainer.train(resume_from_checkpoint=resume_from)
-train_result.metrics | peak_memory_report()
+train_metrics = train_result.metrics | peak_memory_report()  # measured before evaluation adds its own peak
+train_metrics
 
 # %% [markdown]
 # ## 8. Evaluation after training
@@ -528,7 +532,7 @@ from helpers.run import write_jsonl
 
 trainer.save_model(str(run_dir / "model"))
 processor.save_pretrained(str(run_dir / "model"))
-write_json(run_dir / "metrics.json", metrics | {"train": train_result.metrics | peak_memory_report()})
+write_json(run_dir / "metrics.json", metrics | {"train": train_metrics})
 write_jsonl(run_dir / "predictions.jsonl", finetuned_records)
 write_jsonl(run_dir / "predictions_baseline.jsonl", baseline_records)
 write_json(run_dir / "log_history.json", trainer.state.log_history)
@@ -552,7 +556,7 @@ from helpers.inference import detect
 from helpers.plotting import plot_image_grid
 from helpers.synthetic import make_synthetic_dataset
 
-del trainer, model  # free the training copy before loading the saved one
+del trainer, model, collators, collator  # free the training copy (the collators hold its rope function) first
 clear_memory()
 saved_model, saved_processor = load_trained_model(run_dir / "model", model_path, quantization, attn_implementation, dtype, device)
 if dataset_source == "synthetic":  # an image no split has seen

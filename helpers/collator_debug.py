@@ -12,18 +12,10 @@ from __future__ import annotations
 
 import torch
 
-IGNORE_INDEX = -100
-VISION_TOKENS = ("<|image_pad|>", "<|video_pad|>", "<|vision_start|>", "<|vision_end|>")
+from helpers.formatting import IGNORE_INDEX, vision_token_ids
+
 STATUSES = ("trained", "masked-vision", "masked-prompt", "padding")
 FOLD_REPEATS = 4  # runs of this many identical tokens print as "<token>×n"
-
-
-def vision_token_ids(tokenizer) -> set[int]:
-    """Ids of the image/video placeholder and delimiter tokens, read from the tokenizer."""
-    ids = {tokenizer.convert_tokens_to_ids(token) for token in VISION_TOKENS}
-    if None in ids or tokenizer.unk_token_id in ids:
-        raise ValueError(f"tokenizer lacks one of the vision tokens {VISION_TOKENS}")
-    return ids
 
 
 def sample_segments(batch: dict) -> list[tuple[int, int, int]]:
@@ -119,7 +111,7 @@ def analyze_token_distribution(collator, dataset, processor, n: int, batch_size:
     """Count vision, prompt, trained and padding tokens over ``n`` samples collated in batches.
 
     Returns counts, shares of all positions, trained tokens per sample, the padding waste
-    (padding share of the batch positions) and mislabelled tokens; prints a small table.
+    (padded positions per real token: the compute a padding-free batch would save) and mislabelled tokens; prints a small table.
     """
     vision_ids = vision_token_ids(processor.tokenizer)
     counts = dict.fromkeys(STATUSES, 0)
@@ -136,7 +128,7 @@ def analyze_token_distribution(collator, dataset, processor, n: int, batch_size:
     result |= {name.replace("masked-", ""): count for name, count in counts.items()}
     result |= {f"{name.replace('masked-', '')}_ratio": count / total for name, count in counts.items()}
     result["trained_per_sample"] = counts["trained"] / n
-    result["padding_waste"] = counts["padding"] / total
+    result["padding_waste"] = counts["padding"] / max(total - counts["padding"], 1)  # padded positions per real token
     result["mislabelled"] = mislabelled
     rows = [(name.replace("masked-", "") + ("" if name in ("trained", "padding") else " (masked)"), counts[name]) for name in STATUSES]
     table = [f"{'tokens over ' + str(n) + ' samples':<26}{'count':>9}{'share':>8}"]

@@ -51,7 +51,7 @@ PROBLEMS: dict[str, tuple[str, str]] = {
     "size_mismatch": ("record skipped", "re-export the annotations for the upright image (EXIF orientation applied)"),
     "malformed_record": ("record skipped", "give the record an image and a list of objects"),
     "orphan_annotation": ("box skipped", "remove the annotation or add its image to 'images'"),
-    "crowd_box": ("box skipped", "COCO iscrowd regions mark groups, not objects; annotate the objects"),
+    "crowd_box": ("box skipped", "none needed: COCO iscrowd regions mark groups, not objects (never an error)"),
     "malformed_box": ("box skipped", "write the box as 4 finite numbers"),
     "unknown_category": ("box skipped", "add the class to the dataset's categories (or to dataset_classes)"),
     "inverted_box": ("box skipped", "check bbox_format: x2 < x1 or y2 < y1 often means xywh read as xyxy"),
@@ -328,8 +328,8 @@ def load_coco_split(
     def records() -> Iterator[dict]:
         for entry in images:
             record = f"image id {entry.get('id')!r} ({entry.get('file_name')!r})"
-            if not isinstance(entry.get("file_name"), str):
-                report.problem(record, "malformed_record", "the image entry has no file_name")
+            if not isinstance(entry.get("file_name"), str) or "id" not in entry:
+                report.problem(record, "malformed_record", "the image entry needs an id and a file_name")
                 continue
             declared = (entry.get("width"), entry.get("height"))
             loaded = load_record_image(None, image_dir / entry["file_name"], declared, record, report)
@@ -339,7 +339,7 @@ def load_coco_split(
             triples = []
             for ann in by_image.get(entry["id"], []):
                 if ann.get("iscrowd"):
-                    report.problem(f"{record} annotation {ann.get('id')!r}", "crowd_box", "iscrowd=1")
+                    report.counts["crowd_box"] += 1  # valid COCO data, not an error: counted even in strict mode
                     continue
                 name = categories.get(ann.get("category_id"))
                 label = name if name is not None and (known_classes is None or name in known_classes) else None
@@ -404,7 +404,7 @@ def detect_source_kind(source: str) -> str:
     """``"synthetic"``, ``"hf_disk"``, ``"coco"``, ``"jsonl"`` or ``"hub"`` for a ``dataset_source``."""
     if source == "synthetic":
         return "synthetic"
-    path = Path(source)
+    path = Path(source).expanduser()
     if path.is_dir():
         if (path / "dataset_dict.json").exists() or (path / "dataset_info.json").exists():
             return "hf_disk"
@@ -465,6 +465,7 @@ def load_detection_splits(
     count (0 = all; synthetic splits are generated at exactly that size with distinct seeds),
     ``known_classes`` (optional) are the only labels accepted. Returns the splits and their reports.
     """
+    source = str(Path(source).expanduser()) if source.startswith("~") else source
     kind = detect_source_kind(source)
     known = set(known_classes) if known_classes else None
     splits: dict[str, Dataset] = {}

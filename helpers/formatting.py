@@ -7,6 +7,8 @@ from datasets import Dataset
 from helpers.boxes import resized_size, to_model_answer
 
 SYSTEM_PROMPT = "You are a helpful assistant."
+IGNORE_INDEX = -100  # label value that cross-entropy skips
+VISION_TOKENS = ("<|image_pad|>", "<|video_pad|>", "<|vision_start|>", "<|vision_end|>")  # placeholders and delimiters
 
 # The answer syntax each family was pre-trained to produce (see helpers/boxes.py for the units).
 ANSWER_SYNTAX = {
@@ -14,6 +16,14 @@ ANSWER_SYNTAX = {
     "qwen2_5_vl": 'a JSON list of {"bbox_2d": [x1, y1, x2, y2], "label": "..."}',
     "qwen3_vl": 'a JSON list of {"bbox_2d": [x1, y1, x2, y2], "label": "..."}',
 }
+
+
+def vision_token_ids(tokenizer) -> set[int]:
+    """Ids of the image/video placeholder and delimiter tokens, read from the tokenizer."""
+    ids = {tokenizer.convert_tokens_to_ids(token) for token in VISION_TOKENS}
+    if None in ids or tokenizer.unk_token_id in ids:
+        raise ValueError(f"tokenizer lacks one of the vision tokens {VISION_TOKENS}")
+    return ids
 
 
 def detection_prompt(family: str, class_names: list[str]) -> str:

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import torch
 from datasets import Dataset
+from PIL import ImageOps
 from tqdm.auto import tqdm
 from transformers import LogitsProcessor, LogitsProcessorList
 
@@ -127,7 +128,7 @@ def scored_predictions(generation: Generation, family: str, image_size: tuple[in
 
 def detect(model, processor, image, family: str, prompt: str, min_pixels: int, max_pixels: int, max_new_tokens: int) -> list[dict]:
     """Boxes with labels and scores, in the image's pixels, for one image: what a user calls after training."""
-    image = image.convert("RGB")
+    image = ImageOps.exif_transpose(image).convert("RGB")  # the upright image, as the training data was
     (generation,) = generate(model, processor, [image], [prompt], max_new_tokens, batch_size=1)
     model_size = resized_size(family, image.width, image.height, min_pixels, max_pixels)
     return scored_predictions(generation, family, image.size, model_size)

@@ -34,6 +34,13 @@ def pick_device_and_dtype() -> tuple[str, torch.dtype]:
     return "cpu", torch.float32
 
 
+def weights_dtype(compute_dtype: torch.dtype, use_lora: bool) -> torch.dtype:
+    """The dtype to load weights in: fp16 mixed precision needs fp32 trainable weights, so full fine-tuning loads fp32."""
+    if compute_dtype == torch.float16 and not use_lora:
+        return torch.float32  # AMP's grad scaler refuses to unscale fp16 gradients; LoRA adapters are fp32 anyway
+    return compute_dtype
+
+
 def quantization_config(quantization: str, compute_dtype: torch.dtype) -> BitsAndBytesConfig | None:
     """bitsandbytes config for ``none | 8bit | 4bit``; vision tower and lm_head stay unquantised."""
     if quantization not in QUANTIZATION_CHOICES:

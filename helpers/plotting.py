@@ -19,7 +19,7 @@ def draw_boxes(ax, objects: list[dict], color: str, linestyle: str = "-") -> Non
         x1, y1, x2, y2 = obj["bbox_xyxy_px"]
         ax.add_patch(Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, edgecolor=color, linewidth=1.5, linestyle=linestyle))
         text = obj["label"] if "score" not in obj else f"{obj['label']} {obj['score']:.2f}"
-        # Predictions label below their top edge, ground truth above, so the two never cover each other.
+        # Ground truth is labelled above its box, predictions below theirs, so the labels do not cover each other.
         ax.text(x1, y1 if "score" not in obj else y2, text, color="black", fontsize=6, va="bottom" if "score" not in obj else "top",
                 bbox={"facecolor": color, "alpha": 0.7, "pad": 1, "linewidth": 0})
 

@@ -69,7 +69,7 @@ def training_arithmetic(config: SFTConfig, n_train_examples: int) -> dict:
     processes = config.world_size
     effective_batch = config.per_device_train_batch_size * config.gradient_accumulation_steps * processes
     batches_per_epoch = math.ceil(n_train_examples / (config.per_device_train_batch_size * processes))
-    steps_per_epoch = max(batches_per_epoch // config.gradient_accumulation_steps, 1)
+    steps_per_epoch = max(math.ceil(batches_per_epoch / config.gradient_accumulation_steps), 1)  # the trainer rounds up
     total_steps = config.max_steps if config.max_steps > 0 else math.ceil(config.num_train_epochs * steps_per_epoch)
     return {
         "processes": processes,
@@ -124,16 +124,28 @@ def resolve_resume(resume_from_checkpoint: bool | str, checkpoints_dir: str | Pa
     return str(resume_from_checkpoint)
 
 
-class ResumableSFTTrainer(SFTTrainer):
-    """``SFTTrainer`` whose resume really restores full-model weights of Qwen-VL checkpoints.
+class QwenVLSFTTrainer(SFTTrainer):
+    """TRL's ``SFTTrainer`` with two Qwen-VL fixes: resume restores full-model weights, and padding-free token counts.
 
-    ``save_pretrained`` writes Qwen-VL weights in the original hub layout (``model.layers``,
+    Resume: ``save_pretrained`` writes Qwen-VL weights in the original hub layout (``model.layers``,
     ``visual``), while the loaded model names them ``model.language_model`` / ``model.visual``.
     transformers 5.24's resume loads the file with ``load_state_dict(strict=False)`` on the raw
     keys, so nothing matches and training silently restarts from the initial weights with the
     restored optimizer state (huggingface/transformers#43701). Loading the checkpoint through
     ``from_pretrained`` applies the key conversion; LoRA checkpoints take the trainer's own path.
+
+    Token count: without an attention mask TRL counts a batch's tokens as ``position_ids.size(1)``,
+    which for Qwen-VL's (4, 1, L) packed positions is 1; the logged ``num_tokens`` gets the rest.
     """
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        packed = "attention_mask" not in inputs and inputs.get("position_ids") is not None and inputs["position_ids"].dim() == 3
+        result = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        if packed and model.training:
+            missing = inputs["input_ids"].numel() - inputs["position_ids"].size(1)
+            self._total_train_tokens += int(self.accelerator.gather_for_metrics(torch.tensor(missing, device=inputs["input_ids"].device)).sum())
+            self._metrics["train"]["num_tokens"] = [self._total_train_tokens]
+        return result
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
         model = self.model if model is None else model

@@ -13,8 +13,8 @@ from helpers.collator_debug import (
     describe_batch,
     sample_segments,
     token_statuses,
-    vision_token_ids,
 )
+from helpers.formatting import vision_token_ids
 from helpers.processing import load_processor
 from tests.test_collator import CELLS, MAX_PIXELS, MIN_PIXELS, chat_examples
 
@@ -78,7 +78,7 @@ def test_token_distribution_adds_up(setup, name):
     assert stats["total"] == sum(b["input_ids"].numel() for b in batches)
     assert stats["trained"] == sum(int((b["labels"] != -100).sum()) for b in batches)
     assert stats["vision"] + stats["prompt"] + stats["trained"] + stats["padding"] == stats["total"]
-    assert stats["padding_waste"] == pytest.approx(stats["padding"] / stats["total"])
+    assert stats["padding_waste"] == pytest.approx(stats["padding"] / (stats["total"] - stats["padding"]))
     assert stats["mislabelled"] == 0
     if name == "packed":
         assert stats["padding"] == 0

@@ -119,6 +119,7 @@ def make_coco_folder(root: Path) -> Path:
         {"id": 6, "file_name": "truncated.jpg", "width": 100, "height": 80},
         {"id": 7, "file_name": "small.png", "width": 100, "height": 80},  # the file is 50x50
         {"id": 8, "width": 100, "height": 80},  # no file_name
+        {"file_name": "good.png", "width": 100, "height": 80},  # no id
     ]
     boxes = [
         (1, [10, 10, 20, 20], 1, 0),  # ok
@@ -152,7 +153,7 @@ def make_coco_folder(root: Path) -> Path:
 
 COCO_TRAIN_COUNTS = {
     "images_loaded": 3, "images_without_objects": 0, "boxes_kept": 4,
-    "missing_image": 1, "unreadable_image": 2, "size_mismatch": 1, "malformed_record": 1,
+    "missing_image": 1, "unreadable_image": 2, "size_mismatch": 1, "malformed_record": 2,
     "clipped_box": 1, "inverted_box": 1, "degenerate_box": 1, "outside_box": 1, "unknown_category": 1,
     "crowd_box": 1, "malformed_box": 1, "orphan_annotation": 1,
 }
@@ -369,6 +370,23 @@ def test_missing_split_names_what_was_looked_for(tmp_path, maker, message):
     split = "test" if maker is make_coco_folder else "nope"
     with pytest.raises(DataError, match=message):
         load_detection_splits(str(tmp_path / "src"), {"test": split}, {"test": 0}, "xywh", 0, {})
+
+
+def test_crowd_regions_are_counted_but_never_an_error(tmp_path):
+    save_image(tmp_path / "c" / "train" / "a.png")
+    coco = {"images": [{"id": 1, "file_name": "a.png", "width": 100, "height": 80}], "categories": [{"id": 1, "name": "cat"}],
+            "annotations": [{"id": 1, "image_id": 1, "bbox": [1, 1, 20, 20], "category_id": 1, "iscrowd": 0},
+                            {"id": 2, "image_id": 1, "bbox": [30, 30, 20, 20], "category_id": 1, "iscrowd": 1}]}
+    (tmp_path / "c" / "train" / "annotations.json").write_text(json.dumps(coco))
+    splits, reports = load_detection_splits(str(tmp_path / "c"), {"train": "train"}, {"train": 0}, "xywh", 0, {}, strict=True)
+    assert reports["train"].counts["crowd_box"] == 1 and len(splits["train"][0]["objects"]) == 1
+
+
+def test_home_relative_sources_are_expanded(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    make_jsonl_folder(tmp_path / "data")
+    splits, _ = load_detection_splits("~/data", {"test": "test"}, {"test": 0}, "xyxy", 0, {})
+    assert len(splits["test"]) == 1
 
 
 def test_a_split_left_empty_is_an_error(tmp_path):

@@ -17,9 +17,19 @@ from helpers.modeling import (
     pick_device_and_dtype,
     quantization_config,
     summarize_trainables,
+    weights_dtype,
     wrap_lora,
 )
 from tests.cases import FAMILIES
+
+
+@pytest.mark.parametrize(
+    "compute,use_lora,expected",
+    [(torch.float16, False, torch.float32), (torch.float16, True, torch.float16), (torch.bfloat16, False, torch.bfloat16),
+     (torch.float32, False, torch.float32)],
+)
+def test_weights_dtype_suits_mixed_precision(compute, use_lora, expected):
+    assert weights_dtype(compute, use_lora) == expected
 
 
 def test_cpu_device_and_dtype():

@@ -13,13 +13,13 @@ from helpers.formatting import add_chat_columns, detection_prompt
 from helpers.modeling import load_model_and_processor, lora_config, wrap_lora
 from helpers.notebook_cells import run_tagged_cells
 from helpers.synthetic import make_synthetic_dataset
-from helpers.training import ResumableSFTTrainer, create_sft_config, resolve_resume
+from helpers.training import QwenVLSFTTrainer, create_sft_config, resolve_resume
 from tests.test_training import DEFAULTS
 
 MIN_PIXELS, MAX_PIXELS = 3136, 50176
 
 
-def train(checkpoint, out_dir, trainer_class=ResumableSFTTrainer, use_lora=False, resume=False) -> dict[int, float]:
+def train(checkpoint, out_dir, trainer_class=QwenVLSFTTrainer, use_lora=False, resume=False) -> dict[int, float]:
     """Eight steps (checkpoint every four) of a seeded tiny run; returns the loss at each step."""
     set_seed(0)
     model, processor = load_model_and_processor(checkpoint, "none", "sdpa", torch.float32, "cpu", MIN_PIXELS, MAX_PIXELS)
@@ -48,9 +48,23 @@ def test_resumed_run_matches_the_uninterrupted_one(tiny_checkpoints, tmp_path, u
 
 
 def test_stock_trainer_still_loses_qwen_vl_weights_on_resume(tiny_checkpoints, tmp_path):
-    # Why ResumableSFTTrainer exists (huggingface/transformers#43701): when this starts failing, the
+    # Why QwenVLSFTTrainer exists (huggingface/transformers#43701): when this starts failing, the
     # upstream resume is fixed and the subclass can go.
     full = train(tiny_checkpoints["qwen2_vl"], tmp_path / "run", trainer_class=SFTTrainer)
     shutil.rmtree(tmp_path / "run" / "checkpoints" / "checkpoint-8")
     resumed = train(tiny_checkpoints["qwen2_vl"], tmp_path / "run", trainer_class=SFTTrainer, resume=True)
     assert resumed[5] != pytest.approx(full[5], rel=1e-3)
+
+
+def test_padding_free_training_counts_every_token(tiny_checkpoints, tmp_path):
+    # TRL counts a batch without attention mask as position_ids.size(1) tokens: 1 for (4, 1, L) positions.
+    set_seed(0)
+    model, processor = load_model_and_processor(tiny_checkpoints["qwen2_vl"], "none", "sdpa", torch.float32, "cpu", MIN_PIXELS, MAX_PIXELS)
+    data = add_chat_columns(make_synthetic_dataset(8, seed=1), "qwen2_vl", "Detect.", MIN_PIXELS, MAX_PIXELS)
+    collator = run_tagged_cells("collators")["PaddingFreeCollator"](processor, model.model.get_rope_index)
+    params = DEFAULTS | {"max_steps": 2, "logging_steps": 1, "eval_steps": 100, "save_steps": 100, "per_device_train_batch_size": 4}
+    trainer = QwenVLSFTTrainer(model=model, args=create_sft_config(params, tmp_path, "cpu", torch.float32), train_dataset=data,
+                               eval_dataset=data, data_collator=collator, processing_class=processor)
+    trainer.train()
+    expected = sum(collator([data[i] for i in range(start, start + 4)])["input_ids"].numel() for start in (0, 4))
+    assert [e["num_tokens"] for e in trainer.state.log_history if "num_tokens" in e][-1] == expected

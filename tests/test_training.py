@@ -59,6 +59,7 @@ def test_bad_training_parameters_are_named(tmp_path, change, message):
         (2048, 8, 1, 1500, 1.0, {"effective_batch": 8, "steps_per_epoch": 256, "total_steps": 1500, "warmup_steps": 75}),
         (2048, 8, 4, -1, 2.0, {"effective_batch": 32, "steps_per_epoch": 64, "total_steps": 128, "warmup_steps": 7}),
         (100, 8, 1, -1, 1.0, {"effective_batch": 8, "steps_per_epoch": 13, "total_steps": 13, "warmup_steps": 1}),
+        (100, 8, 4, -1, 1.0, {"effective_batch": 32, "steps_per_epoch": 4, "total_steps": 4, "warmup_steps": 1}),  # 13 batches / 4
     ],
 )
 def test_training_arithmetic(tmp_path, n_train, batch, accumulation, max_steps, epochs, expected):
