@@ -79,6 +79,7 @@ TOKENIZER_CORPUS = (
     "0 1 2 3 4 5 6 7 8 9 , . : ; [ ] { } ( ) \" ' - _ \n"
 )
 
+TINY_ROPE_THETA = 10.0  # see tiny_config: spatial rotary frequencies the tiny model can use
 TINY_SIZES = {  # text width, layers, heads; vision depth and width (shared/ENVIRONMENT.md)
     "hidden_size": 64,
     "intermediate_size": 128,
@@ -141,8 +142,12 @@ def tiny_config(family: str, tokenizer: Qwen2Tokenizer) -> PretrainedConfig:
     """Build a tiny config for a Qwen-VL family, wired to the tokenizer's special-token ids."""
     s = TINY_SIZES
     head_dim = s["hidden_size"] // s["num_attention_heads"]  # 64 / 4 = 16
-    # M-RoPE splits head_dim/2 rotary frequencies over (time, height, width): 2 + 3 + 3 = 8.
-    rope = {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3]}
+    # M-RoPE splits head_dim/2 rotary frequencies over (time, height, width): 2 + 3 + 3 = 8, from the
+    # highest to the lowest. With Qwen's theta 10000 the width axis would get at most 0.003 rad per
+    # position: the tiny model could hardly tell image columns apart and learnt no locations
+    # (grounding accuracy@0.5 0.02 after 1500 steps). Theta 10 gives every axis at least 0.13 rad
+    # per position (accuracy@0.5 0.84 for Qwen2.5-VL after 6000 steps, 236 s on 2 cores).
+    rope = {"rope_type": "default", "rope_theta": TINY_ROPE_THETA, "mrope_section": [2, 3, 3]}
     text = {
         "vocab_size": len(tokenizer),
         "hidden_size": s["hidden_size"],
@@ -186,7 +191,8 @@ def tiny_image_processor(family: str) -> Qwen2VLImageProcessorPil:
 def _build_fingerprint(family: str, seed: int) -> str:
     """Hash of everything that decides the checkpoint, so a changed recipe rebuilds the cache."""
     recipe = json.dumps(
-        {"family": family, "seed": seed, "sizes": TINY_SIZES, "template": QWEN_VL_CHAT_TEMPLATE, "corpus": TOKENIZER_CORPUS},
+        {"family": family, "seed": seed, "sizes": TINY_SIZES, "rope_theta": TINY_ROPE_THETA,
+         "template": QWEN_VL_CHAT_TEMPLATE, "corpus": TOKENIZER_CORPUS},
         sort_keys=True,
     )
     return hashlib.sha256(recipe.encode()).hexdigest()[:16]

@@ -76,3 +76,15 @@ def test_same_seed_same_weights(tmp_path):
 def test_unknown_family_is_rejected(tmp_path):
     with pytest.raises(ValueError, match="unknown family"):
         build_tiny_checkpoint("llava", tmp_path / "x")
+
+
+@pytest.mark.parametrize("family", ["qwen2_vl", "qwen2_5_vl"])
+def test_tiny_model_rotary_frequencies_let_it_see_image_positions(tiny_checkpoints, family):
+    # M-RoPE gives (time, height, width) contiguous slices of the rotary frequencies, highest first;
+    # the width slice must still turn by a usable angle per image column.
+    text = AutoConfig.from_pretrained(tiny_checkpoints[family]).text_config
+    head_dim = text.hidden_size // text.num_attention_heads
+    theta, sections = text.rope_parameters["rope_theta"], text.rope_parameters["mrope_section"]
+    inv_freq = [theta ** (-2 * i / head_dim) for i in range(head_dim // 2)]
+    width = inv_freq[sections[0] + sections[1] :]
+    assert sum(sections) == head_dim // 2 and min(width) >= 0.1
