@@ -24,7 +24,6 @@ LORA_TARGET_PATTERNS = {
     # the patch merger(s) that project vision features into the language model (Qwen3-VL adds deepstack ones)
     "merger": r".*visual\.(merger|deepstack_merger_list\.\d+)\.(mlp\.[02]|linear_fc1|linear_fc2)",  # mlp.1 is a GELU
 }
-LANGUAGE_LORA_TARGETS = LORA_TARGET_PATTERNS["language"]
 
 
 def pick_device_and_dtype() -> tuple[str, torch.dtype]:
