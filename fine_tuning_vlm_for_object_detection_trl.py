@@ -26,6 +26,7 @@
 
 # %% tags=["parameters"]
 model_id: str = "offline:qwen2_vl"  # hub id, local checkpoint dir, or "offline:<family>" (tiny random model built here)
+task: str = "detection"  # "detection": find every class in one answer; "grounding": the prompt names one class to find
 offline_model_dir: str = "outputs/.offline_models"  # cache of "offline:" checkpoints, built once
 dataset_source: str = "synthetic"  # "synthetic", a hub id, or a local folder: save_to_disk, COCO or JSONL (see helpers.data)
 dataset_bbox_format: str = "xywh"  # hub and JSONL boxes: "xywh" (COCO) or "xyxy", in pixels; COCO files are always xywh
@@ -83,9 +84,11 @@ n_scaling_check_images: int = 3  # images in the coordinate-scaling check of sec
 # and derives the values that depend on them (papermill does not recompute derived values).
 
 # %%
-from helpers.run import check_parameters
+from helpers.formatting import TASKS
+from helpers.run import check_choice, check_parameters
 
 params = check_parameters({name: globals()[name] for name in __annotations__}, __annotations__)
+check_choice("task", task, TASKS)
 split_names = {"train": train_split, "eval": eval_split, "test": test_split}
 split_sizes = {"train": train_size, "eval": eval_size, "test": test_size}
 params
@@ -199,14 +202,20 @@ if not scaling["ok"]:
 # Each example becomes a system prompt, a user turn (the image and an instruction naming the
 # classes and the answer syntax) and the assistant's target answer. `helpers.boxes` writes the
 # targets, and the same code reads the model's answers back in evaluation.
+#
+# Two tasks. `detection` asks for every object of every class in one answer. `grounding` asks for
+# one class at a time: each image becomes one record per class it holds, the prompt names that
+# class, and the answer lists only its boxes ("Locate every red circle in the image."). Each
+# record keeps its own prompt, and evaluation asks exactly the question training taught.
 
 # %%
 from helpers.boxes import resized_size, visual_token_count
-from helpers.formatting import add_chat_columns, detection_prompt, format_detection_messages
+from helpers.formatting import add_chat_columns, expand_for_grounding, format_detection_messages, task_prompts
 
-prompt = detection_prompt(family, class_names)
+if task == "grounding":  # one record per (image, class present), the prompt naming that class
+    splits = {name: expand_for_grounding(ds) for name, ds in splits.items()}
 for name in splits:
-    splits[name] = add_chat_columns(splits[name], family, prompt, min_pixels, max_pixels)
+    splits[name] = add_chat_columns(splits[name], family, task_prompts(splits[name], family, task, class_names), min_pixels, max_pixels)
 
 example = splits["train"][0]
 model_size = resized_size(family, example["width"], example["height"], min_pixels, max_pixels)
@@ -428,7 +437,7 @@ token_stats = analyze_token_distribution(collator, splits["train"], processor, n
 from helpers.inference import evaluate_model
 
 eval_settings = dict(
-    family=family, prompt=prompt, min_pixels=min_pixels, max_pixels=max_pixels,
+    family=family, min_pixels=min_pixels, max_pixels=max_pixels,
     max_new_tokens=max_new_tokens, batch_size=generation_batch_size, class_names=class_names,
 )
 baseline_records, baseline_metrics = evaluate_model(model, processor, splits["test"], **eval_settings)
@@ -552,6 +561,7 @@ sorted(str(path.relative_to(run_dir)) for path in run_dir.iterdir())
 
 # %%
 from helpers.export import load_trained_model
+from helpers.formatting import detection_prompt, grounding_prompt
 from helpers.inference import detect
 from helpers.plotting import plot_image_grid
 from helpers.synthetic import make_synthetic_dataset
@@ -560,9 +570,15 @@ del trainer, model, collators, collator  # free the training copy (the collators
 clear_memory()
 saved_model, saved_processor = load_trained_model(run_dir / "model", model_path, quantization, attn_implementation, dtype, device)
 if dataset_source == "synthetic":  # an image no split has seen
-    new_image = make_synthetic_dataset(1, seed=seed + 12345, **synthetic_options)[0]["image"]
+    new_record = make_synthetic_dataset(1, seed=seed + 12345, **synthetic_options)[0]
 else:
-    new_image = splits["test"][0]["image"]
-boxes = detect(saved_model, saved_processor, new_image, family, prompt, min_pixels, max_pixels, max_new_tokens)
+    new_record = splits["test"][0]
+new_image = new_record["image"]
+if task == "grounding":  # ask for a class the image holds
+    new_prompt = grounding_prompt(family, new_record["objects"][0]["label"] if new_record["objects"] else class_names[0])
+else:
+    new_prompt = detection_prompt(family, class_names)
+print("prompt:", new_prompt)
+boxes = detect(saved_model, saved_processor, new_image, family, new_prompt, min_pixels, max_pixels, max_new_tokens)
 plot_image_grid([new_image], [[(boxes, "magenta", "--")]], [f"{len(boxes)} boxes"], run_dir / "plots" / "inference.png", columns=1)
 boxes

@@ -8,6 +8,7 @@ from helpers.boxes import resized_size, to_model_answer
 
 SYSTEM_PROMPT = "You are a helpful assistant."
 IGNORE_INDEX = -100  # label value that cross-entropy skips
+TASKS = ("detection", "grounding")  # every class in one answer, or one class named in the prompt
 VISION_TOKENS = ("<|image_pad|>", "<|video_pad|>", "<|vision_start|>", "<|vision_end|>")  # placeholders and delimiters
 
 # The answer syntax each family was pre-trained to produce (see helpers/boxes.py for the units).
@@ -33,6 +34,45 @@ def detection_prompt(family: str, class_names: list[str]) -> str:
     return f"Detect every {', '.join(class_names)} in the image. Answer with {ANSWER_SYNTAX[family]}."
 
 
+def grounding_prompt(family: str, label: str) -> str:
+    """The user instruction of a grounding example: the one class to find and the answer syntax."""
+    if family not in ANSWER_SYNTAX:
+        raise ValueError(f"unknown family {family!r}; expected one of {tuple(ANSWER_SYNTAX)}")
+    return f"Locate every {label} in the image. Answer with {ANSWER_SYNTAX[family]}."
+
+
+def expand_for_grounding(dataset: Dataset) -> Dataset:
+    """One record per (image, label present): that label's objects only, ``query`` naming it.
+
+    The ``image_id`` becomes ``<image_id>/<label>`` so every record stays unique for COCO
+    evaluation; images are not decoded (rows are selected by index).
+    """
+    rows, image_ids, queries, objects_per_row = [], [], [], []
+    for row, (image_id, objects) in enumerate(zip(dataset["image_id"], dataset["objects"])):
+        for label in dict.fromkeys(obj["label"] for obj in objects):  # first-appearance order, no repeats
+            rows.append(row)
+            image_ids.append(f"{image_id}/{label}")
+            queries.append(label)
+            objects_per_row.append([obj for obj in objects if obj["label"] == label])
+    selected = dataset.select(rows)
+    features = selected.features
+    selected = selected.remove_columns(["image_id", "objects"])
+    selected = selected.add_column("image_id", image_ids, feature=features["image_id"])
+    selected = selected.add_column("objects", objects_per_row, feature=features["objects"])
+    return selected.add_column("query", queries)
+
+
+def task_prompts(dataset: Dataset, family: str, task: str, class_names: list[str]) -> list[str]:
+    """Each record's instruction: the detection prompt, or for grounding the prompt naming its ``query``."""
+    if task == "detection":
+        return [detection_prompt(family, class_names)] * len(dataset)
+    if task == "grounding":
+        if "query" not in dataset.column_names:
+            raise ValueError("grounding needs a 'query' column naming each record's class; run expand_for_grounding first")
+        return [grounding_prompt(family, label) for label in dataset["query"]]
+    raise ValueError(f"unknown task {task!r}; expected one of {TASKS}")
+
+
 def format_detection_messages(prompt: str, answer: str | None = None) -> list[dict]:
     """System, user (image + prompt) and, when ``answer`` is given, the assistant turn."""
     messages = [
@@ -44,10 +84,13 @@ def format_detection_messages(prompt: str, answer: str | None = None) -> list[di
     return messages
 
 
-def add_chat_columns(dataset: Dataset, family: str, prompt: str, min_pixels: int, max_pixels: int) -> Dataset:
-    """Add the ``prompt`` and target ``answer`` columns; images are not decoded."""
+def add_chat_columns(dataset: Dataset, family: str, prompts: str | list[str], min_pixels: int, max_pixels: int) -> Dataset:
+    """Add the ``prompt`` (one for all, or one per record) and target ``answer`` columns; images are not decoded."""
+    prompts = [prompts] * len(dataset) if isinstance(prompts, str) else list(prompts)
+    if len(prompts) != len(dataset):
+        raise ValueError(f"got {len(prompts)} prompts for {len(dataset)} records")
     answers = []
     for objects, width, height in zip(dataset["objects"], dataset["width"], dataset["height"]):
         model_size = resized_size(family, width, height, min_pixels, max_pixels)
         answers.append(to_model_answer(objects, family, (width, height), model_size))
-    return dataset.add_column("prompt", [prompt] * len(dataset)).add_column("answer", answers)
+    return dataset.add_column("prompt", prompts).add_column("answer", answers)

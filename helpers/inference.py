@@ -139,20 +139,24 @@ def evaluate_model(
     processor,
     dataset: Dataset,
     family: str,
-    prompt: str,
     min_pixels: int,
     max_pixels: int,
     max_new_tokens: int,
     batch_size: int,
     class_names: list[str] | None = None,
 ) -> tuple[list[dict], dict]:
-    """Generate on every image of ``dataset``, parse and score the boxes, and compute the detection metrics.
+    """Generate on every image of ``dataset`` with its ``prompt`` column, parse and score the boxes, and compute the metrics.
+
+    Each record keeps the prompt it was trained with (a grounding record names its own class), so
+    training and evaluation ask the same question.
 
     ``class_names`` are the labels the model was taught (default: those in the ground truth);
     predicted labels outside them are counted as unknown.
     """
+    if "prompt" not in dataset.column_names:
+        raise ValueError("evaluate_model needs a 'prompt' column; add it with helpers.formatting.add_chat_columns")
     images = [img.convert("RGB") for img in dataset["image"]]
-    generations = generate(model, processor, images, [prompt] * len(images), max_new_tokens, batch_size)
+    generations = generate(model, processor, images, list(dataset["prompt"]), max_new_tokens, batch_size)
     records = []
     for example, generation in zip(dataset.select_columns(["image_id", "width", "height", "objects"]), generations):
         image_size = (example["width"], example["height"])

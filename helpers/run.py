@@ -43,6 +43,13 @@ def check_parameters(values: dict, annotations: dict) -> dict:
     return {name: values[name] for name in annotations}
 
 
+def check_choice(name: str, value: str, allowed: tuple[str, ...]) -> str:
+    """Return ``value`` when it is one of ``allowed``; otherwise an error naming the parameter and the choices."""
+    if value not in allowed:
+        raise ValueError(f"parameter {name}={value!r} must be one of {allowed}")
+    return value
+
+
 def resolve_model_path(model_id: str, offline_model_dir: str | Path) -> str:
     """Hub id or local path as given; ``offline:<family>`` builds (once) and returns a tiny checkpoint."""
     if not model_id.startswith(OFFLINE_PREFIX):

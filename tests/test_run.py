@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from helpers.run import check_parameters, prepare_run_dir, resolve_model_path, write_json, write_jsonl
+from helpers.run import check_choice, check_parameters, prepare_run_dir, resolve_model_path, write_json, write_jsonl
 
 ANNOTATIONS = {"lr": float, "steps": int, "name": str, "flag": bool, "classes": list, "maybe": str | None}
 GOOD = {"lr": 1e-3, "steps": 3, "name": "x", "flag": True, "classes": ["a"], "maybe": None}
@@ -38,6 +38,15 @@ def test_check_parameters(change, error):
 def test_unknown_parameter_is_named():
     with pytest.raises(ValueError, match=r"unknown parameters \['lerning_rate'\]"):
         check_parameters(GOOD | {"lerning_rate": 1.0}, ANNOTATIONS)
+
+
+@pytest.mark.parametrize("value, ok", [("detection", True), ("grounding", True), ("Grounding", False), ("", False)])
+def test_check_choice_names_the_parameter_and_the_choices(value, ok):
+    if ok:
+        assert check_choice("task", value, ("detection", "grounding")) == value
+    else:
+        with pytest.raises(ValueError, match=r"task=.* must be one of \('detection', 'grounding'\)"):
+            check_choice("task", value, ("detection", "grounding"))
 
 
 @pytest.mark.parametrize("run_name", ["", "a/b", "..", "."])
