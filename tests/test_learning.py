@@ -2,7 +2,8 @@
 
 A wrong label mask, a shifted label or a coordinate frame that ignores the processor's resize
 still lowers the loss; none of them survives this test (see the issue 7 note for the breakages
-tried). Training is bounded by steps, not time: about 3 minutes on 2 CPU cores.
+tried). It runs the preset as it is (6000 steps, about 4-5 minutes of training on 2 CPU cores):
+cut to 4000 steps, a run stayed on its plateau (accuracy 0.0), so a shorter test would be flaky.
 """
 
 from __future__ import annotations
@@ -11,17 +12,15 @@ import json
 
 from tests.test_benchmarks import load_script
 
-CI_STEPS = 4000  # the grounding preset's 6000 steps cut to what fits 3 minutes of training on 2 cores
-
 
 def test_grounding_preset_learns_to_locate_the_named_shape(tmp_path, capsys):
     (row,) = load_script("learning").main(
         ["--presets", "offline_grounding", "--families", "qwen2_5_vl", "--output-root", str(tmp_path),
-         "-p", "offline_model_dir", str(tmp_path / "models"), "-p", "max_steps", str(CI_STEPS)]
+         "-p", "offline_model_dir", str(tmp_path / "models")]
     )
     print(capsys.readouterr().out)  # the benchmark's table, shown with -s or on failure
     assert row["task"] == "grounding" and row["test_images"] >= 64
     assert row["baseline_accuracy_50"] <= 0.1, "the random model must not already find the shapes"
-    assert row["finetuned_accuracy_50"] >= 0.5, f"accuracy@0.5 {row['finetuned_accuracy_50']:.3f} after {CI_STEPS} steps"
+    assert row["finetuned_accuracy_50"] >= 0.5, f"accuracy@0.5 {row['finetuned_accuracy_50']:.3f}"
     saved = json.loads((tmp_path / "learning_benchmark.json").read_text())
     assert saved == [row]
