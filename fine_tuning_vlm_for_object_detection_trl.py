@@ -42,6 +42,7 @@ synthetic_classes: list = ["red circle", "green square", "blue triangle"]  # see
 synthetic_min_side_px: int = 96  # synthetic image sides are drawn from [min, max] independently
 synthetic_max_side_px: int = 224  # upper bound of a synthetic image side
 synthetic_max_objects: int = 4  # 1..N objects per synthetic image
+synthetic_position_tint: bool = False  # faint red/green background tint along x/y; helps a random vision tower learn where things are
 min_pixels: int = 3136  # 56*56: smallest image area the processor resizes up to
 max_pixels: int = 50176  # 224*224: largest area (Qwen2-VL's default is 28*28*1280, 1003520)
 use_lora: bool = False  # False: full fine-tuning (the offline model starts from random weights)
@@ -153,6 +154,7 @@ synthetic_options = {
     "min_side_px": synthetic_min_side_px,
     "max_side_px": synthetic_max_side_px,
     "max_objects": synthetic_max_objects,
+    "position_tint": synthetic_position_tint,
 }
 splits, load_reports = load_detection_splits(
     dataset_source,

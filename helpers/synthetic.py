@@ -23,6 +23,9 @@ CLASS_STYLES: dict[str, tuple[str, tuple[int, int, int]]] = {
 }
 
 
+TINT_LEVELS = 29  # the background tint's range: faint next to the shapes' saturated colours
+
+
 def _draw_shape(draw: ImageDraw.ImageDraw, shape: str, xyxy_px: tuple[int, int, int, int], rgb: tuple[int, int, int]) -> None:
     """Draw one filled shape that exactly fills its xyxy pixel box."""
     x1, y1, x2, y2 = xyxy_px
@@ -49,11 +52,20 @@ def make_synthetic_example(
     min_side_px: int,
     max_side_px: int,
     max_objects: int,
+    position_tint: bool = False,
 ) -> tuple[Image.Image, list[dict]]:
     """Draw one image and return it with its objects (``label``, ``bbox_xyxy_px``)."""
     width = int(rng.integers(min_side_px, max_side_px + 1))
     height = int(rng.integers(min_side_px, max_side_px + 1))
     background = rng.integers(200, 256, size=(height, width, 3), dtype=np.uint8)  # light noise
+    if position_tint:
+        # A faint tint on the noise: red grows left to right, green top to bottom (0..29 levels).
+        # A random vision tower has no absolute positions (Qwen2/2.5-VL's use rotary ones only), so the
+        # tint lets a tiny model learn where things are in minutes; pretrained towers do not need it.
+        tinted = 190 + (background.astype(int) - 200) * 35 // 55  # the noise squeezed into 190..225
+        tinted[..., 0] += np.linspace(0, TINT_LEVELS, width).astype(int)[None, :]
+        tinted[..., 1] += np.linspace(0, TINT_LEVELS, height).astype(int)[:, None]
+        background = tinted.astype(np.uint8)
     image = Image.fromarray(background, mode="RGB")
     draw = ImageDraw.Draw(image)
     n_objects = int(rng.integers(1, max_objects + 1))
@@ -85,6 +97,7 @@ def make_synthetic_dataset(
     min_side_px: int = 96,
     max_side_px: int = 224,
     max_objects: int = 4,
+    position_tint: bool = False,
 ) -> Dataset:
     """Generate ``n_images`` synthetic detection records in the project's dataset schema."""
     class_names = list(CLASS_STYLES)[:3] if class_names is None else list(class_names)
@@ -98,6 +111,6 @@ def make_synthetic_dataset(
     rng = np.random.default_rng(seed)
     records = []
     for image_id in range(n_images):
-        image, objects = make_synthetic_example(rng, class_names, min_side_px, max_side_px, max_objects)
+        image, objects = make_synthetic_example(rng, class_names, min_side_px, max_side_px, max_objects, position_tint)
         records.append({"image_id": str(image_id), "image": image, "width": image.width, "height": image.height, "objects": objects})
     return Dataset.from_list(records, features=DETECTION_FEATURES)

@@ -49,6 +49,23 @@ def test_shape_pixels_fill_their_box():
         assert (xs.min(), ys.min(), xs.max() + 1, ys.max() + 1) == (x1, y1, x2, y2)
 
 
+def test_position_tint_grows_left_to_right_in_red_and_top_to_bottom_in_green():
+    plain, tinted = (make_synthetic_dataset(20, seed=3, min_side_px=128, max_side_px=200, position_tint=t) for t in (False, True))
+    assert plain["objects"] == tinted["objects"]  # the tint changes the background only
+    for example in tinted:
+        pixels = np.asarray(example["image"]).astype(float)
+        box_free = np.ones(pixels.shape[:2], bool)
+        for obj in example["objects"]:
+            x1, y1, x2, y2 = (int(v) for v in obj["bbox_xyxy_px"])
+            box_free[y1:y2, x1:x2] = False
+        columns = np.array([pixels[:, x, 0][box_free[:, x]].mean() for x in (0, pixels.shape[1] - 1)])
+        rows = np.array([pixels[y, :, 1][box_free[y, :]].mean() for y in (0, pixels.shape[0] - 1)])
+        assert columns[1] - columns[0] > 20 and rows[1] - rows[0] > 20  # 29 levels, less the noise of the means
+    for example in plain:
+        pixels = np.asarray(example["image"]).astype(float)
+        assert abs(pixels[:, -1, 0].mean() - pixels[:, 0, 0].mean()) < 10
+
+
 @pytest.mark.parametrize(
     "kwargs,message",
     [
