@@ -27,18 +27,21 @@ def vision_token_ids(tokenizer) -> set[int]:
     return ids
 
 
-def detection_prompt(family: str, class_names: list[str]) -> str:
-    """The user instruction: which classes to find and the answer syntax for the family."""
+def answer_syntax(family: str) -> str:
+    """How the family's answers are written, for the instruction; an unknown family is an error."""
     if family not in ANSWER_SYNTAX:
         raise ValueError(f"unknown family {family!r}; expected one of {tuple(ANSWER_SYNTAX)}")
-    return f"Detect every {', '.join(class_names)} in the image. Answer with {ANSWER_SYNTAX[family]}."
+    return ANSWER_SYNTAX[family]
+
+
+def detection_prompt(family: str, class_names: list[str]) -> str:
+    """The user instruction: which classes to find and the answer syntax for the family."""
+    return f"Detect every {', '.join(class_names)} in the image. Answer with {answer_syntax(family)}."
 
 
 def grounding_prompt(family: str, label: str) -> str:
     """The user instruction of a grounding example: the one class to find and the answer syntax."""
-    if family not in ANSWER_SYNTAX:
-        raise ValueError(f"unknown family {family!r}; expected one of {tuple(ANSWER_SYNTAX)}")
-    return f"Locate every {label} in the image. Answer with {ANSWER_SYNTAX[family]}."
+    return f"Locate every {label} in the image. Answer with {answer_syntax(family)}."
 
 
 def expand_for_grounding(dataset: Dataset) -> Dataset:
