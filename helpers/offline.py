@@ -22,7 +22,10 @@ from transformers.models.qwen2_5_vl import Qwen2_5_VLConfig
 from transformers.models.qwen2_vl import Qwen2VLConfig, Qwen2VLImageProcessorPil
 from transformers.models.qwen3_vl import Qwen3VLConfig
 
+from helpers.boxes import to_model_answer
+from helpers.formatting import SYSTEM_PROMPT, detection_prompt, grounding_prompt
 from helpers.processing import IMAGE_ONLY_PROCESSORS, SUPPORTED_FAMILIES
+from helpers.synthetic import CLASS_STYLES
 
 # The special tokens of the Qwen2/2.5/3-VL vocabularies, in their order there (ids differ here).
 QWEN_SPECIAL_TOKENS = (
@@ -65,9 +68,8 @@ QWEN_VL_CHAT_TEMPLATE = (
     "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
 
-# Text the tiny tokenizer is trained on: the words, digits and punctuation our prompts and
-# answers use, so they tokenise into few pieces. Digits are split one per token by Qwen's
-# pre-tokenizer regex, as in the real vocabulary.
+# Text the tiny tokenizer is trained on: the words, digits and punctuation prompts and answers
+# use. Digits are split one per token by Qwen's pre-tokenizer regex, as in the real vocabulary.
 TOKENIZER_CORPUS = (
     "You are a helpful assistant. Detect every object in the image. "
     "Locate the objects and output their bounding boxes as JSON. "
@@ -78,6 +80,23 @@ TOKENIZER_CORPUS = (
     "the a an of and in on with box boxes bounding coordinates label labels none "
     "0 1 2 3 4 5 6 7 8 9 , . : ; [ ] { } ( ) \" ' - _ \n"
 )
+# Enough merges that this project's own chat turns, prompts and answer syntax become a few tokens
+# each: a detection example shrinks from 87 to 47 tokens and trains 20% faster on 2 cores.
+TINY_VOCAB_SIZE = 800
+
+
+def tokenizer_corpus() -> str:
+    """The tokenizer's training text: the word list plus every chat turn, prompt and answer form we write."""
+    classes = list(CLASS_STYLES)
+    texts = [TOKENIZER_CORPUS, f"system\n{SYSTEM_PROMPT}", "user\n", "assistant\n"]
+    for family in SUPPORTED_FAMILIES:
+        texts.append(detection_prompt(family, classes[:3]))
+        texts += [grounding_prompt(family, label) for label in classes]
+        # Two objects per class, so the separators between answer items are learnt too.
+        objects = [{"label": label, "bbox_xyxy_px": [1.0, 2.0, 3.0, 4.0]} for label in classes for _ in range(2)]
+        texts.append(to_model_answer(objects, family, (10, 10), (10, 10)))
+    return "\n".join(texts)
+
 
 TINY_ROPE_THETA = 10.0  # see tiny_config: spatial rotary frequencies the tiny model can use
 TINY_SIZES = {  # text width, layers, heads; vision depth and width (shared/ENVIRONMENT.md)
@@ -92,7 +111,7 @@ TINY_SIZES = {  # text width, layers, heads; vision depth and width (shared/ENVI
 }
 
 
-def train_tiny_tokenizer(vocab_size: int = 400) -> Qwen2Tokenizer:
+def train_tiny_tokenizer(vocab_size: int = TINY_VOCAB_SIZE) -> Qwen2Tokenizer:
     """Train a byte-level BPE tokenizer with Qwen's pre-tokenizer and special tokens."""
     tokenizer = Tokenizer(models.BPE())
     tokenizer.normalizer = normalizers.NFC()
@@ -109,7 +128,7 @@ def train_tiny_tokenizer(vocab_size: int = 400) -> Qwen2Tokenizer:
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    tokenizer.train_from_iterator([TOKENIZER_CORPUS] * 4, trainer=trainer)
+    tokenizer.train_from_iterator([tokenizer_corpus()] * 4, trainer=trainer)
     state = json.loads(tokenizer.to_str())["model"]
     merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in state["merges"]]
     qwen_tokenizer = Qwen2Tokenizer(
@@ -192,7 +211,7 @@ def _build_fingerprint(family: str, seed: int) -> str:
     """Hash of everything that decides the checkpoint, so a changed recipe rebuilds the cache."""
     recipe = json.dumps(
         {"family": family, "seed": seed, "sizes": TINY_SIZES, "rope_theta": TINY_ROPE_THETA,
-         "template": QWEN_VL_CHAT_TEMPLATE, "corpus": TOKENIZER_CORPUS},
+         "template": QWEN_VL_CHAT_TEMPLATE, "corpus": tokenizer_corpus(), "vocab_size": TINY_VOCAB_SIZE},
         sort_keys=True,
     )
     return hashlib.sha256(recipe.encode()).hexdigest()[:16]

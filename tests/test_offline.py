@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
 
-from helpers.formatting import format_detection_messages
+from helpers.formatting import SYSTEM_PROMPT, detection_prompt, format_detection_messages, grounding_prompt
 from helpers.offline import QWEN_SPECIAL_TOKENS, build_tiny_checkpoint, train_tiny_tokenizer
 from helpers.processing import IMAGE_ONLY_PROCESSORS, SUPPORTED_FAMILIES, load_processor
 
@@ -52,6 +52,18 @@ def test_tokenizer_splits_digits_and_keeps_special_tokens_whole():
     assert tokenizer.eos_token == "<|im_end|>" and tokenizer.pad_token == "<|endoftext|>"
     text = '[{"bbox_2d": [12, 345, 6, 78], "label": "red circle"}]'
     assert tokenizer.decode(tokenizer.encode(text)) == text
+
+
+@pytest.mark.parametrize("family", SUPPORTED_FAMILIES)
+def test_tokenizer_learnt_our_prompts_as_words(family):
+    # Short sequences are fast steps: each prompt word is one token; only digits and syntax stay split.
+    tokenizer = train_tiny_tokenizer()
+    classes = ["red circle", "green square", "blue triangle"]
+    for prompt in (detection_prompt(family, classes), grounding_prompt(family, "red circle")):
+        tokens = tokenizer.tokenize(prompt)
+        words = prompt.split(" Answer with")[0].rstrip(".").replace(",", "").split()
+        assert [t.lstrip("Ġ") for t in tokens[: len(words) + 2] if t != ","][: len(words)] == words
+    assert len(tokenizer.tokenize(SYSTEM_PROMPT)) <= 6
 
 
 def test_build_is_cached_and_rebuilt_when_recipe_changes(tmp_path):
