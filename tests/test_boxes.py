@@ -49,14 +49,17 @@ def test_round_trip_within_quantisation(family, width, height, min_pixels, max_p
             assert abs(got - want) <= (tol_x if axis % 2 == 0 else tol_y)
 
 
-def test_objects_are_written_top_to_bottom_then_left_to_right():
+@pytest.mark.parametrize("family", ["qwen2_vl", "qwen2_5_vl", "qwen3_vl"])
+def test_objects_are_written_by_label_then_top_to_bottom_then_left_to_right(family):
     objects = [
-        {"label": "bottom", "bbox_xyxy_px": [0, 50, 10, 60]},
-        {"label": "top right", "bbox_xyxy_px": [50, 0, 60, 10]},
-        {"label": "top left", "bbox_xyxy_px": [0, 0, 10, 10]},
+        {"label": "b", "bbox_xyxy_px": [0, 0, 10, 10]},
+        {"label": "a", "bbox_xyxy_px": [0, 50, 10, 60]},
+        {"label": "a", "bbox_xyxy_px": [50, 0, 60, 10]},
+        {"label": "a", "bbox_xyxy_px": [0, 0, 10, 10]},
     ]
-    answer = to_model_answer(objects, "qwen3_vl", (100, 100), (100, 100))
-    assert [o["label"] for o in json.loads(answer)] == ["top left", "top right", "bottom"]
+    answer = to_model_answer(objects, family, (100, 100), (100, 100))
+    parsed = parse_model_answer(answer, family, (100, 100), (100, 100))
+    assert [(o["label"], o["bbox_xyxy_px"][:2]) for o in parsed] == [("a", [0, 0]), ("a", [50, 0]), ("a", [0, 50]), ("b", [0, 0])]
 
 
 @pytest.mark.parametrize(

@@ -10,6 +10,7 @@ from PIL import Image
 from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
 
 from helpers.formatting import SYSTEM_PROMPT, detection_prompt, format_detection_messages, grounding_prompt
+from helpers import offline
 from helpers.offline import QWEN_SPECIAL_TOKENS, build_tiny_checkpoint, train_tiny_tokenizer
 from helpers.processing import IMAGE_ONLY_PROCESSORS, SUPPORTED_FAMILIES, load_processor
 
@@ -79,6 +80,15 @@ def test_build_is_cached_and_rebuilt_when_recipe_changes(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["m"]  # no temp folder left behind
 
 
+def test_any_config_change_rebuilds_the_cached_checkpoint(tmp_path, monkeypatch):
+    out = build_tiny_checkpoint("qwen2_5_vl", tmp_path / "m")
+    before = json.loads((out / "offline_build.json").read_text())["fingerprint"]
+    monkeypatch.setattr(offline, "TINY_ROPE_THETA", 20.0)  # also the vision tower's theta
+    build_tiny_checkpoint("qwen2_5_vl", tmp_path / "m")
+    assert json.loads((out / "offline_build.json").read_text())["fingerprint"] != before
+    assert AutoConfig.from_pretrained(out).vision_config.rope_parameters["rope_theta"] == 20.0
+
+
 def test_same_seed_same_weights(tmp_path):
     a = AutoModelForImageTextToText.from_pretrained(build_tiny_checkpoint("qwen2_5_vl", tmp_path / "a", seed=3))
     b = AutoModelForImageTextToText.from_pretrained(build_tiny_checkpoint("qwen2_5_vl", tmp_path / "b", seed=3))
@@ -100,3 +110,12 @@ def test_tiny_model_rotary_frequencies_let_it_see_image_positions(tiny_checkpoin
     inv_freq = [theta ** (-2 * i / head_dim) for i in range(head_dim // 2)]
     width = inv_freq[sections[0] + sections[1] :]
     assert sum(sections) == head_dim // 2 and min(width) >= 0.1
+
+
+@pytest.mark.parametrize("family", SUPPORTED_FAMILIES)
+def test_tiny_vision_tower_rotary_frequencies_see_neighbouring_patches(tiny_checkpoints, family):
+    # The vision tower's axial rotary splits head_dim/2 over (row, column): every frequency must turn
+    # by a usable angle per patch, or that part of each head is blind to position.
+    model = AutoModelForImageTextToText.from_pretrained(tiny_checkpoints[family])
+    inv_freq = model.model.visual.rotary_pos_emb.inv_freq
+    assert inv_freq.min().item() >= 0.1, inv_freq.tolist()
