@@ -1,8 +1,8 @@
 """A synthetic detection dataset, generated locally and deterministic by seed.
 
-Images hold 1 to ``max_objects`` non-overlapping shapes on a noisy background. Image sizes and
-aspect ratios vary, so the processor's resize changes every image differently: a coordinate
-convention that ignores the resize shows up as wrong boxes.
+Images hold 1 to ``max_objects`` non-overlapping shapes on a noisy background. Image sizes (and,
+unless ``square``, aspect ratios) vary, so the processor's resize changes every image
+differently: a coordinate convention that ignores the resize shows up as wrong boxes.
 """
 
 from __future__ import annotations
@@ -23,7 +23,10 @@ CLASS_STYLES: dict[str, tuple[str, tuple[int, int, int]]] = {
 }
 
 
-TINT_LEVELS = 29  # the background tint's range: faint next to the shapes' saturated colours
+# The position tint (see make_synthetic_example): the background's red channel grows by TINT_LEVELS from the
+# left edge to the right, its green channel likewise from top to bottom, over noise TINT_NOISE_LEVELS wide.
+TINT_LEVELS = 40
+TINT_NOISE_LEVELS = 20
 
 
 def _draw_shape(draw: ImageDraw.ImageDraw, shape: str, xyxy_px: tuple[int, int, int, int], rgb: tuple[int, int, int]) -> None:
@@ -53,18 +56,25 @@ def make_synthetic_example(
     max_side_px: int,
     max_objects: int,
     position_tint: bool = False,
+    square: bool = False,
 ) -> tuple[Image.Image, list[dict]]:
     """Draw one image and return it with its objects (``label``, ``bbox_xyxy_px``)."""
     width = int(rng.integers(min_side_px, max_side_px + 1))
-    height = int(rng.integers(min_side_px, max_side_px + 1))
+    height = int(rng.integers(min_side_px, max_side_px + 1))  # drawn even when square, so the draws stay in step
+    if square:
+        height = width
     background = rng.integers(200, 256, size=(height, width, 3), dtype=np.uint8)  # light noise
     if position_tint:
-        # A faint tint on the noise: red grows left to right, green top to bottom (0..29 levels).
-        # A random vision tower has no absolute positions (Qwen2/2.5-VL's use rotary ones only); the tint
-        # gives its features a sense of place. An experiment: so far its gain is within run-to-run spread.
-        tinted = 190 + (background.astype(int) - 200) * 35 // 55  # the noise squeezed into 190..225
-        tinted[..., 0] += np.linspace(0, TINT_LEVELS, width).astype(int)[None, :]
-        tinted[..., 1] += np.linspace(0, TINT_LEVELS, height).astype(int)[:, None]
+        # A sense of place for a vision tower that starts from random weights. Qwen2-VL and Qwen2.5-VL
+        # towers have rotary positions only, which tell a patch its offset to other patches but not
+        # where it sits in the image; Qwen3-VL adds learned position embeddings, interpolated to each
+        # image's grid. The tint is the data's stand-in for those: each background pixel's red and
+        # green levels say how far across and down the image it lies (a fraction of the side, which is
+        # what Qwen2-VL and Qwen3-VL boxes are written in). Pretrained towers learnt this from data.
+        # Tiny Qwen2-VL, grounding preset, same seed: accuracy@0.5 0.547 without, 0.891 with it.
+        tinted = 255 - TINT_LEVELS - TINT_NOISE_LEVELS + (background.astype(int) - 200) * TINT_NOISE_LEVELS // 56
+        tinted[..., 0] += np.linspace(0, TINT_LEVELS, width).round().astype(int)[None, :]
+        tinted[..., 1] += np.linspace(0, TINT_LEVELS, height).round().astype(int)[:, None]
         background = tinted.astype(np.uint8)
     image = Image.fromarray(background, mode="RGB")
     draw = ImageDraw.Draw(image)
@@ -98,6 +108,7 @@ def make_synthetic_dataset(
     max_side_px: int = 224,
     max_objects: int = 4,
     position_tint: bool = False,
+    square: bool = False,
 ) -> Dataset:
     """Generate ``n_images`` synthetic detection records in the project's dataset schema."""
     class_names = list(CLASS_STYLES)[:3] if class_names is None else list(class_names)
@@ -111,6 +122,6 @@ def make_synthetic_dataset(
     rng = np.random.default_rng(seed)
     records = []
     for image_id in range(n_images):
-        image, objects = make_synthetic_example(rng, class_names, min_side_px, max_side_px, max_objects, position_tint)
+        image, objects = make_synthetic_example(rng, class_names, min_side_px, max_side_px, max_objects, position_tint, square)
         records.append({"image_id": str(image_id), "image": image, "width": image.width, "height": image.height, "objects": objects})
     return Dataset.from_list(records, features=DETECTION_FEATURES)

@@ -7,7 +7,7 @@ import pytest
 
 from helpers.boxes import box_iou
 from helpers.schema import DETECTION_FEATURES
-from helpers.synthetic import CLASS_STYLES, make_synthetic_dataset
+from helpers.synthetic import CLASS_STYLES, TINT_LEVELS, TINT_NOISE_LEVELS, make_synthetic_dataset
 
 
 def test_same_seed_same_data_other_seed_other_data():
@@ -60,10 +60,23 @@ def test_position_tint_grows_left_to_right_in_red_and_top_to_bottom_in_green():
             box_free[y1:y2, x1:x2] = False
         columns = np.array([pixels[:, x, 0][box_free[:, x]].mean() for x in (0, pixels.shape[1] - 1)])
         rows = np.array([pixels[y, :, 1][box_free[y, :]].mean() for y in (0, pixels.shape[0] - 1)])
-        assert columns[1] - columns[0] > 20 and rows[1] - rows[0] > 20  # 29 levels, less the noise of the means
+        blue = np.array([pixels[:, x, 2][box_free[:, x]].mean() for x in (0, pixels.shape[1] - 1)])
+        # TINT_LEVELS from edge to edge, less the noise of the means; blue carries no position
+        assert abs(columns[1] - columns[0] - TINT_LEVELS) < 4 and abs(rows[1] - rows[0] - TINT_LEVELS) < 4
+        assert abs(blue[1] - blue[0]) < 4
+        background = pixels[box_free]
+        assert background.min() >= 255 - TINT_LEVELS - TINT_NOISE_LEVELS and background.max() <= 255  # no clipping
     for example in plain:
         pixels = np.asarray(example["image"]).astype(float)
         assert abs(pixels[:, -1, 0].mean() - pixels[:, 0, 0].mean()) < 10
+
+
+def test_square_images_are_square_deterministic_and_vary_in_size():
+    squares = make_synthetic_dataset(30, seed=5, min_side_px=64, max_side_px=160, square=True)
+    assert all(w == h for w, h in zip(squares["width"], squares["height"]))
+    assert len(set(squares["width"])) > 15 and min(squares["width"]) < 90 and max(squares["width"]) > 130
+    again = make_synthetic_dataset(30, seed=5, min_side_px=64, max_side_px=160, square=True)
+    assert squares["objects"] == again["objects"]
 
 
 @pytest.mark.parametrize(
