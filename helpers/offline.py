@@ -109,6 +109,15 @@ TINY_SIZES = {  # text width, layers, heads; vision depth and width (shared/ENVI
     "vision_hidden_size": 64,
     "vision_heads": 4,
 }
+# Qwen2-VL writes every box as four 0..1000 numbers relative to the image: three digits of precision the
+# other families' pixel boxes (about 112 px here) do not need. A third text layer lifted its detection
+# mAP@.5 from 0.23 to 0.48 (offline_demo, 9000 steps, same seed) for about 15% more time per step.
+TINY_FAMILY_SIZES: dict[str, dict[str, int]] = {"qwen2_vl": {"num_hidden_layers": 3}}
+
+
+def tiny_sizes(family: str) -> dict[str, int]:
+    """The tiny model's sizes for a family: TINY_SIZES with the family's overrides."""
+    return TINY_SIZES | TINY_FAMILY_SIZES.get(family, {})
 
 
 def train_tiny_tokenizer(vocab_size: int = TINY_VOCAB_SIZE) -> Qwen2Tokenizer:
@@ -159,7 +168,7 @@ def _special_ids(tokenizer: Qwen2Tokenizer) -> dict[str, int]:
 
 def tiny_config(family: str, tokenizer: Qwen2Tokenizer) -> PretrainedConfig:
     """Build a tiny config for a Qwen-VL family, wired to the tokenizer's special-token ids."""
-    s = TINY_SIZES
+    s = tiny_sizes(family)
     head_dim = s["hidden_size"] // s["num_attention_heads"]  # 64 / 4 = 16
     # M-RoPE splits head_dim/2 rotary frequencies over (time, height, width): 2 + 3 + 3 = 8, from the
     # highest to the lowest. With Qwen's theta 10000 the width axis would get at most 0.003 rad per

@@ -119,3 +119,14 @@ def test_tiny_vision_tower_rotary_frequencies_see_neighbouring_patches(tiny_chec
     model = AutoModelForImageTextToText.from_pretrained(tiny_checkpoints[family])
     inv_freq = model.model.visual.rotary_pos_emb.inv_freq
     assert inv_freq.min().item() >= 0.1, inv_freq.tolist()
+
+
+@pytest.mark.parametrize(
+    "family,text_layers",
+    [("qwen2_vl", 3), ("qwen2_5_vl", 2), ("qwen3_vl", 2)],  # Qwen2-VL's 0..1000 boxes get a third layer
+)
+def test_tiny_sizes_apply_family_overrides(tiny_checkpoints, family, text_layers):
+    assert offline.tiny_sizes(family)["num_hidden_layers"] == text_layers
+    config = AutoConfig.from_pretrained(tiny_checkpoints[family])
+    assert config.text_config.num_hidden_layers == text_layers
+    assert config.text_config.hidden_size == offline.TINY_SIZES["hidden_size"]  # the rest stays shared
