@@ -42,7 +42,8 @@ synthetic_classes: list = ["red circle", "green square", "blue triangle"]  # see
 synthetic_min_side_px: int = 96  # synthetic image sides are drawn from [min, max] independently
 synthetic_max_side_px: int = 224  # upper bound of a synthetic image side
 synthetic_max_objects: int = 4  # 1..N objects per synthetic image
-synthetic_position_tint: bool = False  # faint red/green background tint along x/y, a sense of place for a random vision tower (experimental)
+synthetic_position_tint: bool = True  # red/green background tint along x/y: a sense of place for a random vision tower
+synthetic_square_images: bool = False  # square images of varied size; with min_pixels == max_pixels all resize to one grid
 min_pixels: int = 3136  # 56*56: smallest image area the processor resizes up to
 max_pixels: int = 50176  # 224*224: largest area (Qwen2-VL's default is 28*28*1280, 1003520)
 use_lora: bool = False  # False: full fine-tuning (the offline model starts from random weights)
@@ -142,8 +143,11 @@ environment
 # unreadable image, a size that disagrees with the annotations, a box that is inverted, empty or
 # outside the image, or an unknown class is skipped (a box partly outside is clipped), and each
 # is counted below and saved in `data_report.json`. With `data_strict=True` the first one stops
-# the run instead, naming the record. The synthetic images vary in size and aspect ratio on
-# purpose: the processor resizes each one differently, which is exactly where coordinate bugs hide.
+# the run instead, naming the record. The synthetic images vary in size (and, unless
+# `synthetic_square_images`, in aspect ratio) on purpose: the processor resizes each one
+# differently, which is exactly where coordinate bugs hide. The faint red/green background tint
+# (`synthetic_position_tint`) tells a vision tower that starts from random weights where in the
+# image a patch lies; pretrained towers learnt that from their data.
 
 # %%
 from helpers.data import dataset_class_names, format_data_report, load_detection_splits
@@ -155,6 +159,7 @@ synthetic_options = {
     "max_side_px": synthetic_max_side_px,
     "max_objects": synthetic_max_objects,
     "position_tint": synthetic_position_tint,
+    "square": synthetic_square_images,
 }
 splits, load_reports = load_detection_splits(
     dataset_source,
