@@ -24,8 +24,8 @@ IMAGE_SIZES: list[tuple[int, int]] = [
     (4000, 3000), (33, 1200), (1200, 33), (10, 1990), (3980, 20),
 ] + _random_sizes(16, seed=0)
 
-# (min_pixels, max_pixels): the offline demo's bounds and Qwen2-VL's defaults.
-PIXEL_BOUNDS = [(3136, 50176), (3136, 1003520)]
+# (min_pixels, max_pixels): the notebook's defaults, the offline demo's one-grid bounds and Qwen2-VL's defaults.
+PIXEL_BOUNDS = [(3136, 50176), (12544, 12544), (3136, 1003520)]
 
 
 def write_coco_split(dataset, folder, split: str, missing_images: int = 0) -> None:

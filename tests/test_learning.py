@@ -2,8 +2,8 @@
 
 A wrong label mask, a shifted label or a coordinate frame that ignores the processor's resize
 still lowers the loss; none of them survives this test (see the issue 7 note for the breakages
-tried). It runs the preset cut to 3500 steps (153 s of training on 2 CPU cores, accuracy@0.5 0.78 in
-CI; 0.91 in an in-process experiment); the preset's 7000 steps are for Qwen2-VL.
+tried). It runs the preset cut to 3500 steps (153 s of training on 2 CPU cores, accuracy@0.5 0.84);
+the preset's 6000 steps are for Qwen2-VL.
 """
 
 from __future__ import annotations
