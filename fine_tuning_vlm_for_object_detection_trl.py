@@ -43,7 +43,7 @@ synthetic_min_side_px: int = 96  # synthetic image sides are drawn from [min, ma
 synthetic_max_side_px: int = 224  # upper bound of a synthetic image side
 synthetic_max_objects: int = 4  # 1..N objects per synthetic image
 synthetic_position_tint: bool = True  # red/green background tint along x/y: a sense of place for a random vision tower
-synthetic_square_images: bool = False  # square images of varied size; with min_pixels == max_pixels all resize to one grid
+synthetic_square_images: bool = False  # square images of varied size (all resized to one grid when min_pixels equals max_pixels)
 min_pixels: int = 3136  # 56*56: smallest image area the processor resizes up to
 max_pixels: int = 50176  # 224*224: largest area (Qwen2-VL's default is 28*28*1280, 1003520)
 use_lora: bool = False  # False: full fine-tuning (the offline model starts from random weights)
