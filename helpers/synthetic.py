@@ -27,6 +27,7 @@ CLASS_STYLES: dict[str, tuple[str, tuple[int, int, int]]] = {
 # left edge to the right, its green channel likewise from top to bottom, over noise TINT_NOISE_LEVELS wide.
 TINT_LEVELS = 40
 TINT_NOISE_LEVELS = 20
+BACKGROUND_LEVELS = (200, 256)  # the light noise behind the shapes: channel values in [low, high)
 
 
 def _draw_shape(draw: ImageDraw.ImageDraw, shape: str, xyxy_px: tuple[int, int, int, int], rgb: tuple[int, int, int]) -> None:
@@ -63,7 +64,8 @@ def make_synthetic_example(
     height = int(rng.integers(min_side_px, max_side_px + 1))  # drawn even when square, so the draws stay in step
     if square:
         height = width
-    background = rng.integers(200, 256, size=(height, width, 3), dtype=np.uint8)  # light noise
+    low, high = BACKGROUND_LEVELS
+    background = rng.integers(low, high, size=(height, width, 3), dtype=np.uint8)
     if position_tint:
         # A sense of place for a vision tower that starts from random weights. Qwen2-VL and Qwen2.5-VL
         # towers have rotary positions only, which tell a patch its offset to other patches but not
@@ -72,7 +74,9 @@ def make_synthetic_example(
         # green levels say how far across and down the image it lies (a fraction of the side, which is
         # what Qwen2-VL and Qwen3-VL boxes are written in). Pretrained towers learnt this from data.
         # Tiny Qwen2-VL, grounding preset, same seed: accuracy@0.5 0.547 without, 0.891 with it.
-        tinted = 255 - TINT_LEVELS - TINT_NOISE_LEVELS + (background.astype(int) - 200) * TINT_NOISE_LEVELS // 56
+        # The noise squeezed to TINT_NOISE_LEVELS, under a ceiling that leaves room for the tint: nothing clips.
+        noise = (background.astype(int) - low) * TINT_NOISE_LEVELS // (high - low)
+        tinted = 255 - TINT_LEVELS - TINT_NOISE_LEVELS + noise
         tinted[..., 0] += np.linspace(0, TINT_LEVELS, width).round().astype(int)[None, :]
         tinted[..., 1] += np.linspace(0, TINT_LEVELS, height).round().astype(int)[:, None]
         background = tinted.astype(np.uint8)
