@@ -4,6 +4,11 @@ PYTHON ?= python3
 VENV := .venv
 VPY := $(VENV)/bin/python
 STAMP := $(VENV)/requirements.installed
+PIP := $(VPY) -m pip install --disable-pip-version-check -q
+# Where torch and torchvision come from. Empty: PyPI, whose Linux build carries CUDA (about 5.5 GB).
+# A laptop without a GPU can take the CPU build: make test TORCH_INDEX=https://download.pytorch.org/whl/cpu
+TORCH_INDEX ?=
+TORCH_PINS = $$(grep -E '^torch(vision)?==' requirements.txt)
 
 .PHONY: demo test venv clean-outputs
 
@@ -12,7 +17,8 @@ venv:
 	@if cmp -s requirements.txt $(STAMP); then \
 		echo "venv: requirements unchanged"; \
 	else \
-		$(VPY) -m pip install --disable-pip-version-check -q -r requirements.txt && cp requirements.txt $(STAMP); \
+		if [ -n "$(TORCH_INDEX)" ]; then $(PIP) --index-url $(TORCH_INDEX) $(TORCH_PINS) || exit 1; fi; \
+		$(PIP) -r requirements.txt && cp requirements.txt $(STAMP); \
 	fi
 
 demo: venv

@@ -15,16 +15,16 @@ from pathlib import Path
 
 import torch
 from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
-from transformers import AutoModelForImageTextToText, PretrainedConfig
+from transformers import AutoModelForImageTextToText, GenerationConfig, PretrainedConfig
 from transformers.models.qwen2 import Qwen2Tokenizer
 from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX
 from transformers.models.qwen2_5_vl import Qwen2_5_VLConfig
-from transformers.models.qwen2_vl import Qwen2VLConfig, Qwen2VLImageProcessorPil
+from transformers.models.qwen2_vl import Qwen2VLConfig
 from transformers.models.qwen3_vl import Qwen3VLConfig
 
 from helpers.boxes import to_model_answer
 from helpers.formatting import SYSTEM_PROMPT, detection_prompt, grounding_prompt
-from helpers.processing import IMAGE_ONLY_PROCESSORS, SUPPORTED_FAMILIES
+from helpers.processing import SUPPORTED_FAMILIES, check_family, load_saved_processor
 from helpers.synthetic import CLASS_STYLES
 
 # The special tokens of the Qwen2/2.5/3-VL vocabularies, in their order there (ids differ here).
@@ -44,6 +44,10 @@ QWEN_SPECIAL_TOKENS = (
     "<|image_pad|>",
     "<|video_pad|>",
 )
+
+QWEN_FIRST_SPECIAL_ID = 151643  # <|endoftext|>'s id in the real vocabulary; the others follow in the order above
+# The published checkpoints' processor and generation configs, copied into every tiny checkpoint (see its README).
+HUB_CONFIGS_DIR = Path(__file__).resolve().parent / "hub_configs"
 
 # A Qwen-style chat template written for this project: ChatML turns, one
 # <|vision_start|><|image_pad|><|vision_end|> per image (the processor expands <|image_pad|> to
@@ -213,26 +217,36 @@ def tiny_config(family: str, tokenizer: Qwen2Tokenizer) -> PretrainedConfig:
     raise ValueError(f"unknown family {family!r}; expected one of {SUPPORTED_FAMILIES}")
 
 
-def tiny_image_processor(family: str) -> Qwen2VLImageProcessorPil:
-    """Image processor with the family's patch size (14 for Qwen2/2.5-VL, 16 for Qwen3-VL)."""
-    patch_size = 16 if family == "qwen3_vl" else 14
-    # Qwen3-VL normalises with mean = std = 0.5 instead of CLIP's statistics.
-    stats = {"image_mean": [0.5, 0.5, 0.5], "image_std": [0.5, 0.5, 0.5]} if family == "qwen3_vl" else {}
-    return Qwen2VLImageProcessorPil(patch_size=patch_size, merge_size=2, temporal_patch_size=2, **stats)
+def hub_config_files(family: str) -> list[Path]:
+    """The family's published processor config files (image, and video where one is published)."""
+    return sorted((HUB_CONFIGS_DIR / check_family(family)).glob("*preprocessor_config.json"))
+
+
+def hub_generation_config(family: str, tokenizer: Qwen2Tokenizer) -> GenerationConfig:
+    """The family's published generation config with its token ids mapped to the tiny vocabulary."""
+    values = json.loads((HUB_CONFIGS_DIR / check_family(family) / "generation_config.json").read_text())
+    real_to_tiny = {QWEN_FIRST_SPECIAL_ID + i: tokenizer.convert_tokens_to_ids(token) for i, token in enumerate(QWEN_SPECIAL_TOKENS)}
+    for key in ("bos_token_id", "pad_token_id", "eos_token_id"):
+        if isinstance(values.get(key), list):
+            values[key] = [real_to_tiny[i] for i in values[key]]
+        elif values.get(key) is not None:
+            values[key] = real_to_tiny[values[key]]
+    values.pop("transformers_version", None)
+    return GenerationConfig(**values)
 
 
 def _build_fingerprint(family: str, seed: int, tokenizer: Qwen2Tokenizer, config: PretrainedConfig) -> str:
-    """Hash of everything that decides the checkpoint (the whole config too), so a changed recipe rebuilds the cache."""
+    """Hash of everything that decides the checkpoint (the whole config and the published files too), so a changed recipe rebuilds the cache."""
     recipe = json.dumps(
         {"family": family, "seed": seed, "config": config.to_dict(), "vocab": tokenizer.get_vocab(),
-         "template": QWEN_VL_CHAT_TEMPLATE},
+         "template": QWEN_VL_CHAT_TEMPLATE, "hub_files": {p.name: p.read_text() for p in HUB_CONFIGS_DIR.joinpath(family).iterdir()}},
         sort_keys=True, default=str,
     )
     return hashlib.sha256(recipe.encode()).hexdigest()[:16]
 
 
 def build_tiny_checkpoint(family: str, out_dir: str | Path, seed: int = 0) -> Path:
-    """Write (once) a tiny random-initialised checkpoint of a Qwen-VL family to ``out_dir``."""
+    """Write (once) a tiny random-initialised checkpoint of a Qwen-VL family to ``out_dir``, laid out as the published ones."""
     out_dir = Path(out_dir)
     stamp = out_dir / "offline_build.json"
     tokenizer = train_tiny_tokenizer()
@@ -242,17 +256,16 @@ def build_tiny_checkpoint(family: str, out_dir: str | Path, seed: int = 0) -> Pa
         return out_dir
     torch.manual_seed(seed)
     model = AutoModelForImageTextToText.from_config(config)
-    model.generation_config.eos_token_id = tokenizer.eos_token_id
-    model.generation_config.pad_token_id = tokenizer.pad_token_id
-    processor = IMAGE_ONLY_PROCESSORS[family](
-        image_processor=tiny_image_processor(family), tokenizer=tokenizer, chat_template=QWEN_VL_CHAT_TEMPLATE
-    )
+    model.generation_config = hub_generation_config(family, tokenizer)
     # Build in a sibling temp folder and move it in place, so an interrupted build leaves no
     # half-written checkpoint that a later run would take for a cached one.
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp_dir = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}-", dir=out_dir.parent))
     model.save_pretrained(tmp_dir)
-    processor.save_pretrained(tmp_dir)
+    tokenizer.save_pretrained(tmp_dir)
+    for path in hub_config_files(family):  # the published image (and video) processor settings, as published
+        shutil.copyfile(path, tmp_dir / path.name)
+    load_saved_processor(tmp_dir, family)  # the stock processor loads from these files, or the build stops here
     (tmp_dir / "offline_build.json").write_text(json.dumps({"family": family, "seed": seed, "fingerprint": fingerprint}))
     if out_dir.exists():
         shutil.rmtree(out_dir)

@@ -1,72 +1,63 @@
-"""Processor loading that works with and without torchvision.
+"""Processor loading: the stock Qwen-VL processors, which need torchvision.
 
-The stock Qwen-VL processors cannot be built without a video processor, and every Qwen video
-processor needs torchvision, which has no CPU build on our machines (see shared/ENVIRONMENT.md).
-Detection needs images only, so where torchvision is missing we load an image-only subclass of
-the family's processor; where it is present we load the stock processor. Both expose the same
-``__call__``, ``apply_chat_template``, ``tokenizer`` and ``image_processor``.
+Every Qwen-VL processor holds a video processor, and every Qwen video processor is built on
+torchvision, so there is one supported stack: torch with its matching torchvision
+(requirements.txt). Without it we stop with the fix instead of loading a processor that hub
+checkpoints and other machines do not have.
 """
 
 from __future__ import annotations
 
-import importlib.util
+import importlib
+import json
 from pathlib import Path
 
-from transformers import AutoConfig, AutoProcessor, ProcessorMixin
-from transformers.models.qwen2_5_vl import Qwen2_5_VLConfig, Qwen2_5_VLProcessor
-from transformers.models.qwen2_vl import Qwen2VLConfig, Qwen2VLProcessor
-from transformers.models.qwen3_vl import Qwen3VLConfig, Qwen3VLProcessor
+from transformers import AutoConfig, AutoImageProcessor, AutoTokenizer, ProcessorMixin
+from transformers.models.qwen2_5_vl import Qwen2_5_VLProcessor
+from transformers.models.qwen2_vl import Qwen2VLProcessor
+from transformers.models.qwen3_vl import Qwen3VLProcessor
 
 SUPPORTED_FAMILIES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl")  # config.model_type values
-
-
-class ImageOnlyQwen2VLProcessor(Qwen2VLProcessor):
-    """Qwen2-VL processor without the torchvision-only video processor."""
-
-    def __init__(self, image_processor=None, tokenizer=None, chat_template=None, **kwargs):
-        super().__init__(image_processor, tokenizer, video_processor=None, chat_template=chat_template, **kwargs)
-
-
-class ImageOnlyQwen2_5_VLProcessor(Qwen2_5_VLProcessor):
-    """Qwen2.5-VL processor without the torchvision-only video processor."""
-
-    def __init__(self, image_processor=None, tokenizer=None, chat_template=None, **kwargs):
-        super().__init__(image_processor, tokenizer, video_processor=None, chat_template=chat_template, **kwargs)
-
-
-class ImageOnlyQwen3VLProcessor(Qwen3VLProcessor):
-    """Qwen3-VL processor without the torchvision-only video processor."""
-
-    def __init__(self, image_processor=None, tokenizer=None, chat_template=None, **kwargs):
-        super().__init__(image_processor, tokenizer, video_processor=None, chat_template=chat_template, **kwargs)
-
 
 STOCK_PROCESSORS: dict[str, type[ProcessorMixin]] = {
     "qwen2_vl": Qwen2VLProcessor,
     "qwen2_5_vl": Qwen2_5_VLProcessor,
     "qwen3_vl": Qwen3VLProcessor,
 }
-IMAGE_ONLY_PROCESSORS: dict[str, type[ProcessorMixin]] = {
-    "qwen2_vl": ImageOnlyQwen2VLProcessor,
-    "qwen2_5_vl": ImageOnlyQwen2_5_VLProcessor,
-    "qwen3_vl": ImageOnlyQwen3VLProcessor,
-}
+# Where a saved folder can keep its video processor's settings, in the order transformers reads them:
+# nested in processor_config.json (transformers 5), video_preprocessor_config.json, or, for Qwen2-VL and
+# Qwen2.5-VL as published, the image processor's preprocessor_config.json.
+VIDEO_CONFIG_FILES = ("video_preprocessor_config.json", "preprocessor_config.json")
+TORCHVISION_FIX = (
+    "install the torch/torchvision pair pinned in requirements.txt (pip install -r requirements.txt); "
+    "on a CPU-only machine the smaller CPU build is: pip install torch==2.14.1 torchvision==0.29.1 "
+    "--index-url https://download.pytorch.org/whl/cpu"
+)
 
-# Without this, AutoProcessor.from_pretrained(dir) on a checkpoint saved with an image-only
-# processor silently returns the bare tokenizer (shared/ENVIRONMENT.md).
-for _config_cls, _family in ((Qwen2VLConfig, "qwen2_vl"), (Qwen2_5_VLConfig, "qwen2_5_vl"), (Qwen3VLConfig, "qwen3_vl")):
-    AutoProcessor.register(_config_cls, IMAGE_ONLY_PROCESSORS[_family], exist_ok=True)
 
-
-def has_torchvision() -> bool:
-    """True when torchvision is installed and imports (it needs matching torch operators)."""
-    if importlib.util.find_spec("torchvision") is None:
-        return False
+def torchvision_problem() -> str | None:
+    """Why torchvision cannot be used here (missing, or built for another torch), or None when it imports."""
     try:
-        import torchvision  # noqa: F401
-    except Exception:  # a torchvision built for another torch fails at import with RuntimeError
-        return False
-    return True
+        importlib.import_module("torchvision")
+    except ImportError:
+        return "torchvision is not installed"
+    except Exception as error:  # a torchvision built for another torch fails at import with RuntimeError
+        return f"torchvision does not import beside torch: {type(error).__name__}: {error}"
+    return None
+
+
+def require_torchvision() -> None:
+    """Raise an error naming the fix when torchvision is missing or does not match torch."""
+    problem = torchvision_problem()
+    if problem is not None:
+        raise ImportError(f"{problem}. Every Qwen-VL processor needs it (its video processor); {TORCHVISION_FIX}")
+
+
+def check_family(family: str) -> str:
+    """Return ``family`` when it is supported; otherwise an error listing the supported ones."""
+    if family not in SUPPORTED_FAMILIES:
+        raise ValueError(f"unknown family {family!r}; expected one of {SUPPORTED_FAMILIES}")
+    return family
 
 
 def read_family(model_id_or_path: str | Path) -> str:
@@ -80,25 +71,63 @@ def read_family(model_id_or_path: str | Path) -> str:
     return model_type
 
 
-def processor_class_for(family: str, torchvision_available: bool) -> type[ProcessorMixin]:
-    """Pick the stock processor when torchvision works, else the image-only subclass."""
-    if family not in SUPPORTED_FAMILIES:
-        raise ValueError(f"unknown family {family!r}; expected one of {SUPPORTED_FAMILIES}")
-    return STOCK_PROCESSORS[family] if torchvision_available else IMAGE_ONLY_PROCESSORS[family]
+def has_video_processor_config(folder: str | Path) -> bool:
+    """True when a local folder holds settings a video processor can load from (a hub id is taken to)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return True
+    nested = folder / "processor_config.json"
+    if nested.is_file() and "video_processor" in json.loads(nested.read_text()):
+        return True
+    return any((folder / name).is_file() for name in VIDEO_CONFIG_FILES)
+
+
+def video_processor_class(family: str) -> type:
+    """The family's stock video processor class (imported on demand: importing it needs torchvision)."""
+    from transformers.models.qwen2_vl import Qwen2VLVideoProcessor
+    from transformers.models.qwen3_vl import Qwen3VLVideoProcessor
+
+    return {"qwen2_vl": Qwen2VLVideoProcessor, "qwen2_5_vl": Qwen2VLVideoProcessor, "qwen3_vl": Qwen3VLVideoProcessor}[family]
+
+
+def processor_from_parts(folder: str | Path, family: str) -> ProcessorMixin:
+    """The stock processor of a folder saved without video settings; its video processor takes the image processor's."""
+    image_processor = AutoImageProcessor.from_pretrained(str(folder))
+    video_processor = video_processor_class(family)(
+        patch_size=image_processor.patch_size,
+        temporal_patch_size=image_processor.temporal_patch_size,
+        merge_size=image_processor.merge_size,
+        image_mean=image_processor.image_mean,
+        image_std=image_processor.image_std,
+    )
+    tokenizer = AutoTokenizer.from_pretrained(str(folder))
+    return STOCK_PROCESSORS[family](
+        image_processor=image_processor, tokenizer=tokenizer, video_processor=video_processor, chat_template=tokenizer.chat_template
+    )
+
+
+def load_saved_processor(model_id_or_path: str | Path, family: str) -> ProcessorMixin:
+    """Load the family's stock processor (its resolution bounds as saved) from a hub id or folder."""
+    require_torchvision()
+    if not has_video_processor_config(model_id_or_path):
+        # A folder saved by an image-only processor (this project before it required torchvision)
+        # has no video settings, which the stock class cannot load without.
+        return processor_from_parts(model_id_or_path, check_family(family))
+    return STOCK_PROCESSORS[check_family(family)].from_pretrained(str(model_id_or_path))
 
 
 def load_processor(model_id_or_path: str | Path, min_pixels: int, max_pixels: int) -> ProcessorMixin:
-    """Load the family's processor with the image resolution bounds set on its image processor."""
+    """Load the family's stock processor with the image resolution bounds set on its image processor."""
     if not 0 < min_pixels <= max_pixels:
         raise ValueError(f"need 0 < min_pixels <= max_pixels, got min_pixels={min_pixels}, max_pixels={max_pixels}")
-    family = read_family(model_id_or_path)
-    processor_cls = processor_class_for(family, has_torchvision())
-    processor = processor_cls.from_pretrained(str(model_id_or_path))
+    processor = load_saved_processor(model_id_or_path, read_family(model_id_or_path))
     # `size` is the supported knob; processor-call min_pixels/max_pixels are deprecated.
     processor.image_processor.size = {"shortest_edge": min_pixels, "longest_edge": max_pixels}
     return processor
 
 
-def load_saved_processor(processor_dir: str | Path, family: str) -> ProcessorMixin:
-    """Load a processor saved by a run (its resolution bounds as saved) for the given family."""
-    return processor_class_for(family, has_torchvision()).from_pretrained(str(processor_dir))
+def model_input_size(processor: ProcessorMixin, image_grid_thw) -> tuple[int, int]:
+    """``(width, height)`` in pixels of the image the model saw, from one row of the processor's ``image_grid_thw``."""
+    _, grid_h, grid_w = (int(v) for v in image_grid_thw)
+    patch = processor.image_processor.patch_size
+    return grid_w * patch, grid_h * patch

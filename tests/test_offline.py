@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
 from PIL import Image
-from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
+from transformers import AutoConfig, AutoModelForImageTextToText
 
 from helpers.formatting import SYSTEM_PROMPT, detection_prompt, format_detection_messages, grounding_prompt
 from helpers import offline
 from helpers.offline import QWEN_SPECIAL_TOKENS, build_tiny_checkpoint, train_tiny_tokenizer
-from helpers.processing import IMAGE_ONLY_PROCESSORS, SUPPORTED_FAMILIES, load_processor
+from helpers.processing import SUPPORTED_FAMILIES, load_processor
 
 
 @pytest.mark.parametrize("family", SUPPORTED_FAMILIES)
@@ -40,9 +41,32 @@ def test_config_special_ids_match_tokenizer(tiny_checkpoints, family):
 
 
 @pytest.mark.parametrize("family", SUPPORTED_FAMILIES)
-def test_auto_processor_returns_the_image_only_processor(tiny_checkpoints, family):
-    processor = AutoProcessor.from_pretrained(tiny_checkpoints[family])
-    assert isinstance(processor, IMAGE_ONLY_PROCESSORS[family])
+def test_checkpoint_is_laid_out_as_the_published_one(tiny_checkpoints, family):
+    # The published processor files, unchanged, and no transformers-5-only processor_config.json:
+    # loading takes the path a hub id takes.
+    folder = Path(tiny_checkpoints[family])
+    for published in offline.hub_config_files(family):
+        assert (folder / published.name).read_bytes() == published.read_bytes()
+    assert (folder / "video_preprocessor_config.json").is_file() == (family == "qwen3_vl")  # as published
+    assert not (folder / "processor_config.json").exists()
+    assert {"config.json", "generation_config.json", "model.safetensors", "tokenizer.json", "chat_template.jinja"} <= {p.name for p in folder.iterdir()}
+
+
+@pytest.mark.parametrize(
+    "family,published",
+    [
+        ("qwen2_vl", {"do_sample": True, "repetition_penalty": 1.05, "temperature": 0.1, "top_p": 0.001, "top_k": 1}),
+        ("qwen2_5_vl", {"do_sample": True, "repetition_penalty": 1.05, "temperature": 0.1, "top_p": 0.001, "top_k": 1}),
+        ("qwen3_vl", {"do_sample": True, "repetition_penalty": 1.0, "temperature": 0.7, "top_p": 0.8, "top_k": 20}),
+    ],
+)
+def test_checkpoint_carries_the_published_generation_config(tiny_checkpoints, family, published):
+    saved = json.loads((Path(tiny_checkpoints[family]) / "generation_config.json").read_text())
+    assert {key: saved[key] for key in published} == published
+    tokenizer = load_processor(tiny_checkpoints[family], 3136, 50176).tokenizer
+    # The real ids 151645 and 151643 are <|im_end|> and <|endoftext|>; here they are the tiny vocabulary's.
+    assert saved["eos_token_id"] == [tokenizer.convert_tokens_to_ids("<|im_end|>"), tokenizer.convert_tokens_to_ids("<|endoftext|>")]
+    assert saved["pad_token_id"] == saved["bos_token_id"] == tokenizer.convert_tokens_to_ids("<|endoftext|>")
 
 
 def test_tokenizer_splits_digits_and_keeps_special_tokens_whole():

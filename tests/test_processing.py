@@ -1,32 +1,95 @@
-"""Processor choice and resolution settings."""
+"""The stock processors, their resolution settings, and folders saved anywhere loading anywhere."""
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+
 import pytest
+import torch
 from PIL import Image
+from transformers import AutoProcessor
 
 from helpers.boxes import resized_size, visual_token_count
-from tests.cases import IMAGE_SIZES, PIXEL_BOUNDS
 from helpers.processing import (
-    IMAGE_ONLY_PROCESSORS,
     STOCK_PROCESSORS,
     SUPPORTED_FAMILIES,
     load_processor,
-    processor_class_for,
+    load_saved_processor,
+    model_input_size,
     read_family,
 )
+from helpers.run_notebook import REPO_ROOT
+from tests.cases import IMAGE_SIZES, PIXEL_BOUNDS
 
 
 @pytest.mark.parametrize("family", SUPPORTED_FAMILIES)
-@pytest.mark.parametrize("torchvision_available", [True, False])
-def test_processor_class_choice(family, torchvision_available):
-    expected = STOCK_PROCESSORS[family] if torchvision_available else IMAGE_ONLY_PROCESSORS[family]
-    assert processor_class_for(family, torchvision_available) is expected
+def test_the_stock_processor_is_what_loads(tiny_checkpoints, family):
+    processor = load_processor(tiny_checkpoints[family], 3136, 50176)
+    assert type(processor) is STOCK_PROCESSORS[family]
+    assert type(AutoProcessor.from_pretrained(tiny_checkpoints[family])) is STOCK_PROCESSORS[family]  # as for a hub id
+    assert processor.video_processor is not None and processor.video_processor.patch_size == processor.image_processor.patch_size
 
 
-def test_processor_class_for_unknown_family():
-    with pytest.raises(ValueError, match="unknown family 'llava'"):
-        processor_class_for("llava", False)
+def processed(processor, family: str) -> dict:
+    """A chat with one image, through the processor: what a model would get."""
+    from helpers.formatting import detection_prompt, format_detection_messages
+
+    text = processor.apply_chat_template(format_detection_messages(detection_prompt(family, ["cat"]), "x"), tokenize=False)
+    return processor(text=[text], images=[[Image.new("RGB", (300, 170), (90, 30, 200))]], return_tensors="pt")
+
+
+@pytest.mark.parametrize("family", SUPPORTED_FAMILIES)
+def test_a_saved_processor_reloads_through_the_stock_classes(tiny_checkpoints, tmp_path, family):
+    # What a run saves in model/ (transformers 5 layout: one processor_config.json) loads in a
+    # fresh process through the stock class and AutoProcessor, with the run's resolution bounds.
+    processor = load_processor(tiny_checkpoints[family], 12544, 12544)
+    processor.save_pretrained(tmp_path / "model")
+    assert "video_processor" in json.loads((tmp_path / "model" / "processor_config.json").read_text())
+    script = (
+        "import sys, json; from transformers import AutoProcessor; from helpers.processing import load_saved_processor; "
+        f"p = load_saved_processor(sys.argv[1], {family!r}); a = AutoProcessor.from_pretrained(sys.argv[1]); "
+        "print(json.dumps([type(p).__name__, type(a).__name__, dict(p.image_processor.size)]))"
+    )
+    out = subprocess.run([sys.executable, "-c", script, str(tmp_path / "model")], cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    names = json.loads(out.stdout.strip().splitlines()[-1])
+    assert names[:2] == [STOCK_PROCESSORS[family].__name__] * 2
+    assert names[2]["shortest_edge"] == names[2]["longest_edge"] == 12544
+    reloaded = load_saved_processor(tmp_path / "model", family)
+    for key, value in processed(processor, family).items():
+        assert torch.equal(value, processed(reloaded, family)[key]), key
+
+
+@pytest.mark.parametrize("family", SUPPORTED_FAMILIES)
+def test_a_folder_saved_without_video_settings_still_loads(tiny_checkpoints, tmp_path, family):
+    # model/ folders saved by this project's image-only processors (before torchvision was required)
+    # hold an image processor and no video settings: they load, and process images as before.
+    processor = load_processor(tiny_checkpoints[family], 3136, 50176)
+    processor.save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "processor_config.json").read_text())
+    legacy = {"image_processor": config["image_processor"], "processor_class": f"ImageOnly{STOCK_PROCESSORS[family].__name__}"}
+    (tmp_path / "processor_config.json").write_text(json.dumps(legacy))
+    with pytest.raises(OSError, match="Can't load video processor"):
+        STOCK_PROCESSORS[family].from_pretrained(tmp_path)  # what loading did before
+    reloaded = load_saved_processor(tmp_path, family)
+    assert type(reloaded) is STOCK_PROCESSORS[family] and reloaded.image_processor.size == processor.image_processor.size
+    for key, value in processed(processor, family).items():
+        assert torch.equal(value, processed(reloaded, family)[key]), key
+
+
+def test_without_torchvision_loading_stops_with_the_fix(tiny_checkpoints):
+    # torchvision made unimportable, as on a machine with torch alone.
+    script = (
+        "import sys; sys.modules['torchvision'] = None\n"
+        "from helpers.processing import load_processor\n"
+        "load_processor(sys.argv[1], 3136, 50176)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", script, tiny_checkpoints["qwen2_vl"]], cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+    assert out.returncode != 0
+    assert "ImportError: torchvision is not installed. Every Qwen-VL processor needs it" in out.stderr
+    assert "pip install -r requirements.txt" in out.stderr and "download.pytorch.org/whl/cpu" in out.stderr
 
 
 @pytest.mark.parametrize("family", SUPPORTED_FAMILIES)
@@ -40,6 +103,14 @@ def test_resized_size_is_what_the_processor_feeds_the_model(tiny_checkpoints, fa
         assert (int(grid[2]) * patch, int(grid[1]) * patch) == resized_size(family, width, height, min_pixels, max_pixels), (width, height)
         # (No area check: at extreme aspect ratios smart_resize keeps each side >= one factor, which
         # can exceed max_pixels; what matters is that our size equals the processor's.)
+
+
+@pytest.mark.parametrize("family", SUPPORTED_FAMILIES)
+@pytest.mark.parametrize("width,height", [(640, 480), (196, 9), (10, 1990), (33, 1200)])
+def test_model_input_size_is_the_processors_grid(tiny_checkpoints, family, width, height):
+    processor = load_processor(tiny_checkpoints[family], 12544, 12544)
+    grid = processor.image_processor(images=[Image.new("RGB", (width, height))], return_tensors="pt")["image_grid_thw"][0]
+    assert model_input_size(processor, grid) == resized_size(family, width, height, 12544, 12544)
 
 
 def test_bad_pixel_bounds_are_rejected(tiny_checkpoints):
