@@ -439,14 +439,19 @@ token_stats = analyze_token_distribution(collator, splits["train"], processor, n
 # Generate on the held-out test images with greedy decoding, parse the answers with the same box
 # code used for the targets, and match predictions to ground truth. The untrained model is the
 # reference every later number is compared with.
+#
+# Greedy means the most probable token at every step and nothing else. A checkpoint's
+# `generation_config.json` may say otherwise (the Qwen2-VL and Qwen2.5-VL Instruct ones sample
+# and set `repetition_penalty` 1.05, which penalises every digit already written), so evaluation
+# sets its own decoding and keeps only the checkpoint's stop tokens; the saved model keeps the
+# checkpoint's config for you. Boxes are read in the grid the processor actually produced.
 
 # %%
-from helpers.inference import evaluate_model
+from helpers.inference import decoding_config, evaluate_model, explicit_settings, unused_generation_settings
 
-eval_settings = dict(
-    family=family, min_pixels=min_pixels, max_pixels=max_pixels,
-    max_new_tokens=max_new_tokens, batch_size=generation_batch_size, class_names=class_names,
-)
+print("evaluation decodes with:", explicit_settings(decoding_config(model, processor, max_new_tokens)))
+print("not used from the checkpoint's generation config:", unused_generation_settings(model))
+eval_settings = dict(family=family, max_new_tokens=max_new_tokens, batch_size=generation_batch_size, class_names=class_names)
 baseline_records, baseline_metrics = evaluate_model(model, processor, splits["test"], **eval_settings)
 print("first answer:", repr(baseline_records[0]["raw_text"][:200]))
 baseline_metrics
@@ -586,6 +591,6 @@ if task == "grounding":  # ask for a class the image holds
 else:
     new_prompt = detection_prompt(family, class_names)
 print("prompt:", new_prompt)
-boxes = detect(saved_model, saved_processor, new_image, family, new_prompt, min_pixels, max_pixels, max_new_tokens)
+boxes = detect(saved_model, saved_processor, new_image, family, new_prompt, max_new_tokens)
 plot_image_grid([new_image], [[(boxes, "magenta", "--")]], [f"{len(boxes)} boxes"], run_dir / "plots" / "inference.png", columns=1)
 boxes

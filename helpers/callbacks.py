@@ -61,7 +61,7 @@ class IoUEvalCallback(TrainerCallback):
     adds_to_logs = True
 
     def __init__(self, processor, dataset: Dataset, n_images: int = 16, **eval_settings):
-        """``eval_settings`` are ``evaluate_model``'s keywords: family, min/max_pixels, max_new_tokens, batch_size (prompts come from the dataset)."""
+        """``eval_settings`` are ``evaluate_model``'s keywords: family, max_new_tokens, batch_size (prompts come from the dataset)."""
         self.processor = processor
         self.subset = dataset.select(range(min(n_images, len(dataset))))
         self.settings = eval_settings

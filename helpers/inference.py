@@ -7,31 +7,47 @@ to its last). Greedy decoding picks the most probable token, so that probability
 of the softmax at each step; a recorder placed last among the logits processors reads it. A
 hallucinated object typically starts with an unlikely token and scores low. Scores are in [0, 1]
 and deterministic.
+
+Decoding is plain greedy whatever the checkpoint's ``generation_config.json`` holds, and boxes are
+mapped back through the grid the processor actually produced for each image (``image_grid_thw``),
+never through a second prediction of its resize.
 """
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from datasets import Dataset
-from PIL import ImageOps
+from PIL import Image, ImageOps
 from tqdm.auto import tqdm
-from transformers import LogitsProcessor, LogitsProcessorList
+from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
+from transformers.image_utils import load_image
 
-from helpers.boxes import parse_model_answer_with_spans, resized_size
+from helpers.boxes import parse_model_answer_with_spans
 from helpers.formatting import format_detection_messages
 from helpers.metrics import summarize_detections
+from helpers.processing import model_input_size
+
+# Evaluation, the IoU callback and detect() decode greedily: one beam, the most probable token at each
+# step. Every other knob stays at transformers' neutral default, and nothing is taken from the
+# checkpoint's generation_config.json but its stop tokens: the Qwen2-VL and Qwen2.5-VL Instruct
+# checkpoints ship sampling fields and repetition_penalty 1.05, which would divide the logit of every
+# token already seen (digits and brackets included) by 1.05.
+GREEDY_DECODING = {"do_sample": False, "num_beams": 1}
 
 
 @dataclass
 class Generation:
-    """One generated answer: its text, its token ids, each token's probability and the character where it ends."""
+    """One generated answer: its text, token ids, each token's probability and end character, and the model's input size."""
 
     text: str
     token_ids: list[int]
     token_probs: list[float]
     token_ends: list[int]
+    model_size: tuple[int, int]  # (width, height) px of the image the model saw: image_grid_thw * patch size
 
 
 class ChosenTokenProbability(LogitsProcessor):
@@ -76,12 +92,47 @@ def span_score(generation: Generation, span: tuple[int, int]) -> float:
     return sum(probs) / len(probs) if probs else 0.0
 
 
+def decoding_config(model, processor, max_new_tokens: int) -> GenerationConfig:
+    """The generation config of evaluation: ``GREEDY_DECODING``, the checkpoint's stop tokens, the tokenizer's pad token."""
+    return GenerationConfig(
+        **GREEDY_DECODING, max_new_tokens=max_new_tokens,
+        eos_token_id=sorted(stop_token_ids(model, processor)), pad_token_id=processor.tokenizer.pad_token_id,
+    )
+
+
+def explicit_settings(config: GenerationConfig) -> dict:
+    """The values a generation config sets (its version stamp left out)."""
+    return {key: value for key, value in config.to_diff_dict().items() if key not in ("transformers_version", "_from_model_config")}
+
+
+def unused_generation_settings(model) -> dict:
+    """The checkpoint's own generation settings that evaluation does not apply (all but its token ids)."""
+    token_ids = ("bos_token_id", "eos_token_id", "pad_token_id")
+    return {key: value for key, value in explicit_settings(model.generation_config).items() if key not in token_ids}
+
+
+@contextmanager
+def generation_config_in_force(model, config: GenerationConfig):
+    """Make ``config`` the model's own generation config for the block, so ``generate`` inherits nothing else."""
+    # generate() fills every knob a passed config leaves unset from the model's generation_config
+    # (transformers 5.24, GenerationMixin._prepare_generation_config), so passing a config is not
+    # enough; under PEFT the wrapped model's config is the one generate() reads.
+    target = model.get_base_model() if hasattr(model, "get_base_model") else model
+    saved = target.generation_config
+    target.generation_config = config
+    try:
+        yield config
+    finally:
+        target.generation_config = saved
+
+
 def generate(model, processor, images: list, prompts: list[str], max_new_tokens: int, batch_size: int) -> list[Generation]:
     """Greedy answers with token probabilities, batched with left padding (equal to one-by-one)."""
     if len(images) != len(prompts):
         raise ValueError(f"got {len(images)} images but {len(prompts)} prompts")
     tokenizer = processor.tokenizer
     stops = stop_token_ids(model, processor)
+    config = decoding_config(model, processor, max_new_tokens)
     was_training = model.training
     padding_side = tokenizer.padding_side
     tokenizer.padding_side = "left"  # right padding puts pads between prompt and answer
@@ -96,17 +147,17 @@ def generate(model, processor, images: list, prompts: list[str], max_new_tokens:
             batch_images = [[img] for img in images[start : start + batch_size]]
             inputs = processor(text=texts, images=batch_images, return_tensors="pt", padding=True).to(model.device)
             recorder = ChosenTokenProbability()
-            with torch.inference_mode():
-                output = model.generate(
-                    **inputs, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id,
-                    logits_processor=LogitsProcessorList([recorder]),
-                )
+            with torch.inference_mode(), generation_config_in_force(model, config):
+                output = model.generate(**inputs, generation_config=config, logits_processor=LogitsProcessorList([recorder]))
             probs = torch.stack(recorder.steps, dim=1).tolist()
-            for row, row_probs in zip(output[:, inputs["input_ids"].shape[1] :].tolist(), probs):
+            grids = inputs["image_grid_thw"].tolist()  # one image per prompt, in order
+            for row, row_probs, grid in zip(output[:, inputs["input_ids"].shape[1] :].tolist(), probs, grids):
                 cut = next((i for i, tok in enumerate(row) if tok in stops), len(row))
                 # Keep special tokens: Qwen2-VL's boxes are written with <|box_start|> and friends.
                 text = tokenizer.decode(row[:cut], skip_special_tokens=False)
-                generations.append(Generation(text, row[:cut], row_probs[:cut], token_char_ends(tokenizer, row[:cut])))
+                generations.append(
+                    Generation(text, row[:cut], row_probs[:cut], token_char_ends(tokenizer, row[:cut]), model_input_size(processor, grid))
+                )
     finally:
         tokenizer.padding_side = padding_side
         model.train(was_training)
@@ -118,20 +169,37 @@ def generate_answers(model, processor, images: list, prompts: list[str], max_new
     return [g.text for g in generate(model, processor, images, prompts, max_new_tokens, batch_size)]
 
 
-def scored_predictions(generation: Generation, family: str, image_size: tuple[int, int], model_size: tuple[int, int]) -> list[dict]:
+def scored_predictions(generation: Generation, family: str, image_size: tuple[int, int]) -> list[dict]:
     """Parse an answer into ``{"label", "bbox_xyxy_px", "score"}`` in original-image pixels."""
     return [
         obj | {"score": span_score(generation, span)}
-        for obj, span in parse_model_answer_with_spans(generation.text, family, image_size, model_size)
+        for obj, span in parse_model_answer_with_spans(generation.text, family, image_size, generation.model_size)
     ]
 
 
-def detect(model, processor, image, family: str, prompt: str, min_pixels: int, max_pixels: int, max_new_tokens: int) -> list[dict]:
+def load_image_input(source: str | Path | Image.Image) -> Image.Image:
+    """The upright RGB image, at its own size, from what Qwen's cookbooks accept: a PIL image, a path or ``file://`` URL, an http(s) URL, or a ``data:image/...;base64,`` URI."""
+    if isinstance(source, str) and source.startswith(("http://", "https://", "data:image")):
+        image = load_image(source)  # transformers' loader: downloads or decodes base64
+    elif isinstance(source, (str, Path)):
+        path = Path(str(source).removeprefix("file://")).expanduser()
+        if not path.is_file():
+            raise FileNotFoundError(f"image {str(source)[:200]!r}: no such file; give a path, a file:// or http(s) URL, a data:image/...;base64, URI or a PIL image")
+        image = Image.open(path)
+    elif isinstance(source, Image.Image):
+        image = source
+    else:
+        raise TypeError(f"image of type {type(source).__name__}: expected a path, a URL, a data:image URI or a PIL image")
+    # qwen_vl_utils.fetch_image would also resize, with its own smart_resize, before the processor
+    # resizes again; we hand the processor the original image and read its grid instead.
+    return ImageOps.exif_transpose(image).convert("RGB")  # the upright image, as the training data was
+
+
+def detect(model, processor, image: str | Path | Image.Image, family: str, prompt: str, max_new_tokens: int) -> list[dict]:
     """Boxes with labels and scores, in the image's pixels, for one image: what a user calls after training."""
-    image = ImageOps.exif_transpose(image).convert("RGB")  # the upright image, as the training data was
+    image = load_image_input(image)
     (generation,) = generate(model, processor, [image], [prompt], max_new_tokens, batch_size=1)
-    model_size = resized_size(family, image.width, image.height, min_pixels, max_pixels)
-    return scored_predictions(generation, family, image.size, model_size)
+    return scored_predictions(generation, family, image.size)
 
 
 def evaluate_model(
@@ -139,8 +207,6 @@ def evaluate_model(
     processor,
     dataset: Dataset,
     family: str,
-    min_pixels: int,
-    max_pixels: int,
     max_new_tokens: int,
     batch_size: int,
     class_names: list[str] | None = None,
@@ -160,13 +226,12 @@ def evaluate_model(
     records = []
     for example, generation in zip(dataset.select_columns(["image_id", "width", "height", "objects"]), generations):
         image_size = (example["width"], example["height"])
-        model_size = resized_size(family, example["width"], example["height"], min_pixels, max_pixels)
         records.append(
             {
                 "image_id": example["image_id"],
                 "ground_truth": example["objects"],
                 "raw_text": generation.text,
-                "predictions": scored_predictions(generation, family, image_size, model_size),
+                "predictions": scored_predictions(generation, family, image_size),
             }
         )
     return records, summarize_detections(records, class_names)

@@ -49,8 +49,7 @@ def tiny_run(checkpoint, tmp_path, max_grad_norm: float, use_lora: bool):
                          processing_class=processor)
     recorder, printed = RecordingCallback(), []
     trainer.add_callback(recorder)  # added first, like a backend the trainer was created with
-    iou = IoUEvalCallback(processor, splits[1], n_images=3, family="qwen2_vl", min_pixels=MIN_PIXELS,
-                          max_pixels=MAX_PIXELS, max_new_tokens=8, batch_size=2)
+    iou = IoUEvalCallback(processor, splits[1], n_images=3, family="qwen2_vl", max_new_tokens=8, batch_size=2)
     attach_callbacks(trainer, [GradNormCallback(), iou, ConsoleLogCallback(print_fn=printed.append)])
     trainer.train()
     return trainer, recorder, printed
@@ -92,8 +91,7 @@ def test_iou_callback_leaves_the_model_mode_as_found(tiny_checkpoints, training)
     model = wrap_lora(model, lora_config(["language"], 4, 8, 0.0))  # a PEFT-wrapped model
     prompt = detection_prompt("qwen2_vl", CLASSES)
     data = add_chat_columns(make_synthetic_dataset(2, seed=3), "qwen2_vl", prompt, MIN_PIXELS, MAX_PIXELS)
-    callback = IoUEvalCallback(processor, data, n_images=2, family="qwen2_vl", min_pixels=MIN_PIXELS,
-                               max_pixels=MAX_PIXELS, max_new_tokens=4, batch_size=2)
+    callback = IoUEvalCallback(processor, data, n_images=2, family="qwen2_vl", max_new_tokens=4, batch_size=2)
     model.train(training)
 
     class State:
