@@ -30,8 +30,7 @@ STOCK_PROCESSORS: dict[str, type[ProcessorMixin]] = {
 VIDEO_CONFIG_FILES = ("video_preprocessor_config.json", "preprocessor_config.json")
 TORCHVISION_FIX = (
     "install the torch/torchvision pair pinned in requirements.txt (pip install -r requirements.txt); "
-    "on a CPU-only machine the smaller CPU build is: pip install torch==2.14.1 torchvision==0.29.1 "
-    "--index-url https://download.pytorch.org/whl/cpu"
+    "for the smaller CPU-only build of the pair: make test TORCH_INDEX=https://download.pytorch.org/whl/cpu"
 )
 
 

@@ -113,6 +113,12 @@ def test_offline_run_end_to_end(tmp_path, model_id, source):
                  "plots/predictions.png", "plots/training_curves.png", "plots/pr_curve.png", "plots/inference.png",
                  "model/model.safetensors", "model/config.json", "model/processor_config.json", "model/tokenizer.json"]:
         assert (run_dir / name).is_file(), name
+    # The saved model keeps the checkpoint's own generation config (the published sampling fields
+    # and penalty), while evaluation decoded greedily and said so.
+    family = model_id.removeprefix("offline:")
+    saved, base = (json.loads(p.read_text()) for p in (run_dir / "model" / "generation_config.json", tmp_path / "models" / family / "generation_config.json"))
+    assert saved == base and saved["repetition_penalty"] == 1.05
+    assert "evaluation decodes with: {'max_new_tokens': 48, 'do_sample': False, 'num_beams': 1" in (run_dir / "notebook.ipynb").read_text()
     data_report = json.loads((run_dir / "data_report.json").read_text())
     assert data_report["train"]["counts"]["images_loaded"] == 32
     assert data_report["train"]["counts"].get("missing_image", 0) == (2 if source == "coco" else 0)
