@@ -107,8 +107,9 @@ params
 # spelling, because the family decides how boxes are written, and load the model and processor:
 # the class comes from the config, weights from safetensors, no remote code. `quantization`
 # `4bit` (NF4, double quantisation, bf16 compute) is QLoRA's setting and needs CUDA; `8bit` also
-# runs on CPU; the vision tower and `lm_head` always stay unquantised. The resolution bounds go to
-# the image processor's `size`, the supported knob.
+# runs on CPU; the vision tower and `lm_head` always stay unquantised. The processor is the family's
+# stock one (it needs torchvision, for its video processor), and the resolution bounds go to its
+# image processor's `size`, the supported knob.
 
 # %%
 import torch
@@ -132,6 +133,7 @@ model, processor = load_model_and_processor(
 )
 print(f"run folder: {run_dir}; reporting: {reporting}")
 print(f"{type(model).__name__} (family {family}), attention {model.config._attn_implementation}, quantization {quantization}")
+print(f"{type(processor).__name__}: {type(processor.image_processor).__name__}, {type(processor.video_processor).__name__}")
 environment
 
 # %% [markdown]

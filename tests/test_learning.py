@@ -2,7 +2,7 @@
 
 A wrong label mask, a shifted label or a coordinate frame that ignores the processor's resize
 still lowers the loss; none of them survives this test (see the issue 7 note for the breakages
-tried). It runs the preset cut to 3500 steps (153 s of training on 2 CPU cores, accuracy@0.5 0.84);
+tried). It runs the preset cut to 3500 steps (185 s of training on 2 CPU cores, accuracy@0.5 0.83);
 the preset's 6000 steps are for Qwen2-VL.
 """
 

@@ -118,6 +118,8 @@ def test_offline_run_end_to_end(tmp_path, model_id, source):
     family = model_id.removeprefix("offline:")
     saved, base = (json.loads(p.read_text()) for p in (run_dir / "model" / "generation_config.json", tmp_path / "models" / family / "generation_config.json"))
     assert saved == base and saved["repetition_penalty"] == 1.05
+    processor_class = {"qwen2_vl": "Qwen2VLProcessor", "qwen2_5_vl": "Qwen2_5_VLProcessor"}[family]
+    assert f"{processor_class}: Qwen2VLImageProcessor, Qwen2VLVideoProcessor" in (run_dir / "notebook.ipynb").read_text()  # the stock classes
     assert "evaluation decodes with: {'max_new_tokens': 48, 'do_sample': False, 'num_beams': 1" in (run_dir / "notebook.ipynb").read_text()
     data_report = json.loads((run_dir / "data_report.json").read_text())
     assert data_report["train"]["counts"]["images_loaded"] == 32
