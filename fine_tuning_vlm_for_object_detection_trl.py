@@ -25,8 +25,9 @@
 # Every knob is in the next cell; papermill overrides them (`-p name value` or `-f preset.yaml`).
 
 # %% tags=["parameters"]
-model_id: str = "offline:qwen2_vl"  # hub id, local checkpoint dir, or "offline:<family>" (tiny random model built here)
+model_id: str = "offline:qwen2_vl"  # hub id, local checkpoint dir, or "offline:<model_type>" (tiny random model built here; see helpers.families)
 task: str = "detection"  # "detection": find every class in one answer; "grounding": the prompt names one class to find
+system_prompt: str = ""  # the system turn; empty keeps the family template's default (Qwen2/2.5-VL: a helpful assistant; Qwen3-VL: none)
 offline_model_dir: str = "outputs/.offline_models"  # cache of "offline:" checkpoints, built once
 dataset_source: str = "synthetic"  # "synthetic", a hub id, or a local folder: save_to_disk, COCO or JSONL (see helpers.data)
 dataset_bbox_format: str = "xywh"  # hub and JSONL boxes: "xywh" (COCO) or "xyxy", in pixels; COCO files are always xywh
@@ -50,7 +51,7 @@ use_lora: bool = False  # False: full fine-tuning (the offline model starts from
 lora_rank: int = 16  # LoRA adapter rank (used when use_lora is True)
 lora_alpha: int = 32  # LoRA scale: alpha / rank, 32 / 16 is 2
 lora_dropout: float = 0.05  # dropout on the LoRA branch
-lora_targets: list = ["language"]  # blocks to adapt: any of "language", "vision" (tower) and "merger"
+lora_targets: list = ["language"]  # blocks to adapt: any of "language", "vision" (tower), "merger", and "experts" for MoE families
 quantization: str = "none"  # "none", "8bit", or "4bit" (QLoRA, CUDA only)
 attn_implementation: str = "sdpa"  # "sdpa", "eager" or "flash_attention_2" (needs flash-attn on GPU)
 learning_rate: float = 1e-3  # 1e-3 suits the random tiny model; use ~2e-4 for LoRA on a real model
@@ -208,9 +209,12 @@ if not scaling["ok"]:
 # %% [markdown]
 # ## 3. Formatting as chat messages
 #
-# Each example becomes a system prompt, a user turn (the image and an instruction naming the
-# classes and the answer syntax) and the assistant's target answer. `helpers.boxes` writes the
-# targets, and the same code reads the model's answers back in evaluation.
+# Each example becomes a user turn (the image and an instruction naming the classes and the answer
+# syntax) and the assistant's target answer, after the system turn the family's own chat template
+# writes by default (Qwen2-VL and Qwen2.5-VL: "You are a helpful assistant."; Qwen3-VL: none), or
+# `system_prompt` when you set one. Training, the baseline and the fine-tuned evaluation all use the
+# same one. `helpers.boxes` writes the targets, and the same code reads the model's answers back in
+# evaluation.
 #
 # Two tasks. `detection` asks for every object of every class in one answer. `grounding` asks for
 # one class at a time: each image becomes one record per class it holds, the prompt names that
@@ -219,19 +223,22 @@ if not scaling["ok"]:
 
 # %%
 from helpers.boxes import resized_size, visual_token_count
+from helpers.families import get_family
 from helpers.formatting import add_chat_columns, expand_for_grounding, format_detection_messages, task_prompts
 
 if task == "grounding":  # one record per (image, class present), the prompt naming that class
     splits = {name: expand_for_grounding(ds) for name, ds in splits.items()}
 for name in splits:
-    splits[name] = add_chat_columns(splits[name], family, task_prompts(splits[name], family, task, class_names), min_pixels, max_pixels)
+    prompts = task_prompts(splits[name], family, task, class_names)
+    splits[name] = add_chat_columns(splits[name], family, prompts, min_pixels, max_pixels, system_prompt)
 
 example = splits["train"][0]
 model_size = resized_size(family, example["width"], example["height"], min_pixels, max_pixels)
 n_visual = visual_token_count(family, example["width"], example["height"], min_pixels, max_pixels)
 print(f"image {example['width']}x{example['height']}px -> model sees {model_size[0]}x{model_size[1]}px, "
       f"{n_visual} visual tokens (min_pixels {min_pixels}, max_pixels {max_pixels})")
-print(processor.apply_chat_template(format_detection_messages(example["prompt"], example["answer"]), tokenize=False))
+messages = format_detection_messages(example["prompt"], example["answer"], example["system_prompt"])
+print(processor.apply_chat_template(messages, tokenize=False, **get_family(family).chat_template_kwargs))
 
 # %% [markdown]
 # Generation stops after `max_new_tokens`, so an answer longer than that is cut and its last boxes
@@ -249,9 +256,11 @@ if too_long:
 # ## 4. LoRA and what trains
 #
 # On a real model, LoRA adapters on the language model's attention and MLP projections train a
-# fraction of a percent of the weights. The targets are regexes anchored on each block, so a
-# projection name shared with the vision tower is not adapted by accident; `lora_targets` can add
-# the vision tower and the merger that feeds its features to the language model. The offline model
+# fraction of a percent of the weights (Qwen3.5's Gated DeltaNet projections too). The targets come
+# from the family's record (`helpers.families`): regexes anchored on each block, so a projection name
+# shared with the vision tower is not adapted by accident. `lora_targets` can add the vision tower,
+# the merger that feeds its features to the language model and, in a mixture of experts, the experts
+# (fused 3-D weights that PEFT adapts by parameter name; the routers stay frozen). The offline model
 # starts from random weights, so it is fully fine-tuned instead (`use_lora=False`): adapters on a
 # random model have nothing to adapt.
 
@@ -259,24 +268,26 @@ if too_long:
 from helpers.modeling import lora_config, summarize_trainables, wrap_lora
 
 if use_lora:
-    model = wrap_lora(model, lora_config(lora_targets, lora_rank, lora_alpha, lora_dropout))
+    model = wrap_lora(model, lora_config(family, lora_targets, lora_rank, lora_alpha, lora_dropout))
 trainables = summarize_trainables(model)
 
 # %% [markdown]
 # ## 5. Data collators
 #
 # The collator turns examples into tensors and decides what the model learns: positions whose label
-# is -100 carry no loss. Three collators, each given the processor explicitly:
+# is -100 carry no loss. Three collators, each given the processor and the family's chat-template
+# options explicitly (Qwen3.5 is rendered in non-thinking mode):
 #
 # 1. `VisionAndPaddingMaskingCollator`, what most tutorials do: labels are the input ids with
 #    padding and vision tokens masked. It still trains the model to reproduce the system prompt and
 #    the instruction, which are identical in every sample: that dilutes the loss with tokens the
 #    model can predict perfectly and spends capacity on text it will never have to write.
 # 2. `AssistantOnlyCollator`, the default: only the **answer and its end-of-turn token** carry
-#    labels. The answer span is found from the tokenised chat structure: the last
-#    `<|im_start|>assistant\n` marks its start and the next `<|im_end|>` its end (ids taken from
-#    the tokenizer). A sample without an answer, or whose answer was cut off, is an error, not a
-#    silent zero-loss row.
+#    labels. The answer span is found from the tokenised chat structure: the answer starts after
+#    the last generation prompt the template writes (`<|im_start|>assistant\n`; for Qwen3.5 also
+#    the empty think block `<think>\n\n</think>\n\n`, which the prompt holds at inference) and
+#    ends at the next `<|im_end|>` (ids taken from the tokenizer). A sample without an answer, or
+#    whose answer was cut off, is an error, not a silent zero-loss row.
 # 3. `PaddingFreeCollator`: the assistant-only batch packed into one row without padding. The
 #    model finds the sample boundaries from `position_ids` of shape (4, 1, L): a text row that
 #    restarts at 0 for each sample, plus the three M-RoPE rows (time, height, width) computed per
@@ -284,18 +295,22 @@ trainables = summarize_trainables(model)
 #    transformers version builds block-diagonal attention for `sdpa` and `eager`, and
 #    flash-attention uses its variable-length kernel. Only flash-attention saves compute that way;
 #    `sdpa`/`eager` attend over a dense mask of the whole packed row, so `padding_free` is off by
-#    default.
+#    default. Qwen3.5's Gated DeltaNet layers carry a recurrent state from token to token and get no
+#    sample boundaries, so those families refuse packing and say why.
 
 # %% tags=["collators"]
 import torch
 
-from helpers.formatting import IGNORE_INDEX, format_detection_messages, vision_token_ids
+from helpers.families import Family
+from helpers.formatting import IGNORE_INDEX, format_detection_messages, generation_prompt, vision_token_ids
 
 
-def encode_chat_batch(processor, examples: list[dict]) -> dict:
+def encode_chat_batch(processor, examples: list[dict], chat_template_kwargs: dict | None = None) -> dict:
     """Render each example's chat (system, user with image, assistant answer) and tokenise the batch."""
     texts = [
-        processor.apply_chat_template(format_detection_messages(ex["prompt"], ex["answer"]), tokenize=False)
+        processor.apply_chat_template(
+            format_detection_messages(ex["prompt"], ex["answer"], ex["system_prompt"]), tokenize=False, **(chat_template_kwargs or {})
+        )
         for ex in examples
     ]
     images = [[ex["image"].convert("RGB")] for ex in examples]
@@ -313,12 +328,13 @@ def find_subsequence_end(ids: list[int], pattern: list[int]) -> int:
 class VisionAndPaddingMaskingCollator:
     """Batch examples; labels are the input ids with padding and vision tokens set to -100."""
 
-    def __init__(self, processor):
+    def __init__(self, processor, chat_template_kwargs: dict | None = None):
         self.processor = processor
+        self.chat_template_kwargs = chat_template_kwargs  # the family's template options (Qwen3.5: non-thinking)
         self.vision_ids = torch.tensor(sorted(vision_token_ids(processor.tokenizer)))  # image/video pads and delimiters
 
     def __call__(self, examples: list[dict]) -> dict:
-        batch = encode_chat_batch(self.processor, examples)
+        batch = encode_chat_batch(self.processor, examples, self.chat_template_kwargs)
         labels = batch["input_ids"].clone()
         labels[batch["attention_mask"] == 0] = IGNORE_INDEX
         labels[torch.isin(labels, self.vision_ids)] = IGNORE_INDEX
@@ -329,21 +345,25 @@ class VisionAndPaddingMaskingCollator:
 class AssistantOnlyCollator:
     """Batch examples; labels only on the assistant's answer and its end-of-turn token."""
 
-    def __init__(self, processor):
+    def __init__(self, processor, chat_template_kwargs: dict | None = None):
         self.processor = processor
+        self.chat_template_kwargs = chat_template_kwargs
         tokenizer = processor.tokenizer
-        self.answer_prefix_ids = tokenizer.encode("<|im_start|>assistant\n", add_special_tokens=False)
+        # The answer starts right after the generation prompt the template writes: "<|im_start|>assistant\n",
+        # or for Qwen3.5 in non-thinking mode "<|im_start|>assistant\n<think>\n\n</think>\n\n", which the
+        # prompt then holds at inference, so it is not trained.
+        self.answer_prefix_ids = tokenizer.encode(generation_prompt(processor, chat_template_kwargs), add_special_tokens=False)
         self.end_of_turn_id = tokenizer.convert_tokens_to_ids("<|im_end|>")
 
     def __call__(self, examples: list[dict]) -> dict:
-        batch = encode_chat_batch(self.processor, examples)
+        batch = encode_chat_batch(self.processor, examples, self.chat_template_kwargs)
         labels = torch.full_like(batch["input_ids"], IGNORE_INDEX)
         # Padding (<|endoftext|>) never matches the markers, so this works for either padding side.
         for row, ids in enumerate(batch["input_ids"].tolist()):
             name = examples[row].get("image_id", row)
             start = find_subsequence_end(ids, self.answer_prefix_ids)
             if start < 0:
-                raise ValueError(f"example {name}: no assistant turn in the chat text")
+                raise ValueError(f"example {name}: no assistant turn after the generation prompt (are chat_template_kwargs the family's?)")
             if self.end_of_turn_id not in ids[start:]:
                 raise ValueError(f"example {name}: the answer has no end-of-turn token (truncated?)")
             end = ids.index(self.end_of_turn_id, start) + 1  # the end-of-turn token is trained too
@@ -355,8 +375,8 @@ class AssistantOnlyCollator:
 class PaddingFreeCollator:
     """Assistant-only labels, the batch packed into one row with per-sample (4, 1, L) position ids."""
 
-    def __init__(self, processor, rope_index_fn):
-        self.assistant_only = AssistantOnlyCollator(processor)
+    def __init__(self, processor, rope_index_fn, chat_template_kwargs: dict | None = None):
+        self.assistant_only = AssistantOnlyCollator(processor, chat_template_kwargs)
         self.rope_index_fn = rope_index_fn  # the model's get_rope_index: M-RoPE rows need the image grids
 
     def __call__(self, examples: list[dict]) -> dict:
@@ -394,15 +414,18 @@ def rope_index_fn(model):
     return base_model.model.get_rope_index
 
 
-def choose_training_collator(processor, model, padding_free: bool):
-    """The collator to train with, and why: assistant-only, or padding-free where the attention allows it."""
+def choose_training_collator(processor, model, padding_free: bool, family: Family):
+    """The collator to train with, and why: assistant-only, or padding-free where the family and the attention allow it."""
+    chat_options = family.chat_template_kwargs
     if not padding_free:
-        return AssistantOnlyCollator(processor), "assistant-only (padding_free is off)"
+        return AssistantOnlyCollator(processor, chat_options), "assistant-only (padding_free is off)"
+    if family.padding_free_refusal:
+        return AssistantOnlyCollator(processor, chat_options), f"assistant-only: {family.name} cannot be packed: {family.padding_free_refusal}"
     attention = model.config._attn_implementation
     if attention not in PACKED_ATTENTION:
-        return AssistantOnlyCollator(processor), f"assistant-only: attention {attention!r} cannot separate packed samples"
+        return AssistantOnlyCollator(processor, chat_options), f"assistant-only: attention {attention!r} cannot separate packed samples"
     note = "" if attention.startswith("flash_attention") else ", correct but over a dense mask of the packed row"
-    return PaddingFreeCollator(processor, rope_index_fn(model)), f"padding-free with {attention}{note}"
+    return PaddingFreeCollator(processor, rope_index_fn(model), chat_options), f"padding-free with {attention}{note}"
 
 
 # %% [markdown]
@@ -413,11 +436,13 @@ def choose_training_collator(processor, model, padding_free: bool):
 
 # %%
 from helpers.collator_debug import VerboseCollator, analyze_token_distribution
+from helpers.families import get_family
 
+chat_options = get_family(family).chat_template_kwargs  # the family's template options, e.g. Qwen3.5's non-thinking mode
 collators = {
-    "vision+padding masking": VisionAndPaddingMaskingCollator(processor),
-    "assistant-only": AssistantOnlyCollator(processor),
-    "padding-free": PaddingFreeCollator(processor, rope_index_fn(model)),
+    "vision+padding masking": VisionAndPaddingMaskingCollator(processor, chat_options),
+    "assistant-only": AssistantOnlyCollator(processor, chat_options),
+    "padding-free": PaddingFreeCollator(processor, rope_index_fn(model), chat_options),
 }
 demo_examples = [splits["train"][i] for i in range(4)]
 for name, candidate in collators.items():
@@ -431,7 +456,7 @@ VerboseCollator(collators["assistant-only"], processor, max_samples=1)(demo_exam
 # sequence, and padding is wasted compute that the padding-free collator removes.
 
 # %%
-collator, why = choose_training_collator(processor, model, padding_free)
+collator, why = choose_training_collator(processor, model, padding_free, get_family(family))
 print("training collator:", why)
 token_stats = analyze_token_distribution(collator, splits["train"], processor, n=4 * per_device_train_batch_size, batch_size=per_device_train_batch_size)
 
@@ -593,6 +618,6 @@ if task == "grounding":  # ask for a class the image holds
 else:
     new_prompt = detection_prompt(family, class_names)
 print("prompt:", new_prompt)
-boxes = detect(saved_model, saved_processor, new_image, family, new_prompt, max_new_tokens)
+boxes = detect(saved_model, saved_processor, new_image, family, new_prompt, max_new_tokens, system_prompt)
 plot_image_grid([new_image], [[(boxes, "magenta", "--")]], [f"{len(boxes)} boxes"], run_dir / "plots" / "inference.png", columns=1)
 boxes

@@ -23,7 +23,7 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))  # the benchmarks run as scripts from anywhere
 
-from helpers.processing import SUPPORTED_FAMILIES  # noqa: E402
+from helpers.families import FAMILY_NAMES  # noqa: E402
 
 HEADLINE = {"grounding": "accuracy_50", "detection": "map_50"}  # the figure each task's goal is stated in
 
@@ -32,7 +32,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     """Command-line interface."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--presets", nargs="+", default=["offline_grounding", "offline_demo"], help="names in params/ (no .yaml)")
-    parser.add_argument("--families", nargs="+", default=list(SUPPORTED_FAMILIES), choices=list(SUPPORTED_FAMILIES))
+    parser.add_argument("--families", nargs="+", default=list(FAMILY_NAMES), choices=list(FAMILY_NAMES))
     parser.add_argument("--output-root", default="outputs/benchmarks", help="parent folder of the benchmark's run folders")
     parser.add_argument("-p", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"), help="override for every run")
     return parser.parse_args(argv)

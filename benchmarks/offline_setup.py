@@ -12,7 +12,8 @@ from transformers import AutoModelForImageTextToText, set_seed  # noqa: E402
 
 from helpers.formatting import detection_prompt  # noqa: E402
 from helpers.offline import build_tiny_checkpoint  # noqa: E402
-from helpers.processing import SUPPORTED_FAMILIES, load_processor  # noqa: E402
+from helpers.families import FAMILY_NAMES  # noqa: E402
+from helpers.processing import load_processor  # noqa: E402
 
 MIN_PIXELS, MAX_PIXELS = 3136, 50176  # the offline demo's bounds
 CLASSES = ["red circle", "green square", "blue triangle"]  # the offline demo's classes
@@ -21,7 +22,7 @@ CLASSES = ["red circle", "green square", "blue triangle"]  # the offline demo's 
 def benchmark_parser(description: str) -> argparse.ArgumentParser:
     """A parser with ``--family`` and ``--model-dir``; each benchmark adds its own sizes."""
     parser = argparse.ArgumentParser(description=description)
-    parser.add_argument("--family", default="qwen2_vl", choices=list(SUPPORTED_FAMILIES))
+    parser.add_argument("--family", default="qwen2_vl", choices=list(FAMILY_NAMES))
     parser.add_argument("--model-dir", default="outputs/.offline_models", help="cache of the offline checkpoints")
     return parser
 

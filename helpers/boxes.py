@@ -1,18 +1,8 @@
 """Box text formats of the Qwen-VL families, shared by training targets, evaluation and inference.
 
-Conventions (``family`` is ``config.model_type``):
-- ``qwen2_vl``: ``<|object_ref_start|>label<|object_ref_end|><|box_start|>(x1,y1),(x2,y2)<|box_end|>``
-  with integers in 0..1000 relative to the image side (the Qwen repo's
-  ``qwen-vl-finetune/tools/process_bbox.ipynb``, ``convert_to_qwen2vl_format``; QwenLM/Qwen3-VL#1486).
-- ``qwen2_5_vl``: JSON ``[{"bbox_2d": [x1, y1, x2, y2], "label": "..."}]`` in absolute pixels of the
-  image *after* the processor's ``smart_resize``, i.e. ``image_grid_thw * patch_size``
-  (Qwen2.5-VL technical report, arXiv:2502.13923, abstract: coordinates at native resolution
-  "without relying on traditional normalization"; QwenLM/Qwen3-VL#931: scale outputs by original /
-  model input size).
-- ``qwen3_vl``: the same JSON with integers in 0..1000 relative to the image side (Qwen3-VL README:
-  "changed from the absolute coordinates used in Qwen2.5-VL to relative coordinates ranging from
-  0 to 1000"; QwenLM/Qwen3-VL#1741).
-All boxes outside this module are ``bbox_xyxy_px``: ``[x1, y1, x2, y2]`` in original-image pixels.
+Each family's convention (answer syntax and coordinate frame, with their sources) is in its record in
+``helpers.families``. All boxes outside this module are ``bbox_xyxy_px``: ``[x1, y1, x2, y2]`` in
+original-image pixels.
 """
 
 from __future__ import annotations
@@ -23,10 +13,9 @@ import re
 
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import smart_resize
 
-# Side lengths after resize are multiples of patch_size * spatial_merge_size.
-RESIZE_FACTOR = {"qwen2_vl": 28, "qwen2_5_vl": 28, "qwen3_vl": 32}  # 14*2, 14*2, 16*2
-RELATIVE_FAMILIES = ("qwen2_vl", "qwen3_vl")  # coordinates in 0..1000 of the image side
-NORM_SCALE = 1000
+from helpers.families import TAGS, get_family
+
+NORM_SCALE = 1000  # relative coordinates run from 0 to 1000 of the image side
 
 _NUMBER = r"(-?\d+(?:\.\d+)?)"
 # One Qwen2-VL box; the object_ref part is optional (a box right after another box keeps its label).
@@ -39,29 +28,24 @@ _JSON_OBJECT_RE = re.compile(r"\{[^{}]*\}")  # complete flat objects; a cut-off 
 JSON_BOX_KEYS = ("bbox_2d", "bbox")  # not Gemini's "box_2d", which is [y1, x1, y2, x2]: ambiguous
 
 
-def _check_family(family: str) -> None:
-    """Raise a clear error for a family this module does not know."""
-    if family not in RESIZE_FACTOR:
-        raise ValueError(f"unknown family {family!r}; expected one of {tuple(RESIZE_FACTOR)}")
-
-
 def resized_size(family: str, width: int, height: int, min_pixels: int, max_pixels: int) -> tuple[int, int]:
     """Size ``(width, height)`` the processor feeds the model, from transformers' ``smart_resize``."""
-    _check_family(family)
-    resized_h, resized_w = smart_resize(height, width, factor=RESIZE_FACTOR[family], min_pixels=min_pixels, max_pixels=max_pixels)
+    factor = get_family(family).resize_factor
+    resized_h, resized_w = smart_resize(height, width, factor=factor, min_pixels=min_pixels, max_pixels=max_pixels)
     return resized_w, resized_h
 
 
 def visual_token_count(family: str, width: int, height: int, min_pixels: int, max_pixels: int) -> int:
     """Vision tokens the language model gets for one image: one per merged group of patches."""
     resized_w, resized_h = resized_size(family, width, height, min_pixels, max_pixels)
-    return (resized_w // RESIZE_FACTOR[family]) * (resized_h // RESIZE_FACTOR[family])
+    factor = get_family(family).resize_factor
+    return (resized_w // factor) * (resized_h // factor)
 
 
 def _model_scale(family: str, image_size: tuple[int, int], resized: tuple[int, int]) -> tuple[float, float]:
     """Model units per original pixel along x and y."""
     width, height = image_size
-    if family in RELATIVE_FAMILIES:
+    if get_family(family).relative:
         return NORM_SCALE / width, NORM_SCALE / height
     return resized[0] / width, resized[1] / height
 
@@ -77,10 +61,10 @@ def sort_objects(objects: list[dict]) -> list[dict]:
 
 def to_model_answer(objects: list[dict], family: str, image_size: tuple[int, int], resized_size: tuple[int, int]) -> str:
     """Write the assistant's target text for ``objects`` (original-image pixel boxes)."""
-    _check_family(family)
+    relative = get_family(family).relative
     sx, sy = _model_scale(family, image_size, resized_size)
-    max_x = NORM_SCALE if family in RELATIVE_FAMILIES else resized_size[0]
-    max_y = NORM_SCALE if family in RELATIVE_FAMILIES else resized_size[1]
+    max_x = NORM_SCALE if relative else resized_size[0]
+    max_y = NORM_SCALE if relative else resized_size[1]
     items = []
     for obj in sort_objects(objects):
         x1, y1, x2, y2 = obj["bbox_xyxy_px"]
@@ -91,7 +75,7 @@ def to_model_answer(objects: list[dict], family: str, image_size: tuple[int, int
             min(max(round(y2 * sy), 0), max_y),
         ]
         items.append((obj["label"], coords))
-    if family == "qwen2_vl":
+    if get_family(family).answer_syntax == TAGS:
         return "".join(
             f"<|object_ref_start|>{label}<|object_ref_end|><|box_start|>({c[0]},{c[1]}),({c[2]},{c[3]})<|box_end|>"
             for label, c in items
@@ -151,7 +135,7 @@ def parse_model_answer_with_spans(
     since the JSON text alone does not say which. Prose, code fences and a cut-off tail are
     ignored; swapped corners are put in order and boxes are clipped to the image.
     """
-    _check_family(family)
+    get_family(family)  # an unknown family is an error even for text with no boxes
     if not isinstance(text, str):
         return []
     width, height = image_size

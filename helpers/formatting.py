@@ -5,17 +5,16 @@ from __future__ import annotations
 from datasets import Dataset
 
 from helpers.boxes import resized_size, to_model_answer
+from helpers.families import JSON, TAGS, get_family
 
-SYSTEM_PROMPT = "You are a helpful assistant."
 IGNORE_INDEX = -100  # label value that cross-entropy skips
 TASKS = ("detection", "grounding")  # every class in one answer, or one class named in the prompt
 VISION_TOKENS = ("<|image_pad|>", "<|video_pad|>", "<|vision_start|>", "<|vision_end|>")  # placeholders and delimiters
 
-# The answer syntax each family was pre-trained to produce (see helpers/boxes.py for the units).
+# How the instruction names each answer syntax (helpers.families: which family writes which, in which units).
 ANSWER_SYNTAX = {
-    "qwen2_vl": "one <|object_ref_start|>label<|object_ref_end|><|box_start|>(x1,y1),(x2,y2)<|box_end|> per object",
-    "qwen2_5_vl": 'a JSON list of {"bbox_2d": [x1, y1, x2, y2], "label": "..."}',
-    "qwen3_vl": 'a JSON list of {"bbox_2d": [x1, y1, x2, y2], "label": "..."}',
+    TAGS: "one <|object_ref_start|>label<|object_ref_end|><|box_start|>(x1,y1),(x2,y2)<|box_end|> per object",
+    JSON: 'a JSON list of {"bbox_2d": [x1, y1, x2, y2], "label": "..."}',
 }
 
 
@@ -29,9 +28,7 @@ def vision_token_ids(tokenizer) -> set[int]:
 
 def answer_syntax(family: str) -> str:
     """How the family's answers are written, for the instruction; an unknown family is an error."""
-    if family not in ANSWER_SYNTAX:
-        raise ValueError(f"unknown family {family!r}; expected one of {tuple(ANSWER_SYNTAX)}")
-    return ANSWER_SYNTAX[family]
+    return ANSWER_SYNTAX[get_family(family).answer_syntax]
 
 
 def detection_prompt(family: str, class_names: list[str]) -> str:
@@ -76,19 +73,31 @@ def task_prompts(dataset: Dataset, family: str, task: str, class_names: list[str
     raise ValueError(f"unknown task {task!r}; expected one of {TASKS}")
 
 
-def format_detection_messages(prompt: str, answer: str | None = None) -> list[dict]:
-    """System, user (image + prompt) and, when ``answer`` is given, the assistant turn."""
-    messages = [
-        {"role": "system", "content": [{"type": "text", "text": SYSTEM_PROMPT}]},
-        {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]},
-    ]
+def format_detection_messages(prompt: str, answer: str | None = None, system_prompt: str = "") -> list[dict]:
+    """The system turn (only when ``system_prompt`` is given), the user turn (image + prompt) and, when ``answer`` is given, the assistant turn."""
+    # Without a system turn each family's chat template applies its own default: Qwen2-VL's and
+    # Qwen2.5-VL's insert "You are a helpful assistant.", Qwen3-VL's inserts none (helpers.families).
+    messages = [{"role": "system", "content": [{"type": "text", "text": system_prompt}]}] if system_prompt else []
+    messages.append({"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]})
     if answer is not None:
         messages.append({"role": "assistant", "content": [{"type": "text", "text": answer}]})
     return messages
 
 
-def add_chat_columns(dataset: Dataset, family: str, prompts: str | list[str], min_pixels: int, max_pixels: int) -> Dataset:
-    """Add the ``prompt`` (one for all, or one per record) and target ``answer`` columns; images are not decoded."""
+def generation_prompt(processor, chat_template_kwargs: dict | None = None) -> str:
+    """The text the chat template appends to open the assistant's turn (what precedes every answer)."""
+    messages = [{"role": "user", "content": [{"type": "text", "text": "x"}]}]
+    without = processor.apply_chat_template(messages, tokenize=False, **(chat_template_kwargs or {}))
+    with_prompt = processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True, **(chat_template_kwargs or {}))
+    if not with_prompt.startswith(without) or with_prompt == without:
+        raise ValueError(f"the chat template writes no generation prompt after the chat: {with_prompt[len(without):]!r}")
+    return with_prompt[len(without) :]
+
+
+def add_chat_columns(
+    dataset: Dataset, family: str, prompts: str | list[str], min_pixels: int, max_pixels: int, system_prompt: str = ""
+) -> Dataset:
+    """Add the ``system_prompt`` ("": the template's default), ``prompt`` (one for all, or one per record) and target ``answer`` columns; images are not decoded."""
     prompts = [prompts] * len(dataset) if isinstance(prompts, str) else list(prompts)
     if len(prompts) != len(dataset):
         raise ValueError(f"got {len(prompts)} prompts for {len(dataset)} records")
@@ -96,4 +105,5 @@ def add_chat_columns(dataset: Dataset, family: str, prompts: str | list[str], mi
     for objects, width, height in zip(dataset["objects"], dataset["width"], dataset["height"]):
         model_size = resized_size(family, width, height, min_pixels, max_pixels)
         answers.append(to_model_answer(objects, family, (width, height), model_size))
+    dataset = dataset.add_column("system_prompt", [system_prompt] * len(dataset))
     return dataset.add_column("prompt", prompts).add_column("answer", answers)

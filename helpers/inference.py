@@ -27,6 +27,7 @@ from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
 from transformers.image_utils import load_image
 
 from helpers.boxes import parse_model_answer_with_spans
+from helpers.families import get_family
 from helpers.formatting import format_detection_messages
 from helpers.metrics import summarize_detections
 from helpers.processing import model_input_size
@@ -126,13 +127,32 @@ def generation_config_in_force(model, config: GenerationConfig):
         target.generation_config = saved
 
 
-def generate(model, processor, images: list, prompts: list[str], max_new_tokens: int, batch_size: int) -> list[Generation]:
-    """Greedy answers with token probabilities, batched with left padding (equal to one-by-one)."""
-    if len(images) != len(prompts):
-        raise ValueError(f"got {len(images)} images but {len(prompts)} prompts")
+def generate(
+    model,
+    processor,
+    images: list,
+    prompts: list[str],
+    max_new_tokens: int,
+    batch_size: int,
+    system_prompts: list[str] | None = None,
+    chat_template_kwargs: dict | None = None,
+) -> list[Generation]:
+    """Greedy answers with token probabilities, batched with left padding (equal to one-by-one).
+
+    Each prompt goes with its system prompt ("": the template's default); ``chat_template_kwargs``
+    are the family's template options (``helpers.families``: Qwen3.5's non-thinking mode).
+    """
+    system_prompts = [""] * len(prompts) if system_prompts is None else list(system_prompts)
+    if not len(images) == len(prompts) == len(system_prompts):
+        raise ValueError(f"got {len(images)} images, {len(prompts)} prompts and {len(system_prompts)} system prompts")
     tokenizer = processor.tokenizer
     stops = stop_token_ids(model, processor)
     config = decoding_config(model, processor, max_new_tokens)
+    # A mixture of experts under TRL's trainer returns its router logits for the auxiliary loss; transformers
+    # 5.24 then computes that loss at every decoding step and fails on the cached attention mask. Decoding
+    # needs no auxiliary loss.
+    text_config = model.config.get_text_config()
+    no_router_logits = {"output_router_logits": False} if hasattr(text_config, "output_router_logits") else {}
     was_training = model.training
     padding_side = tokenizer.padding_side
     tokenizer.padding_side = "left"  # right padding puts pads between prompt and answer
@@ -141,14 +161,19 @@ def generate(model, processor, images: list, prompts: list[str], max_new_tokens:
     try:
         for start in tqdm(range(0, len(images), batch_size), desc="generate", leave=False):
             texts = [
-                processor.apply_chat_template(format_detection_messages(p), tokenize=False, add_generation_prompt=True)
-                for p in prompts[start : start + batch_size]
+                processor.apply_chat_template(
+                    format_detection_messages(prompt, system_prompt=system), tokenize=False, add_generation_prompt=True,
+                    **(chat_template_kwargs or {}),
+                )
+                for prompt, system in zip(prompts[start : start + batch_size], system_prompts[start : start + batch_size])
             ]
             batch_images = [[img] for img in images[start : start + batch_size]]
             inputs = processor(text=texts, images=batch_images, return_tensors="pt", padding=True).to(model.device)
             recorder = ChosenTokenProbability()
             with torch.inference_mode(), generation_config_in_force(model, config):
-                output = model.generate(**inputs, generation_config=config, logits_processor=LogitsProcessorList([recorder]))
+                output = model.generate(
+                    **inputs, **no_router_logits, generation_config=config, logits_processor=LogitsProcessorList([recorder])
+                )
             probs = torch.stack(recorder.steps, dim=1).tolist()
             grids = inputs["image_grid_thw"].tolist()  # one image per prompt, in order
             for row, row_probs, grid in zip(output[:, inputs["input_ids"].shape[1] :].tolist(), probs, grids):
@@ -195,10 +220,13 @@ def load_image_input(source: str | Path | Image.Image) -> Image.Image:
     return ImageOps.exif_transpose(image).convert("RGB")  # the upright image, as the training data was
 
 
-def detect(model, processor, image: str | Path | Image.Image, family: str, prompt: str, max_new_tokens: int) -> list[dict]:
+def detect(
+    model, processor, image: str | Path | Image.Image, family: str, prompt: str, max_new_tokens: int, system_prompt: str = ""
+) -> list[dict]:
     """Boxes with labels and scores, in the image's pixels, for one image: what a user calls after training."""
     image = load_image_input(image)
-    (generation,) = generate(model, processor, [image], [prompt], max_new_tokens, batch_size=1)
+    chat_options = get_family(family).chat_template_kwargs
+    (generation,) = generate(model, processor, [image], [prompt], max_new_tokens, 1, [system_prompt], chat_options)
     return scored_predictions(generation, family, image.size)
 
 
@@ -211,7 +239,7 @@ def evaluate_model(
     batch_size: int,
     class_names: list[str] | None = None,
 ) -> tuple[list[dict], dict]:
-    """Generate on every image of ``dataset`` with its ``prompt`` column, parse and score the boxes, and compute the metrics.
+    """Generate on every image of ``dataset`` with its ``prompt`` (and ``system_prompt``) columns, parse and score the boxes, and compute the metrics.
 
     Each record keeps the prompt it was trained with (a grounding record names its own class), so
     training and evaluation ask the same question.
@@ -222,7 +250,9 @@ def evaluate_model(
     if "prompt" not in dataset.column_names:
         raise ValueError("evaluate_model needs a 'prompt' column; add it with helpers.formatting.add_chat_columns")
     images = [img.convert("RGB") for img in dataset["image"]]
-    generations = generate(model, processor, images, list(dataset["prompt"]), max_new_tokens, batch_size)
+    system_prompts = dataset["system_prompt"] if "system_prompt" in dataset.column_names else None
+    chat_options = get_family(family).chat_template_kwargs
+    generations = generate(model, processor, images, list(dataset["prompt"]), max_new_tokens, batch_size, system_prompts, chat_options)
     records = []
     for example, generation in zip(dataset.select_columns(["image_id", "width", "height", "objects"]), generations):
         image_size = (example["width"], example["height"])

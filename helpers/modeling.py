@@ -9,21 +9,11 @@ from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 from transformers import AutoModelForImageTextToText, BitsAndBytesConfig
 from transformers.utils import is_flash_attn_2_available
 
+from helpers.families import get_family
 from helpers.processing import load_processor
 
 QUANTIZATION_CHOICES = ("none", "8bit", "4bit")
 ATTENTION_CHOICES = ("sdpa", "eager", "flash_attention_2")
-# LoRA target blocks as regexes on module names (PEFT full-matches them), each hitting Linear layers
-# only. A plain `q_proj` or `mlp` target would also hit vision layers in some families
-# (shared/ENVIRONMENT.md), so every pattern is anchored on its block.
-LORA_TARGET_PATTERNS = {
-    # the language model's attention and MLP projections (all three families)
-    "language": r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)",
-    # the vision tower's attention and MLP layers: fc1/fc2 (Qwen2-VL), gate/up/down_proj (2.5), linear_fc1/2 (3)
-    "vision": r".*visual\.blocks\.\d+\.(attn\.(qkv|proj)|mlp\.(fc1|fc2|gate_proj|up_proj|down_proj|linear_fc1|linear_fc2))",
-    # the patch merger(s) that project vision features into the language model (Qwen3-VL adds deepstack ones)
-    "merger": r".*visual\.(merger|deepstack_merger_list\.\d+)\.(mlp\.[02]|linear_fc1|linear_fc2)",  # mlp.1 is a GELU
-}
 
 
 def pick_device_and_dtype() -> tuple[str, torch.dtype]:
@@ -103,13 +93,22 @@ def load_model_and_processor(
     return load_model(str(model_id_or_path), quantization, attn_implementation, dtype, device), processor
 
 
-def lora_config(targets: list[str], rank: int, alpha: int, dropout: float) -> LoraConfig:
-    """A LoRA config on the chosen blocks (any of ``LORA_TARGET_PATTERNS``), rank, alpha and dropout."""
-    unknown = sorted(set(targets) - set(LORA_TARGET_PATTERNS))
+def lora_config(family: str, targets: list[str], rank: int, alpha: int, dropout: float) -> LoraConfig:
+    """A LoRA config on the chosen blocks of the family (its record's ``lora_targets`` and ``lora_parameters``)."""
+    record = get_family(family)
+    blocks = list(record.lora_targets) + list(record.lora_parameters)
+    unknown = sorted(set(targets) - set(blocks))
     if unknown or not targets:
-        raise ValueError(f"lora_targets={targets!r}; choose one or more of {sorted(LORA_TARGET_PATTERNS)}")
-    pattern = "|".join(f"(?:{LORA_TARGET_PATTERNS[name]})" for name in LORA_TARGET_PATTERNS if name in targets)
-    return LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout, target_modules=pattern, bias="none", task_type="CAUSAL_LM")
+        raise ValueError(f"lora_targets={targets!r}; choose one or more of {sorted(blocks)} for {record.name}")
+    pattern = "|".join(f"(?:{regex})" for name, regex in record.lora_targets.items() if name in targets)
+    # MoE experts are fused 3-D parameters, which PEFT adapts by name rather than as Linear modules.
+    parameters = [name for block, names in record.lora_parameters.items() if block in targets for name in names]
+    if parameters and dropout:
+        raise ValueError(f"lora_targets={targets!r} adapts fused expert weights, which PEFT does without dropout; set lora_dropout 0")
+    return LoraConfig(
+        r=rank, lora_alpha=alpha, lora_dropout=dropout, target_modules=pattern or None, target_parameters=parameters or None,
+        bias="none", task_type="CAUSAL_LM",
+    )
 
 
 def wrap_lora(model, config: LoraConfig):

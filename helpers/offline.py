@@ -1,7 +1,8 @@
 """The offline profile's model: a tiny random-initialised Qwen-VL checkpoint built locally.
 
 No machine here reaches the model hub, so tests and the README demo build a checkpoint directory
-from a config, a tokenizer trained here and a chat template written here. Everything after
+from the family's tiny recipe (``helpers.families``), a tokenizer trained here, and the family's published
+chat template, processor and generation configs (``hub_configs/``). Everything after
 "a checkpoint directory exists" is the code path a hub id takes (``from_pretrained``).
 """
 
@@ -15,16 +16,15 @@ from pathlib import Path
 
 import torch
 from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+import transformers
 from transformers import AutoModelForImageTextToText, GenerationConfig, PretrainedConfig
 from transformers.models.qwen2 import Qwen2Tokenizer
 from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX
-from transformers.models.qwen2_5_vl import Qwen2_5_VLConfig
-from transformers.models.qwen2_vl import Qwen2VLConfig
-from transformers.models.qwen3_vl import Qwen3VLConfig
 
 from helpers.boxes import to_model_answer
-from helpers.formatting import SYSTEM_PROMPT, detection_prompt, grounding_prompt
-from helpers.processing import SUPPORTED_FAMILIES, check_family, load_saved_processor
+from helpers.families import FAMILIES, QWEN_DEFAULT_SYSTEM_PROMPT, get_family
+from helpers.formatting import detection_prompt, grounding_prompt
+from helpers.processing import load_saved_processor
 from helpers.synthetic import CLASS_STYLES
 
 # The special tokens of the Qwen2/2.5/3-VL vocabularies, in their order there (ids differ here).
@@ -44,33 +44,12 @@ QWEN_SPECIAL_TOKENS = (
     "<|image_pad|>",
     "<|video_pad|>",
 )
+# Added (not special) tokens of the Qwen3 and Qwen3.5 vocabularies that the chat templates write: Qwen3.5's
+# answers open with an empty think block.
+QWEN_ADDED_TOKENS = ("<think>", "</think>")
 
-QWEN_FIRST_SPECIAL_ID = 151643  # <|endoftext|>'s id in the real vocabulary; the others follow in the order above
 # The published checkpoints' processor and generation configs, copied into every tiny checkpoint (see its README).
 HUB_CONFIGS_DIR = Path(__file__).resolve().parent / "hub_configs"
-
-# A Qwen-style chat template written for this project: ChatML turns, one
-# <|vision_start|><|image_pad|><|vision_end|> per image (the processor expands <|image_pad|> to
-# one token per merged patch), a default system turn, and the assistant generation prompt.
-QWEN_VL_CHAT_TEMPLATE = (
-    "{% for message in messages %}"
-    "{% if loop.first and message['role'] != 'system' %}"
-    "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
-    "{% endif %}"
-    "<|im_start|>{{ message['role'] }}\n"
-    "{% if message['content'] is string %}"
-    "{{ message['content'] }}"
-    "{% else %}"
-    "{% for part in message['content'] %}"
-    "{% if part['type'] == 'image' %}<|vision_start|><|image_pad|><|vision_end|>"
-    "{% elif part['type'] == 'text' %}{{ part['text'] }}"
-    "{% endif %}"
-    "{% endfor %}"
-    "{% endif %}"
-    "<|im_end|>\n"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-)
 
 # Text the tiny tokenizer is trained on: the words, digits and punctuation prompts and answers
 # use. Digits are split one per token by Qwen's pre-tokenizer regex, as in the real vocabulary.
@@ -92,8 +71,8 @@ TINY_VOCAB_SIZE = 800  # an upper bound: this corpus runs out of merges at about
 def tokenizer_corpus() -> str:
     """The tokenizer's training text: the word list plus every chat turn, prompt and answer form we write."""
     classes = list(CLASS_STYLES)
-    texts = [TOKENIZER_CORPUS, f"system\n{SYSTEM_PROMPT}", "user\n", "assistant\n"]
-    for family in SUPPORTED_FAMILIES:
+    texts = [TOKENIZER_CORPUS, f"system\n{QWEN_DEFAULT_SYSTEM_PROMPT}", "user\n", "assistant\n", "assistant\n<think>\n\n</think>\n\n["]
+    for family in FAMILIES:
         texts.append(detection_prompt(family, classes[:3]))
         texts += [grounding_prompt(family, label) for label in classes]
         # Two objects per class, so the separators between answer items are learnt too.
@@ -103,7 +82,7 @@ def tokenizer_corpus() -> str:
 
 
 TINY_ROPE_THETA = 10.0  # see tiny_config: spatial rotary frequencies the tiny model can use
-TINY_SIZES = {  # text width, layers, heads; vision depth and width (shared/ENVIRONMENT.md)
+TINY_SIZES = {  # text width, layers, heads; vision depth and width, shared by every family's tiny model
     "hidden_size": 64,
     "intermediate_size": 128,
     "num_hidden_layers": 2,
@@ -113,15 +92,11 @@ TINY_SIZES = {  # text width, layers, heads; vision depth and width (shared/ENVI
     "vision_hidden_size": 64,
     "vision_heads": 4,
 }
-# Qwen2-VL writes every box as four 0..1000 numbers relative to the image: three digits of precision the
-# other families' pixel boxes (about 112 px here) do not need. A third text layer lifted its detection
-# mAP@.5 from 0.23 to 0.48 (offline_demo, 9000 steps, same seed) for about 15% more time per step.
-TINY_FAMILY_SIZES: dict[str, dict[str, int]] = {"qwen2_vl": {"num_hidden_layers": 3}}
 
 
 def tiny_sizes(family: str) -> dict[str, int]:
-    """The tiny model's sizes for a family: TINY_SIZES with the family's overrides."""
-    return TINY_SIZES | TINY_FAMILY_SIZES.get(family, {})
+    """The tiny model's sizes for a family: TINY_SIZES with its recipe's overrides."""
+    return TINY_SIZES | get_family(family).tiny.sizes
 
 
 def train_tiny_tokenizer(vocab_size: int = TINY_VOCAB_SIZE) -> Qwen2Tokenizer:
@@ -153,7 +128,7 @@ def train_tiny_tokenizer(vocab_size: int = TINY_VOCAB_SIZE) -> Qwen2Tokenizer:
         additional_special_tokens=list(QWEN_SPECIAL_TOKENS[1:]),
         model_max_length=4096,
     )
-    qwen_tokenizer.chat_template = QWEN_VL_CHAT_TEMPLATE
+    qwen_tokenizer.add_tokens(list(QWEN_ADDED_TOKENS))
     return qwen_tokenizer
 
 
@@ -171,14 +146,14 @@ def _special_ids(tokenizer: Qwen2Tokenizer) -> dict[str, int]:
 
 
 def tiny_config(family: str, tokenizer: Qwen2Tokenizer) -> PretrainedConfig:
-    """Build a tiny config for a Qwen-VL family, wired to the tokenizer's special-token ids."""
+    """Build a tiny config for a Qwen-VL family from its recipe, wired to the tokenizer's special-token ids."""
+    recipe = get_family(family).tiny
     s = tiny_sizes(family)
-    head_dim = s["hidden_size"] // s["num_attention_heads"]  # 64 / 4 = 16
     # M-RoPE splits head_dim/2 rotary frequencies over (time, height, width): 2 + 3 + 3 = 8, from the
     # highest to the lowest. With Qwen's theta 10000 the width axis would get at most 0.003 rad per
     # position: the tiny model could hardly tell image columns apart and learnt no locations
     # (grounding accuracy@0.5 0.02 after 1500 steps). Theta 10 gives every axis at least 0.13 rad
-    # per position (accuracy@0.5 0.84 for Qwen2.5-VL after 6000 steps, 236 s on 2 cores).
+    # per position (accuracy@0.5 0.84 for Qwen2.5-VL after 6000 steps).
     rope = {"rope_type": "default", "rope_theta": TINY_ROPE_THETA, "mrope_section": [2, 3, 3]}
     text = {
         "vocab_size": len(tokenizer),
@@ -199,33 +174,20 @@ def tiny_config(family: str, tokenizer: Qwen2Tokenizer) -> PretrainedConfig:
     # mean IoU from 0.58 to 0.67 (7000 steps, same data and seed).
     vision = {"depth": s["vision_depth"], "num_heads": s["vision_heads"], "spatial_merge_size": 2,
               "rope_parameters": {"rope_type": "axial", "rope_theta": TINY_ROPE_THETA}}
-    ids = _special_ids(tokenizer)
-    if family == "qwen2_vl":
-        # Qwen2-VL's merger projects to vision_config.hidden_size, which must equal the text width.
-        vision |= {"embed_dim": s["vision_hidden_size"], "hidden_size": s["hidden_size"], "mlp_ratio": 2, "patch_size": 14}
-        return Qwen2VLConfig(text_config=text, vision_config=vision, **ids)
-    # Qwen2.5-VL and Qwen3-VL have their own vision width and project to the text width.
-    projected = {"hidden_size": s["vision_hidden_size"], "intermediate_size": 2 * s["vision_hidden_size"], "out_hidden_size": s["hidden_size"]}
-    if family == "qwen2_5_vl":
-        vision |= projected | {"patch_size": 14, "window_size": 112, "fullatt_block_indexes": [1]}
-        return Qwen2_5_VLConfig(text_config=text, vision_config=vision, **ids)
-    if family == "qwen3_vl":
-        # deepstack_visual_indexes must be below the vision depth.
-        vision |= projected | {"patch_size": 16, "num_position_embeddings": 256, "deepstack_visual_indexes": [0]}
-        text |= {"head_dim": head_dim}
-        return Qwen3VLConfig(text_config=text, vision_config=vision, **ids)
-    raise ValueError(f"unknown family {family!r}; expected one of {SUPPORTED_FAMILIES}")
+    config_class = getattr(transformers, recipe.config_class)
+    return config_class(text_config=text | recipe.text(s), vision_config=vision | recipe.vision(s), **_special_ids(tokenizer))
 
 
 def hub_config_files(family: str) -> list[Path]:
     """The family's published processor config files (image, and video where one is published)."""
-    return sorted((HUB_CONFIGS_DIR / check_family(family)).glob("*preprocessor_config.json"))
+    return sorted((HUB_CONFIGS_DIR / get_family(family).model_type).glob("*preprocessor_config.json"))
 
 
 def hub_generation_config(family: str, tokenizer: Qwen2Tokenizer) -> GenerationConfig:
     """The family's published generation config with its token ids mapped to the tiny vocabulary."""
-    values = json.loads((HUB_CONFIGS_DIR / check_family(family) / "generation_config.json").read_text())
-    real_to_tiny = {QWEN_FIRST_SPECIAL_ID + i: tokenizer.convert_tokens_to_ids(token) for i, token in enumerate(QWEN_SPECIAL_TOKENS)}
+    values = json.loads((HUB_CONFIGS_DIR / get_family(family).model_type / "generation_config.json").read_text())
+    first = get_family(family).first_special_token_id  # the real vocabulary's special tokens follow in our order
+    real_to_tiny = {first + i: tokenizer.convert_tokens_to_ids(token) for i, token in enumerate(QWEN_SPECIAL_TOKENS)}
     for key in ("bos_token_id", "pad_token_id", "eos_token_id"):
         if isinstance(values.get(key), list):
             values[key] = [real_to_tiny[i] for i in values[key]]
@@ -235,11 +197,16 @@ def hub_generation_config(family: str, tokenizer: Qwen2Tokenizer) -> GenerationC
     return GenerationConfig(**values)
 
 
+def hub_chat_template(family: str) -> str:
+    """The family's published chat template (its default system turn included, or not)."""
+    return json.loads((HUB_CONFIGS_DIR / get_family(family).model_type / "chat_template.json").read_text())["chat_template"]
+
+
 def _build_fingerprint(family: str, seed: int, tokenizer: Qwen2Tokenizer, config: PretrainedConfig) -> str:
     """Hash of everything that decides the checkpoint (the whole config and the published files too), so a changed recipe rebuilds the cache."""
     recipe = json.dumps(
         {"family": family, "seed": seed, "config": config.to_dict(), "vocab": tokenizer.get_vocab(),
-         "template": QWEN_VL_CHAT_TEMPLATE, "hub_files": {p.name: p.read_text() for p in HUB_CONFIGS_DIR.joinpath(family).iterdir()}},
+         "hub_files": {p.name: p.read_text() for p in HUB_CONFIGS_DIR.joinpath(family).iterdir()}},
         sort_keys=True, default=str,
     )
     return hashlib.sha256(recipe.encode()).hexdigest()[:16]
@@ -254,6 +221,7 @@ def build_tiny_checkpoint(family: str, out_dir: str | Path, seed: int = 0) -> Pa
     fingerprint = _build_fingerprint(family, seed, tokenizer, config)
     if stamp.exists() and json.loads(stamp.read_text()).get("fingerprint") == fingerprint:
         return out_dir
+    tokenizer.chat_template = hub_chat_template(family)
     torch.manual_seed(seed)
     model = AutoModelForImageTextToText.from_config(config)
     model.generation_config = hub_generation_config(family, tokenizer)

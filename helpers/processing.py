@@ -12,18 +12,11 @@ import importlib
 import json
 from pathlib import Path
 
+import transformers
 from transformers import AutoConfig, AutoImageProcessor, AutoTokenizer, ProcessorMixin
-from transformers.models.qwen2_5_vl import Qwen2_5_VLProcessor
-from transformers.models.qwen2_vl import Qwen2VLProcessor
-from transformers.models.qwen3_vl import Qwen3VLProcessor
 
-SUPPORTED_FAMILIES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl")  # config.model_type values
+from helpers.families import FAMILY_NAMES, get_family
 
-STOCK_PROCESSORS: dict[str, type[ProcessorMixin]] = {
-    "qwen2_vl": Qwen2VLProcessor,
-    "qwen2_5_vl": Qwen2_5_VLProcessor,
-    "qwen3_vl": Qwen3VLProcessor,
-}
 # Where a saved folder can keep its video processor's settings, in the order transformers reads them:
 # nested in processor_config.json (transformers 5), video_preprocessor_config.json, or, for Qwen2-VL and
 # Qwen2.5-VL as published, the image processor's preprocessor_config.json.
@@ -52,20 +45,18 @@ def require_torchvision() -> None:
         raise ImportError(f"{problem}. Every Qwen-VL processor needs it (its video processor); {TORCHVISION_FIX}")
 
 
-def check_family(family: str) -> str:
-    """Return ``family`` when it is supported; otherwise an error listing the supported ones."""
-    if family not in SUPPORTED_FAMILIES:
-        raise ValueError(f"unknown family {family!r}; expected one of {SUPPORTED_FAMILIES}")
-    return family
+def stock_processor_class(family: str) -> type[ProcessorMixin]:
+    """The family's stock processor class."""
+    return getattr(transformers, get_family(family).processor_class)
 
 
 def read_family(model_id_or_path: str | Path) -> str:
     """Return the Qwen-VL family (``config.model_type``) of a hub id or local checkpoint."""
     model_type = AutoConfig.from_pretrained(str(model_id_or_path)).model_type
-    if model_type not in SUPPORTED_FAMILIES:
+    if model_type not in FAMILY_NAMES:
         raise ValueError(
             f"{model_id_or_path}: model_type {model_type!r} is not a supported Qwen-VL family; "
-            f"expected one of {SUPPORTED_FAMILIES}"
+            f"supported model_type values are {', '.join(FAMILY_NAMES)}"
         )
     return model_type
 
@@ -82,11 +73,8 @@ def has_video_processor_config(folder: str | Path) -> bool:
 
 
 def video_processor_class(family: str) -> type:
-    """The family's stock video processor class (imported on demand: importing it needs torchvision)."""
-    from transformers.models.qwen2_vl import Qwen2VLVideoProcessor
-    from transformers.models.qwen3_vl import Qwen3VLVideoProcessor
-
-    return {"qwen2_vl": Qwen2VLVideoProcessor, "qwen2_5_vl": Qwen2VLVideoProcessor, "qwen3_vl": Qwen3VLVideoProcessor}[family]
+    """The family's stock video processor class (looked up on demand: importing it needs torchvision)."""
+    return getattr(transformers, get_family(family).video_processor_class)
 
 
 def processor_from_parts(folder: str | Path, family: str) -> ProcessorMixin:
@@ -100,7 +88,7 @@ def processor_from_parts(folder: str | Path, family: str) -> ProcessorMixin:
         image_std=image_processor.image_std,
     )
     tokenizer = AutoTokenizer.from_pretrained(str(folder))
-    return STOCK_PROCESSORS[family](
+    return stock_processor_class(family)(
         image_processor=image_processor, tokenizer=tokenizer, video_processor=video_processor, chat_template=tokenizer.chat_template
     )
 
@@ -111,8 +99,8 @@ def load_saved_processor(model_id_or_path: str | Path, family: str) -> Processor
     if not has_video_processor_config(model_id_or_path):
         # A folder saved by an image-only processor (this project before it required torchvision)
         # has no video settings, which the stock class cannot load without.
-        return processor_from_parts(model_id_or_path, check_family(family))
-    return STOCK_PROCESSORS[check_family(family)].from_pretrained(str(model_id_or_path))
+        return processor_from_parts(model_id_or_path, family)
+    return stock_processor_class(family).from_pretrained(str(model_id_or_path))
 
 
 def load_processor(model_id_or_path: str | Path, min_pixels: int, max_pixels: int) -> ProcessorMixin:

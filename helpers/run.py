@@ -12,9 +12,9 @@ from pathlib import Path
 import torch
 import transformers
 
+from helpers.families import FAMILY_NAMES
 from helpers.gpu import device_report
 from helpers.offline import build_tiny_checkpoint
-from helpers.processing import SUPPORTED_FAMILIES
 
 OFFLINE_PREFIX = "offline:"  # model_id "offline:qwen2_vl" = the tiny random checkpoint built here
 
@@ -55,8 +55,8 @@ def resolve_model_path(model_id: str, offline_model_dir: str | Path) -> str:
     if not model_id.startswith(OFFLINE_PREFIX):
         return model_id
     family = model_id.removeprefix(OFFLINE_PREFIX)
-    if family not in SUPPORTED_FAMILIES:
-        raise ValueError(f"model_id={model_id!r}: expected offline:<family> with family in {SUPPORTED_FAMILIES}")
+    if family not in FAMILY_NAMES:
+        raise ValueError(f"model_id={model_id!r}: expected offline:<family> with family one of {', '.join(FAMILY_NAMES)}")
     return str(build_tiny_checkpoint(family, Path(offline_model_dir) / family))
 
 

@@ -14,7 +14,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from helpers.boxes import NORM_SCALE, RELATIVE_FAMILIES, parse_model_answer, resized_size, sort_objects, to_model_answer
+from helpers.boxes import NORM_SCALE, parse_model_answer, resized_size, sort_objects, to_model_answer
+from helpers.families import get_family
 from helpers.plotting import GROUND_TRUTH_COLOR, PREDICTION_COLOR, plot_image_grid
 
 
@@ -36,7 +37,7 @@ def model_input_image(processor, image: Image.Image) -> Image.Image:
 def quantum_px(family: str, image_size: tuple[int, int], model_size: tuple[int, int]) -> float:
     """The largest original-pixel step of one unit of the family's answer coordinates."""
     width, height = image_size
-    if family in RELATIVE_FAMILIES:
+    if get_family(family).relative:
         return max(width, height) / NORM_SCALE
     return max(width / model_size[0], height / model_size[1])
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-FAMILIES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl")
+from helpers.families import FAMILY_NAMES as FAMILIES  # every supported family, from its record
 
 
 def _random_sizes(n: int, seed: int) -> list[tuple[int, int]]:

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from helpers.boxes import box_iou, parse_model_answer, resized_size, sort_objects, to_model_answer
+from helpers.families import get_family
 from tests.cases import FAMILIES, IMAGE_SIZES, PIXEL_BOUNDS
 
 
@@ -36,7 +37,7 @@ def test_round_trip_within_quantisation(family, width, height, min_pixels, max_p
     parsed = parse_model_answer(answer, family, (width, height), model_size)
     # The format's quantum: 1 resized pixel mapped back (absolute) or 1/1000 of the side (relative);
     # rounding to the nearest integer keeps the error within half of it.
-    if family == "qwen2_5_vl":
+    if not get_family(family).relative:
         tol_x, tol_y = 0.5 * width / model_size[0] + 1e-6, 0.5 * height / model_size[1] + 1e-6
     else:
         tol_x, tol_y = 0.5 * width / 1000 + 1e-6, 0.5 * height / 1000 + 1e-6
@@ -49,7 +50,7 @@ def test_round_trip_within_quantisation(family, width, height, min_pixels, max_p
             assert abs(got - want) <= (tol_x if axis % 2 == 0 else tol_y)
 
 
-@pytest.mark.parametrize("family", ["qwen2_vl", "qwen2_5_vl", "qwen3_vl"])
+@pytest.mark.parametrize("family", FAMILIES)
 def test_objects_are_written_by_label_then_top_to_bottom_then_left_to_right(family):
     objects = [
         {"label": "b", "bbox_xyxy_px": [0, 0, 10, 10]},
@@ -66,7 +67,10 @@ def test_objects_are_written_by_label_then_top_to_bottom_then_left_to_right(fami
     "family,expected_start",
     [("qwen2_vl", "<|object_ref_start|>cat<|object_ref_end|><|box_start|>(100,250),(500,750)<|box_end|>"),
      ("qwen2_5_vl", '[{"bbox_2d": [22, 56, 112, 168], "label": "cat"}]'),
-     ("qwen3_vl", '[{"bbox_2d": [100, 250, 500, 750], "label": "cat"}]')],
+     ("qwen3_vl", '[{"bbox_2d": [100, 250, 500, 750], "label": "cat"}]'),
+     ("qwen3_vl_moe", '[{"bbox_2d": [100, 250, 500, 750], "label": "cat"}]'),
+     ("qwen3_5", '[{"bbox_2d": [100, 250, 500, 750], "label": "cat"}]'),
+     ("qwen3_5_moe", '[{"bbox_2d": [100, 250, 500, 750], "label": "cat"}]')],
 )
 def test_answer_text_per_family(family, expected_start):
     # 200x200 image, resized to 224x224 for qwen2/2.5 (multiple of 28) with these bounds.

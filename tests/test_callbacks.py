@@ -39,7 +39,7 @@ def tiny_run(checkpoint, tmp_path, max_grad_norm: float, use_lora: bool):
     """Six optimizer steps with logging every step and evaluation at steps 3 and 6; returns trainer and recorder."""
     model, processor = load_model_and_processor(checkpoint, "none", "sdpa", torch.float32, "cpu", MIN_PIXELS, MAX_PIXELS)
     if use_lora:
-        model = wrap_lora(model, lora_config(["language"], 4, 8, 0.0))
+        model = wrap_lora(model, lora_config("qwen2_vl", ["language"], 4, 8, 0.0))
     prompt = detection_prompt("qwen2_vl", CLASSES)
     splits = [add_chat_columns(make_synthetic_dataset(n, seed=s), "qwen2_vl", prompt, MIN_PIXELS, MAX_PIXELS) for n, s in ((16, 1), (4, 2))]
     params = DEFAULTS | {"max_steps": 6, "logging_steps": 1, "eval_steps": 3, "save_steps": 100, "per_device_train_batch_size": 4,
@@ -88,7 +88,7 @@ def test_grad_norm_matches_an_independent_computation():
 @pytest.mark.parametrize("training", [True, False])
 def test_iou_callback_leaves_the_model_mode_as_found(tiny_checkpoints, training):
     model, processor = load_model_and_processor(tiny_checkpoints["qwen2_vl"], "none", "sdpa", torch.float32, "cpu", MIN_PIXELS, MAX_PIXELS)
-    model = wrap_lora(model, lora_config(["language"], 4, 8, 0.0))  # a PEFT-wrapped model
+    model = wrap_lora(model, lora_config("qwen2_vl", ["language"], 4, 8, 0.0))  # a PEFT-wrapped model
     prompt = detection_prompt("qwen2_vl", CLASSES)
     data = add_chat_columns(make_synthetic_dataset(2, seed=3), "qwen2_vl", prompt, MIN_PIXELS, MAX_PIXELS)
     callback = IoUEvalCallback(processor, data, n_images=2, family="qwen2_vl", max_new_tokens=4, batch_size=2)

@@ -32,7 +32,7 @@ def test_qlora_4bit_training_step_updates_the_adapters(tiny_checkpoints, family)
     _, dtype = pick_device_and_dtype()
     model, processor = load_model_and_processor(tiny_checkpoints[family], "4bit", "sdpa", dtype, "cuda", MIN_PIXELS, MAX_PIXELS)
     assert model.is_loaded_in_4bit and all(p.device.type == "cuda" for p in model.parameters())
-    model = wrap_lora(model, lora_config(["language"], 8, 16, 0.0))
+    model = wrap_lora(model, lora_config(family, ["language"], 8, 16, 0.0))
     batch = run_tagged_cells("collators")["AssistantOnlyCollator"](processor)([chat_dataset(family, 4)[i] for i in range(4)]).to("cuda")
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
     losses = []

@@ -21,7 +21,7 @@ MIN_PIXELS, MAX_PIXELS = 3136, 50176
 @pytest.mark.parametrize("family", FAMILIES)
 def test_merged_model_generates_like_base_plus_adapter(tiny_checkpoints, tmp_path, family):
     base, processor = load_model_and_processor(tiny_checkpoints[family], "none", "sdpa", torch.float32, "cpu", MIN_PIXELS, MAX_PIXELS)
-    model = wrap_lora(base, lora_config(["language", "merger"], 4, 8, 0.0))
+    model = wrap_lora(base, lora_config(family, ["language", "merger"], 4, 8, 0.0))
     torch.manual_seed(0)
     for name, parameter in model.named_parameters():
         if "lora_B" in name:  # LoRA starts as a no-op (B = 0); make the adapter change the outputs

@@ -15,6 +15,7 @@ from helpers.formatting import (
 )
 from helpers.schema import DETECTION_FEATURES
 from helpers.synthetic import make_synthetic_dataset
+from helpers.families import TAGS, get_family
 from tests.cases import FAMILIES
 
 MIN_PIXELS, MAX_PIXELS = 3136, 50176
@@ -74,7 +75,7 @@ def test_task_prompts_name_the_classes_and_the_family_syntax(family):
     grounding = task_prompts(data, family, "grounding", ["cat", "dog"])
     assert grounding == [grounding_prompt(family, label) for label in ("cat", "dog", "dog")]
     assert "Locate every cat in the image" in grounding[0] and "dog" not in grounding[0]
-    syntax = "bbox_2d" if family != "qwen2_vl" else "<|box_start|>"
+    syntax = "<|box_start|>" if get_family(family).answer_syntax == TAGS else "bbox_2d"
     assert all(syntax in prompt for prompt in grounding)
 
 

@@ -5,15 +5,17 @@ from __future__ import annotations
 import pytest
 from transformers import AutoModelForImageTextToText
 
+from helpers.families import get_family
 from helpers.formatting import detection_prompt, format_detection_messages
 from helpers.inference import Generation, evaluate_model, generate, generate_answers, span_score, token_char_ends
-from helpers.processing import SUPPORTED_FAMILIES, load_processor
+from helpers.processing import load_processor
+from tests.cases import FAMILIES
 from helpers.synthetic import make_synthetic_dataset
 
 MIN_PIXELS, MAX_PIXELS = 3136, 50176
 
 
-@pytest.mark.parametrize("family", SUPPORTED_FAMILIES)
+@pytest.mark.parametrize("family", FAMILIES)
 def test_batched_equals_one_by_one(tiny_checkpoints, family):
     processor = load_processor(tiny_checkpoints[family], MIN_PIXELS, MAX_PIXELS)
     model = AutoModelForImageTextToText.from_pretrained(tiny_checkpoints[family])
@@ -29,7 +31,7 @@ def test_batched_equals_one_by_one(tiny_checkpoints, family):
     assert generate_answers(model, processor, images, prompts, max_new_tokens=12, batch_size=2) == [g.text for g in single]
 
 
-@pytest.mark.parametrize("family", SUPPORTED_FAMILIES)
+@pytest.mark.parametrize("family", FAMILIES)
 def test_token_probabilities_are_those_of_the_chosen_tokens(tiny_checkpoints, family):
     # Recompute each generated token's probability with a plain forward pass over prompt + answer.
     import torch
@@ -250,7 +252,7 @@ def test_qwen_vl_utils_resize_is_not_the_processors(width, height, min_pixels, m
     assert resized_size("qwen2_5_vl", width, height, min_pixels, max_pixels) == processor_size
 
 
-@pytest.mark.parametrize("family", SUPPORTED_FAMILIES)
+@pytest.mark.parametrize("family", FAMILIES)
 def test_boxes_follow_the_processors_grid_after_a_second_resize(tiny_checkpoints, family):
     # qwen_vl_utils.fetch_image resizes 640x480 to 112x84 at min = max = 12544 pixels; the processor then
     # resizes that to its own grid. Boxes must be read in the grid the model saw and land on the image given.
@@ -271,7 +273,19 @@ def test_boxes_follow_the_processors_grid_after_a_second_resize(tiny_checkpoints
     assert generation.model_size != resized_size(family, 640, 480, 12544, 12544)  # a prediction from the original size is wrong
     # An answer boxing the whole model input, in the family's frame, covers the whole image that was given.
     width, height = generation.model_size
-    corner = (1000, 1000) if family in ("qwen2_vl", "qwen3_vl") else (width, height)
+    corner = (1000, 1000) if get_family(family).relative else (width, height)
     full = f'[{{"bbox_2d": [0, 0, {corner[0]}, {corner[1]}], "label": "all"}}]'
     generation.text, generation.token_ends, generation.token_probs = full, [len(full)], [1.0]
     assert scored_predictions(generation, family, once.size)[0]["bbox_xyxy_px"] == [0, 0, *once.size]
+
+
+@pytest.mark.parametrize("family", [f for f in FAMILIES if "moe" in f])
+def test_a_mixture_set_up_for_its_auxiliary_loss_still_generates(tiny_checkpoints, family):
+    # TRL's trainer turns router logits on for the load-balancing loss; generation must not compute that loss.
+    processor = load_processor(tiny_checkpoints[family], MIN_PIXELS, MAX_PIXELS)
+    model = AutoModelForImageTextToText.from_pretrained(tiny_checkpoints[family])
+    images = list(make_synthetic_dataset(3, seed=2)["image"])  # different sizes: a padded batch
+    prompts = [detection_prompt(family, ["red circle"])] * 3
+    plain = generate(model, processor, images, prompts, max_new_tokens=6, batch_size=3)
+    model.config.get_text_config().output_router_logits = True
+    assert [g.token_ids for g in generate(model, processor, images, prompts, max_new_tokens=6, batch_size=3)] == [g.token_ids for g in plain]

@@ -8,7 +8,6 @@ import torch
 from pathlib import Path
 
 from helpers.modeling import (
-    LORA_TARGET_PATTERNS,
     count_parameters,
     load_model,
     load_model_and_processor,
@@ -20,6 +19,7 @@ from helpers.modeling import (
     weights_dtype,
     wrap_lora,
 )
+from helpers.families import get_family
 from tests.cases import FAMILIES
 
 
@@ -65,15 +65,25 @@ def test_missing_flash_attention_is_a_clear_error(tiny_checkpoints):
         load_model(tiny_checkpoints["qwen2_vl"], "none", "flash_attention_2", torch.float32, "cpu")
 
 
+DENSE = {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
+LINEAR_ATTENTION = {"in_proj_qkv", "in_proj_z", "in_proj_a", "in_proj_b", "out_proj"}  # Qwen3.5's Gated DeltaNet
+LANGUAGE_PROJECTIONS = {  # what the "language" block adapts, per family
+    "qwen2_vl": DENSE, "qwen2_5_vl": DENSE, "qwen3_vl": DENSE,
+    "qwen3_vl_moe": {"q_proj", "k_proj", "v_proj", "o_proj"},  # every MLP is a mixture of experts: the "experts" block
+    "qwen3_5": DENSE | LINEAR_ATTENTION,
+    "qwen3_5_moe": DENSE | LINEAR_ATTENTION,  # gate/up/down_proj of the shared expert; the experts are their own block
+}
+
+
 @pytest.mark.parametrize("family", FAMILIES)
 def test_lora_hits_only_language_model_projections(tiny_checkpoints, family):
     model = load_model(tiny_checkpoints[family], "none", "sdpa", torch.float32, "cpu")
     total_before = count_parameters(model)[1]
-    model = wrap_lora(model, lora_config(["language"], rank=4, alpha=8, dropout=0.0))
+    model = wrap_lora(model, lora_config(family, ["language"], rank=4, alpha=8, dropout=0.0))
     trainable = [name for name, p in model.named_parameters() if p.requires_grad]
     assert trainable and all("language_model" in name and "lora_" in name for name in trainable)
     projections = {name.split(".lora_")[0].rsplit(".", 1)[1] for name in trainable}
-    assert projections == {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
+    assert projections == LANGUAGE_PROJECTIONS[family]
     n_trainable, total = count_parameters(model)
     assert total > total_before and n_trainable == total - total_before
 
@@ -82,11 +92,12 @@ def test_lora_hits_only_language_model_projections(tiny_checkpoints, family):
 @pytest.mark.parametrize("targets", [["vision"], ["merger"], ["language", "merger"], ["language", "vision", "merger"]])
 def test_lora_targets_cover_exactly_the_chosen_blocks(tiny_checkpoints, family, targets):
     model = load_model(tiny_checkpoints[family], "none", "sdpa", torch.float32, "cpu")
-    linear_blocks = {
-        name: parameter_block(name + ".weight") for name, module in model.named_modules() if isinstance(module, torch.nn.Linear)
+    linear_blocks = {  # every Linear layer but the routing gates of a mixture of experts, which stay frozen
+        name: parameter_block(name + ".weight") for name, module in model.named_modules()
+        if isinstance(module, torch.nn.Linear) and not name.endswith("shared_expert_gate")
     }
     expected = {name for name, block in linear_blocks.items() if block in {t.replace("language", "language model") for t in targets}}
-    model = wrap_lora(model, lora_config(targets, rank=2, alpha=4, dropout=0.0))
+    model = wrap_lora(model, lora_config(family, targets, rank=2, alpha=4, dropout=0.0))
     adapted = {name.removeprefix("base_model.model.") for name, module in model.named_modules() if hasattr(module, "lora_A")}
     assert adapted == expected
 
@@ -94,7 +105,7 @@ def test_lora_targets_cover_exactly_the_chosen_blocks(tiny_checkpoints, family, 
 @pytest.mark.parametrize("targets", [[], ["decoder"], ["language", "everything"]])
 def test_lora_config_rejects_unknown_targets(targets):
     with pytest.raises(ValueError, match="choose one or more of"):
-        lora_config(targets, 4, 8, 0.0)
+        lora_config("qwen2_vl", targets, 4, 8, 0.0)
 
 
 @pytest.mark.parametrize(
@@ -118,7 +129,7 @@ def test_parameter_block(name, block):
 def test_summarize_trainables_adds_up(tiny_checkpoints, family, use_lora):
     model = load_model(tiny_checkpoints[family], "none", "sdpa", torch.float32, "cpu")
     if use_lora:
-        model = wrap_lora(model, lora_config(["language"], rank=2, alpha=4, dropout=0.0))
+        model = wrap_lora(model, lora_config(family, ["language"], rank=2, alpha=4, dropout=0.0))
     printed = []
     table = summarize_trainables(model, print_fn=printed.append)
     rows = {row["block"]: row for row in table}
@@ -149,3 +160,28 @@ def test_8bit_model_loads_on_cpu(tiny_checkpoints):
     model = load_model(tiny_checkpoints["qwen2_vl"], "8bit", "sdpa", torch.float32, "cpu")
     assert getattr(model, "is_quantized", False)
     assert model.model.visual.blocks[0].attn.qkv.weight.dtype == torch.float32  # vision tower kept unquantised
+
+
+@pytest.mark.parametrize("family", [f for f in FAMILIES if get_family(f).lora_parameters])
+def test_lora_on_the_experts_of_a_mixture_trains_them(tiny_checkpoints, family):
+    model = load_model(tiny_checkpoints[family], "none", "sdpa", torch.float32, "cpu")
+    model = wrap_lora(model, lora_config(family, ["experts"], rank=2, alpha=4, dropout=0.0))
+    trainable = {name: p for name, p in model.named_parameters() if p.requires_grad}
+    assert trainable and all(".mlp.experts." in name and "lora_" in name for name in trainable)
+    for name, parameter in trainable.items():
+        if "lora_B" in name:
+            parameter.data.normal_(0, 0.1)  # B starts at 0, which would leave A without a gradient
+    ids = torch.tensor([[1, 2, 3, 4, 5, 6]])
+    model(input_ids=ids, labels=ids).loss.backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in trainable.values())
+
+
+def test_experts_refuse_dropout_up_front():
+    with pytest.raises(ValueError, match="adapts fused expert weights, which PEFT does without dropout; set lora_dropout 0"):
+        lora_config("qwen3_5_moe", ["language", "experts"], 4, 8, 0.05)
+
+
+@pytest.mark.parametrize("family", [f for f in FAMILIES if not get_family(f).lora_parameters])
+def test_dense_families_have_no_experts_block(family):
+    with pytest.raises(ValueError, match="choose one or more of"):
+        lora_config(family, ["experts"], 4, 8, 0.0)

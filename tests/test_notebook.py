@@ -242,3 +242,29 @@ def test_interrupted_run_resumes_to_the_same_losses(tmp_path):
     assert sorted(resumed_losses) == list(range(1, 41)) == sorted(reference_losses)  # the history is continuous
     for step in range(1, 41):
         assert resumed_losses[step] == pytest.approx(reference_losses[step], rel=1e-4, abs=1e-5), step
+
+
+@pytest.mark.parametrize(
+    "family,overrides,collator_line",
+    [
+        ("qwen3_5", ["padding_free=true"], "assistant-only: Qwen3.5 cannot be packed: its Gated DeltaNet layers"),
+        ("qwen3_5_moe", ["use_lora=true", "lora_targets=[language, experts]", "lora_dropout=0.0", "merge_adapter=true"], "assistant-only (padding_free is off)"),
+        ("qwen3_vl_moe", ["padding_free=true", "use_lora=true", "lora_targets=[experts]", "lora_dropout=0.0"], "padding-free with sdpa"),
+    ],
+)
+def test_newest_families_run_the_notebook(tmp_path, family, overrides, collator_line):
+    # The hybrid linear-attention and mixture-of-experts families end to end: Qwen3.5's think block and
+    # refused packing, LoRA on fused experts (and merged), Qwen3-VL-MoE packed.
+    result = run_notebook(tmp_path, f"model_id=offline:{family}", "max_steps=2", "eval_steps=2", "save_steps=2", "test_size=2",
+                          f"run_name={family}", *overrides)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    run_dir = tmp_path / family
+    notebook_text = (run_dir / "notebook.ipynb").read_text()
+    assert f"training collator: {collator_line}" in notebook_text
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["finetuned"]["n_images"] == 2
+    if "merge_adapter=true" in overrides:
+        from transformers import AutoModelForImageTextToText
+
+        merged = AutoModelForImageTextToText.from_pretrained(run_dir / "model_merged")
+        assert merged.config.model_type == family and not any("lora_" in n for n, _ in merged.named_parameters())

@@ -10,13 +10,15 @@ import torch
 from PIL import Image
 from transformers import AutoConfig, AutoModelForImageTextToText
 
-from helpers.formatting import SYSTEM_PROMPT, detection_prompt, format_detection_messages, grounding_prompt
+from helpers.families import QWEN_DEFAULT_SYSTEM_PROMPT
+from helpers.formatting import detection_prompt, format_detection_messages, grounding_prompt
 from helpers import offline
 from helpers.offline import QWEN_SPECIAL_TOKENS, build_tiny_checkpoint, train_tiny_tokenizer
-from helpers.processing import SUPPORTED_FAMILIES, load_processor
+from helpers.processing import load_processor
+from tests.cases import FAMILIES
 
 
-@pytest.mark.parametrize("family", SUPPORTED_FAMILIES)
+@pytest.mark.parametrize("family", FAMILIES)
 def test_checkpoint_reloads_and_trains_one_step(tiny_checkpoints, family):
     path = tiny_checkpoints[family]
     assert AutoConfig.from_pretrained(path).model_type == family
@@ -30,7 +32,7 @@ def test_checkpoint_reloads_and_trains_one_step(tiny_checkpoints, family):
     assert all(p.grad is not None for p in model.model.language_model.parameters() if p.requires_grad)
 
 
-@pytest.mark.parametrize("family", SUPPORTED_FAMILIES)
+@pytest.mark.parametrize("family", FAMILIES)
 def test_config_special_ids_match_tokenizer(tiny_checkpoints, family):
     config = AutoConfig.from_pretrained(tiny_checkpoints[family])
     tokenizer = load_processor(tiny_checkpoints[family], 3136, 50176).tokenizer
@@ -40,14 +42,15 @@ def test_config_special_ids_match_tokenizer(tiny_checkpoints, family):
     assert config.text_config.vocab_size == len(tokenizer)
 
 
-@pytest.mark.parametrize("family", SUPPORTED_FAMILIES)
+@pytest.mark.parametrize("family", FAMILIES)
 def test_checkpoint_is_laid_out_as_the_published_one(tiny_checkpoints, family):
     # The published processor files, unchanged, and no transformers-5-only processor_config.json:
     # loading takes the path a hub id takes.
     folder = Path(tiny_checkpoints[family])
     for published in offline.hub_config_files(family):
         assert (folder / published.name).read_bytes() == published.read_bytes()
-    assert (folder / "video_preprocessor_config.json").is_file() == (family == "qwen3_vl")  # as published
+    published_video = (offline.HUB_CONFIGS_DIR / family / "video_preprocessor_config.json").is_file()
+    assert (folder / "video_preprocessor_config.json").is_file() == published_video == (family not in ("qwen2_vl", "qwen2_5_vl"))
     assert not (folder / "processor_config.json").exists()
     assert {"config.json", "generation_config.json", "model.safetensors", "tokenizer.json", "chat_template.jinja"} <= {p.name for p in folder.iterdir()}
 
@@ -58,6 +61,9 @@ def test_checkpoint_is_laid_out_as_the_published_one(tiny_checkpoints, family):
         ("qwen2_vl", {"do_sample": True, "repetition_penalty": 1.05, "temperature": 0.1, "top_p": 0.001, "top_k": 1}),
         ("qwen2_5_vl", {"do_sample": True, "repetition_penalty": 1.05, "temperature": 0.1, "top_p": 0.001, "top_k": 1}),
         ("qwen3_vl", {"do_sample": True, "repetition_penalty": 1.0, "temperature": 0.7, "top_p": 0.8, "top_k": 20}),
+        ("qwen3_vl_moe", {"do_sample": True, "repetition_penalty": 1.0, "temperature": 0.7, "top_p": 0.8, "top_k": 20}),
+        ("qwen3_5", {"do_sample": True, "temperature": 1.0, "top_p": 0.95, "top_k": 20}),
+        ("qwen3_5_moe", {"do_sample": True, "temperature": 1.0, "top_p": 0.95, "top_k": 20}),
     ],
 )
 def test_checkpoint_carries_the_published_generation_config(tiny_checkpoints, family, published):
@@ -79,7 +85,7 @@ def test_tokenizer_splits_digits_and_keeps_special_tokens_whole():
     assert tokenizer.decode(tokenizer.encode(text)) == text
 
 
-@pytest.mark.parametrize("family", SUPPORTED_FAMILIES)
+@pytest.mark.parametrize("family", FAMILIES)
 def test_tokenizer_learnt_our_prompts_as_words(family):
     # Short sequences are fast steps: each prompt word is one token; only digits and syntax stay split.
     tokenizer = train_tiny_tokenizer()
@@ -88,7 +94,7 @@ def test_tokenizer_learnt_our_prompts_as_words(family):
         tokens = tokenizer.tokenize(prompt)
         words = prompt.split(" Answer with")[0].rstrip(".").replace(",", "").split()
         assert [t.lstrip("Ġ") for t in tokens[: len(words) + 2] if t != ","][: len(words)] == words
-    assert len(tokenizer.tokenize(SYSTEM_PROMPT)) <= 6
+    assert len(tokenizer.tokenize(QWEN_DEFAULT_SYSTEM_PROMPT)) <= 6
 
 
 def test_build_is_cached_and_rebuilt_when_recipe_changes(tmp_path):
@@ -136,7 +142,7 @@ def test_tiny_model_rotary_frequencies_let_it_see_image_positions(tiny_checkpoin
     assert sum(sections) == head_dim // 2 and min(width) >= 0.1
 
 
-@pytest.mark.parametrize("family", SUPPORTED_FAMILIES)
+@pytest.mark.parametrize("family", FAMILIES)
 def test_tiny_vision_tower_rotary_frequencies_see_neighbouring_patches(tiny_checkpoints, family):
     # The vision tower's axial rotary splits head_dim/2 over (row, column): every frequency must turn
     # by a usable angle per patch, or that part of each head is blind to position.

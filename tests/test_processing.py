@@ -13,22 +13,21 @@ from transformers import AutoProcessor
 
 from helpers.boxes import resized_size, visual_token_count
 from helpers.processing import (
-    STOCK_PROCESSORS,
-    SUPPORTED_FAMILIES,
     load_processor,
     load_saved_processor,
     model_input_size,
     read_family,
+    stock_processor_class,
 )
 from helpers.run_notebook import REPO_ROOT
-from tests.cases import IMAGE_SIZES, PIXEL_BOUNDS
+from tests.cases import FAMILIES, IMAGE_SIZES, PIXEL_BOUNDS
 
 
-@pytest.mark.parametrize("family", SUPPORTED_FAMILIES)
+@pytest.mark.parametrize("family", FAMILIES)
 def test_the_stock_processor_is_what_loads(tiny_checkpoints, family):
     processor = load_processor(tiny_checkpoints[family], 3136, 50176)
-    assert type(processor) is STOCK_PROCESSORS[family]
-    assert type(AutoProcessor.from_pretrained(tiny_checkpoints[family])) is STOCK_PROCESSORS[family]  # as for a hub id
+    assert type(processor) is stock_processor_class(family)
+    assert type(AutoProcessor.from_pretrained(tiny_checkpoints[family])) is stock_processor_class(family)  # as for a hub id
     assert processor.video_processor is not None and processor.video_processor.patch_size == processor.image_processor.patch_size
 
 
@@ -40,7 +39,7 @@ def processed(processor, family: str) -> dict:
     return processor(text=[text], images=[[Image.new("RGB", (300, 170), (90, 30, 200))]], return_tensors="pt")
 
 
-@pytest.mark.parametrize("family", SUPPORTED_FAMILIES)
+@pytest.mark.parametrize("family", FAMILIES)
 def test_a_saved_processor_reloads_through_the_stock_classes(tiny_checkpoints, tmp_path, family):
     # What a run saves in model/ (transformers 5 layout: one processor_config.json) loads in a
     # fresh process through the stock class and AutoProcessor, with the run's resolution bounds.
@@ -55,26 +54,26 @@ def test_a_saved_processor_reloads_through_the_stock_classes(tiny_checkpoints, t
     out = subprocess.run([sys.executable, "-c", script, str(tmp_path / "model")], cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     names = json.loads(out.stdout.strip().splitlines()[-1])
-    assert names[:2] == [STOCK_PROCESSORS[family].__name__] * 2
+    assert names[:2] == [stock_processor_class(family).__name__] * 2
     assert names[2]["shortest_edge"] == names[2]["longest_edge"] == 12544
     reloaded = load_saved_processor(tmp_path / "model", family)
     for key, value in processed(processor, family).items():
         assert torch.equal(value, processed(reloaded, family)[key]), key
 
 
-@pytest.mark.parametrize("family", SUPPORTED_FAMILIES)
+@pytest.mark.parametrize("family", FAMILIES)
 def test_a_folder_saved_without_video_settings_still_loads(tiny_checkpoints, tmp_path, family):
     # model/ folders saved by this project's image-only processors (before torchvision was required)
     # hold an image processor and no video settings: they load, and process images as before.
     processor = load_processor(tiny_checkpoints[family], 3136, 50176)
     processor.save_pretrained(tmp_path)
     config = json.loads((tmp_path / "processor_config.json").read_text())
-    legacy = {"image_processor": config["image_processor"], "processor_class": f"ImageOnly{STOCK_PROCESSORS[family].__name__}"}
+    legacy = {"image_processor": config["image_processor"], "processor_class": f"ImageOnly{stock_processor_class(family).__name__}"}
     (tmp_path / "processor_config.json").write_text(json.dumps(legacy))
     with pytest.raises(OSError, match="Can't load video processor"):
-        STOCK_PROCESSORS[family].from_pretrained(tmp_path)  # what loading did before
+        stock_processor_class(family).from_pretrained(tmp_path)  # what loading did before
     reloaded = load_saved_processor(tmp_path, family)
-    assert type(reloaded) is STOCK_PROCESSORS[family] and reloaded.image_processor.size == processor.image_processor.size
+    assert type(reloaded) is stock_processor_class(family) and reloaded.image_processor.size == processor.image_processor.size
     for key, value in processed(processor, family).items():
         assert torch.equal(value, processed(reloaded, family)[key]), key
 
@@ -92,7 +91,7 @@ def test_without_torchvision_loading_stops_with_the_fix(tiny_checkpoints):
     assert "pip install -r requirements.txt" in out.stderr and "download.pytorch.org/whl/cpu" in out.stderr
 
 
-@pytest.mark.parametrize("family", SUPPORTED_FAMILIES)
+@pytest.mark.parametrize("family", FAMILIES)
 @pytest.mark.parametrize("min_pixels,max_pixels", PIXEL_BOUNDS)
 def test_resized_size_is_what_the_processor_feeds_the_model(tiny_checkpoints, family, min_pixels, max_pixels):
     # The same sizes as the boxes round-trip table: tiny, huge, extreme aspect ratios, random.
@@ -105,7 +104,7 @@ def test_resized_size_is_what_the_processor_feeds_the_model(tiny_checkpoints, fa
         # can exceed max_pixels; what matters is that our size equals the processor's.)
 
 
-@pytest.mark.parametrize("family", SUPPORTED_FAMILIES)
+@pytest.mark.parametrize("family", FAMILIES)
 @pytest.mark.parametrize("width,height", [(640, 480), (196, 9), (10, 1990), (33, 1200)])
 def test_model_input_size_is_the_processors_grid(tiny_checkpoints, family, width, height):
     processor = load_processor(tiny_checkpoints[family], 12544, 12544)
@@ -126,7 +125,7 @@ def test_read_family_rejects_other_models(tmp_path):
         read_family(tmp_path)
 
 
-@pytest.mark.parametrize("family", SUPPORTED_FAMILIES)
+@pytest.mark.parametrize("family", FAMILIES)
 @pytest.mark.parametrize("width,height", [(90, 60), (640, 480), (33, 1200)])
 def test_visual_token_count_is_the_number_of_image_tokens(tiny_checkpoints, family, width, height):
     processor = load_processor(tiny_checkpoints[family], 3136, 50176)

@@ -24,7 +24,7 @@ def train(checkpoint, out_dir, trainer_class=QwenVLSFTTrainer, use_lora=False, r
     set_seed(0)
     model, processor = load_model_and_processor(checkpoint, "none", "sdpa", torch.float32, "cpu", MIN_PIXELS, MAX_PIXELS)
     if use_lora:
-        model = wrap_lora(model, lora_config(["language"], 4, 8, 0.0))
+        model = wrap_lora(model, lora_config("qwen2_vl", ["language"], 4, 8, 0.0))
     prompt = detection_prompt("qwen2_vl", ["red circle", "green square", "blue triangle"])
     data = add_chat_columns(make_synthetic_dataset(32, seed=1), "qwen2_vl", prompt, MIN_PIXELS, MAX_PIXELS)
     params = DEFAULTS | {"max_steps": 8, "save_steps": 4, "logging_steps": 1, "eval_steps": 100, "per_device_train_batch_size": 4,
