@@ -9,23 +9,17 @@ from __future__ import annotations
 
 import json
 import math
-import re
 
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import smart_resize
 
+from helpers.answer_reader import read_dicts, read_tag_boxes
 from helpers.families import TAGS, get_family
 
 NORM_SCALE = 1000  # relative coordinates run from 0 to 1000 of the image side
 
-_NUMBER = r"(-?\d+(?:\.\d+)?)"
-# One Qwen2-VL box; the object_ref part is optional (a box right after another box keeps its label).
-_QWEN2_BOX_RE = re.compile(
-    r"(?:<\|object_ref_start\|>(?P<label>(?:(?!<\|).)*?)<\|object_ref_end\|>\s*)?"  # a label holds no tag
-    rf"<\|box_start\|>\s*\(\s*{_NUMBER}\s*,\s*{_NUMBER}\s*\)\s*,?\s*\(\s*{_NUMBER}\s*,\s*{_NUMBER}\s*\)\s*<\|box_end\|>",
-    re.DOTALL,
-)
-_JSON_OBJECT_RE = re.compile(r"\{[^{}]*\}")  # complete flat objects; a cut-off tail never matches
 JSON_BOX_KEYS = ("bbox_2d", "bbox")  # not Gemini's "box_2d", which is [y1, x1, y2, x2]: ambiguous
+# Qwen2.5-VL's text spotting answers name each box by its text (Qwen2.5-VL blog, its OCR grounding cases).
+JSON_LABEL_KEYS = ("label", "text_content")
 
 
 def resized_size(family: str, width: int, height: int, min_pixels: int, max_pixels: int) -> tuple[int, int]:
@@ -92,29 +86,21 @@ def is_box_of_numbers(values) -> bool:
     )
 
 
-def _tag_boxes(text: str) -> list[tuple[str, list[float], tuple[int, int]]]:
-    """``(label, [x1, y1, x2, y2], text span)`` from Qwen2-VL's tag syntax, in its 0..1000 frame."""
-    found, label = [], ""
-    for match in _QWEN2_BOX_RE.finditer(text):
-        label = match["label"].strip() if match["label"] is not None else label
-        coords = [float(v) for v in match.groups()[1:]]
-        if all(math.isfinite(v) for v in coords):
-            found.append((label, coords, match.span()))
-    return found
-
-
 def _json_boxes(text: str) -> list[tuple[str, list[float], tuple[int, int]]]:
-    """``(label, [x1, y1, x2, y2], text span)`` from every complete JSON object with a box key, in order."""
+    """``(label, [x1, y1, x2, y2], text span)`` from every closed object with a box key, in order."""
     found = []
-    for match in _JSON_OBJECT_RE.finditer(text):
-        try:
-            obj = json.loads(match.group())
-        except (json.JSONDecodeError, RecursionError):
-            continue
-        bbox = next((obj[key] for key in JSON_BOX_KEYS if key in obj), None)
+    for obj, span in sorted(read_dicts(text, JSON_BOX_KEYS), key=lambda item: item[1]):
+        bbox = next(obj[key] for key in JSON_BOX_KEYS if key in obj)
         if is_box_of_numbers(bbox):
-            found.append((str(obj.get("label", "")).strip(), [float(v) for v in bbox], match.span()))
+            label = next((obj[key] for key in JSON_LABEL_KEYS if isinstance(obj.get(key), str)), "")
+            found.append((label.strip(), [float(v) for v in bbox], span))
     return found
+
+
+def object_texts(text: str) -> list[str]:
+    """The text of every box object in an answer (JSON objects with a box key, then tag boxes), whitespace removed."""
+    spans = [span for _obj, span in read_dicts(text, JSON_BOX_KEYS)] + [span for _label, _box, span in read_tag_boxes(text)]
+    return ["".join(text[start:end].split()) for start, end in spans]
 
 
 def parse_model_answer(text: str, family: str, image_size: tuple[int, int], resized_size: tuple[int, int]) -> list[dict]:
@@ -130,16 +116,22 @@ def parse_model_answer_with_spans(
 ) -> list[tuple[dict, tuple[int, int]]]:
     """Boxes in original-image pixels, each with the ``(start, end)`` characters of its object in ``text``.
 
-    Either syntax is accepted from any family. The tag syntax is always read in its own 0..1000
-    frame; JSON is read in the family's frame (Qwen2.5-VL: resized pixels, others: 0..1000),
-    since the JSON text alone does not say which. Prose, code fences and a cut-off tail are
-    ignored; swapped corners are put in order and boxes are clipped to the image.
+    Accepted, from any family and anywhere in the text (``helpers.answer_reader`` has the syntax rules):
+    - Qwen2-VL's tags, always read in their own 0..1000 frame; when the answer holds any complete tag box,
+      only tag boxes are read;
+    - otherwise every closed object with a ``bbox_2d`` or ``bbox`` key holding 4 finite numbers, in strict
+      or tolerant JSON or a Python literal, nested anywhere, read in the family's frame (Qwen2.5-VL: resized
+      pixels, others: 0..1000), since the JSON text alone does not say which. Its label is the string under
+      ``label`` (or, for text spotting, ``text_content``), else ``""``; other keys (``point_2d``,
+      attributes) are ignored.
+    Swapped corners are put in order and boxes are clipped to the image. Never raises on any text, and
+    runs in time linear in its length.
     """
     get_family(family)  # an unknown family is an error even for text with no boxes
     if not isinstance(text, str):
         return []
     width, height = image_size
-    tagged = _tag_boxes(text)
+    tagged = [box for box in read_tag_boxes(text) if all(math.isfinite(v) for v in box[1])]
     if tagged:
         sx, sy = NORM_SCALE / width, NORM_SCALE / height
         raw = tagged
@@ -164,3 +156,22 @@ def box_iou(a_xyxy: list[float], b_xyxy: list[float]) -> float:
     area_b = max(0.0, b_xyxy[2] - b_xyxy[0]) * max(0.0, b_xyxy[3] - b_xyxy[1])
     union = area_a + area_b - inter
     return inter / union if union > 0 else 0.0
+
+
+def drop_duplicate_boxes(predictions: list[dict], iou_threshold: float) -> tuple[list[dict], int]:
+    """Drop every box of a label overlapping a higher-scored box of that label by ``iou_threshold`` or more (0: keep all).
+
+    Identical boxes are duplicates whatever their area. Returns the kept boxes in their order and how many were dropped.
+    """
+    if iou_threshold <= 0:
+        return list(predictions), 0
+    kept: list[int] = []
+    by_score = sorted(range(len(predictions)), key=lambda i: -predictions[i].get("score", 1.0))
+    for i in by_score:
+        box, label = predictions[i]["bbox_xyxy_px"], predictions[i]["label"]
+        if not any(
+            predictions[k]["label"] == label and (predictions[k]["bbox_xyxy_px"] == box or box_iou(predictions[k]["bbox_xyxy_px"], box) >= iou_threshold)
+            for k in kept
+        ):
+            kept.append(i)
+    return [predictions[i] for i in sorted(kept)], len(predictions) - len(kept)

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from helpers.boxes import box_iou, parse_model_answer, resized_size, sort_objects, to_model_answer
+from helpers.boxes import box_iou, drop_duplicate_boxes, object_texts, parse_model_answer, resized_size, sort_objects, to_model_answer
 from helpers.families import get_family
 from tests.cases import FAMILIES, IMAGE_SIZES, PIXEL_BOUNDS
 
@@ -188,3 +188,38 @@ def test_random_corruption_never_raises(family):
         for obj in parse_model_answer("".join(chars), family, (100, 80), (112, 84)):
             x1, y1, x2, y2 = obj["bbox_xyxy_px"]
             assert 0 <= x1 <= x2 <= 100 and 0 <= y1 <= y2 <= 80
+
+
+def scored(label: str, box: list[float], score: float) -> dict:
+    """A prediction as evaluation records it."""
+    return {"label": label, "bbox_xyxy_px": box, "score": score}
+
+
+@pytest.mark.parametrize(
+    "predictions,iou_threshold,kept,dropped",
+    [
+        ([scored("a", [0, 0, 10, 10], 0.5), scored("a", [0, 0, 10, 10], 0.9)], 0.95, [1], 1),  # the higher score stays
+        ([scored("a", [0, 0, 10, 10], 0.9), scored("a", [0, 0, 10, 10.2], 0.5)], 0.95, [0], 1),  # IoU 0.98
+        ([scored("a", [0, 0, 10, 10], 0.9), scored("a", [0, 0, 10, 12], 0.5)], 0.95, [0, 1], 0),  # IoU 0.83
+        ([scored("a", [0, 0, 10, 10], 0.9), scored("b", [0, 0, 10, 10], 0.5)], 0.95, [0, 1], 0),  # another label
+        ([scored("a", [5, 5, 5, 5], 0.9), scored("a", [5, 5, 5, 5], 0.5)], 0.95, [0], 1),  # identical, zero area
+        ([scored("a", [0, 0, 10, 10], 0.9), scored("a", [0, 0, 10, 10], 0.9)], 1.0, [0], 1),  # 1.0: identical only
+        ([scored("a", [0, 0, 10, 10], 0.9), scored("a", [0, 0, 10, 10], 0.9)], 0, [0, 1], 0),  # 0: off
+        ([scored("a", [0, 0, 10, 10], 0.1), scored("a", [50, 50, 60, 60], 0.8), scored("a", [0, 0, 10, 10], 0.7)], 0.95, [1, 2], 1),
+    ],
+)
+def test_drop_duplicate_boxes(predictions, iou_threshold, kept, dropped):
+    assert drop_duplicate_boxes(predictions, iou_threshold) == ([predictions[i] for i in kept], dropped)
+
+
+@pytest.mark.parametrize(
+    "text,expected",
+    [
+        ('[{"bbox_2d": [1, 2, 3, 4], "label": "a"}, {"bbox_2d": [1,2,3,4], "label":"a"}, {"point_2d": [1, 2]}]',
+         ['{"bbox_2d":[1,2,3,4],"label":"a"}'] * 2),
+        ("<|box_start|>(1,2),(3,4)<|box_end|> <|box_start|>( 1,2),(3,4)<|box_end|>", ["<|box_start|>(1,2),(3,4)<|box_end|>"] * 2),
+        ('[{"bbox_2d": [1, 2, 3', []),
+    ],
+)
+def test_object_texts_ignore_whitespace(text, expected):
+    assert object_texts(text) == expected
