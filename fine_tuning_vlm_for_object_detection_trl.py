@@ -77,6 +77,8 @@ output_root: str = "outputs"  # parent folder of every run folder
 report_to: str = "none"  # "none", "wandb" or "tensorboard"; W&B honours WANDB_MODE (online, offline, disabled)
 max_new_tokens: int = 160  # generation budget per answer; a JSON box is about 30 tokens
 generation_batch_size: int = 8  # images per generate() call in evaluation
+loop_repeats: int = 3  # stop an answer once one object's text has been written this many times: a loop (0: never)
+duplicate_iou: float = 0.95  # before scoring, drop a box overlapping a higher-scored same-label box this much (0: keep all)
 iou_eval_images: int = 16  # held-out images the IoU callback generates on at each evaluation (0: off)
 n_plot_images: int = 8  # images in each picture grid
 n_scaling_check_images: int = 3  # images in the coordinate-scaling check of section 2
@@ -472,13 +474,18 @@ token_stats = analyze_token_distribution(collator, splits["train"], processor, n
 # and set `repetition_penalty` 1.05, which penalises every digit already written), so evaluation
 # sets its own decoding and keeps only the checkpoint's stop tokens; the saved model keeps the
 # checkpoint's config for you. Boxes are read in the grid the processor actually produced.
+#
+# Qwen-VL models can loop: the same box again and again until `max_new_tokens`. An answer stops
+# once one object has been written `loop_repeats` times, and boxes duplicating a higher-scored box
+# of their label (IoU of at least `duplicate_iou`) are dropped before scoring; the metrics count both.
 
 # %%
 from helpers.inference import decoding_config, evaluate_model, explicit_settings, unused_generation_settings
 
 print("evaluation decodes with:", explicit_settings(decoding_config(model, processor, max_new_tokens)))
 print("not used from the checkpoint's generation config:", unused_generation_settings(model))
-eval_settings = dict(family=family, max_new_tokens=max_new_tokens, batch_size=generation_batch_size, class_names=class_names)
+eval_settings = dict(family=family, max_new_tokens=max_new_tokens, batch_size=generation_batch_size, class_names=class_names,
+                     loop_repeats=loop_repeats, duplicate_iou=duplicate_iou)
 baseline_records, baseline_metrics = evaluate_model(model, processor, splits["test"], **eval_settings)
 print("first answer:", repr(baseline_records[0]["raw_text"][:200]))
 baseline_metrics
@@ -618,6 +625,6 @@ if task == "grounding":  # ask for a class the image holds
 else:
     new_prompt = detection_prompt(family, class_names)
 print("prompt:", new_prompt)
-boxes = detect(saved_model, saved_processor, new_image, family, new_prompt, max_new_tokens, system_prompt)
+boxes = detect(saved_model, saved_processor, new_image, family, new_prompt, max_new_tokens, system_prompt, loop_repeats, duplicate_iou)
 plot_image_grid([new_image], [[(boxes, "magenta", "--")]], [f"{len(boxes)} boxes"], run_dir / "plots" / "inference.png", columns=1)
 boxes

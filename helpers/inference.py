@@ -8,6 +8,12 @@ of the softmax at each step; a recorder placed last among the logits processors 
 hallucinated object typically starts with an unlikely token and scores low. Scores are in [0, 1]
 and deterministic.
 
+Loops: Qwen-VL models can repeat one object, or cycle through a few, until ``max_new_tokens``
+(QwenLM/Qwen3-VL#718; Qwen3-VL's grounding cookbook: with over 40-50 instances "the model may enter an
+endless generation loop"). Generation stops an answer once one object's text has been written
+``loop_repeats`` times, and before scoring, boxes duplicating a higher-scored box of the same label
+(IoU at least ``duplicate_iou``) are dropped; both are counted per image and per run.
+
 Decoding is plain greedy whatever the checkpoint's ``generation_config.json`` holds, and boxes are
 mapped back through the grid the processor actually produced for each image (``image_grid_thw``),
 never through a second prediction of its resize.
@@ -15,18 +21,20 @@ never through a second prediction of its resize.
 
 from __future__ import annotations
 
+from collections import Counter
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import torch
 from datasets import Dataset
 from PIL import Image, ImageOps
 from tqdm.auto import tqdm
-from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
+from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
 from transformers.image_utils import load_image
 
-from helpers.boxes import parse_model_answer_with_spans
+from helpers.boxes import drop_duplicate_boxes, object_texts, parse_model_answer_with_spans
 from helpers.families import get_family
 from helpers.formatting import format_detection_messages
 from helpers.metrics import summarize_detections
@@ -38,6 +46,8 @@ from helpers.processing import model_input_size
 # checkpoints ship sampling fields and repetition_penalty 1.05, which would divide the logit of every
 # token already seen (digits and brackets included) by 1.05.
 GREEDY_DECODING = {"do_sample": False, "num_beams": 1}
+LOOP_REPEATS = 3  # stop an answer once one object's text has been written this many times (0: never stop early)
+DUPLICATE_IOU = 0.95  # drop a box overlapping a higher-scored box of the same label this much (1.0: identical only; 0: keep all)
 
 
 @dataclass
@@ -49,6 +59,7 @@ class Generation:
     token_probs: list[float]
     token_ends: list[int]
     model_size: tuple[int, int]  # (width, height) px of the image the model saw: image_grid_thw * patch size
+    loop_stopped: bool = False  # generation was stopped because the answer repeated an object
 
 
 class ChosenTokenProbability(LogitsProcessor):
@@ -60,6 +71,32 @@ class ChosenTokenProbability(LogitsProcessor):
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         self.steps.append(torch.softmax(scores.float(), dim=-1).max(dim=-1).values.cpu())
         return scores
+
+
+class RepeatedObjectStop(StoppingCriteria):
+    """Stop an answer once one object's text has been written ``repeats`` times: the model is looping."""
+
+    def __init__(self, tokenizer, prompt_length: int, repeats: int):
+        self.tokenizer, self.prompt_length, self.repeats = tokenizer, prompt_length, repeats
+        self.stopped_at: dict[int, int] = {}  # row -> answer tokens when it was stopped
+        self._closes: dict[int, bool] = {}  # token id -> can it end an object ("}" or <|box_end|>)
+
+    def _closes_object(self, token_id: int) -> bool:
+        """True for a token whose text can end an object; only then is the answer read again."""
+        if token_id not in self._closes:
+            piece = self.tokenizer.decode([token_id], skip_special_tokens=False)
+            self._closes[token_id] = "}" in piece or "<|box_end|>" in piece
+        return self._closes[token_id]
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs) -> torch.BoolTensor:
+        done = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+        for row, last in enumerate(input_ids[:, -1].tolist()):
+            if row not in self.stopped_at and self._closes_object(last):
+                answer = self.tokenizer.decode(input_ids[row, self.prompt_length :], skip_special_tokens=False)
+                if max(Counter(object_texts(answer)).values(), default=0) >= self.repeats:
+                    self.stopped_at[row] = input_ids.shape[1] - self.prompt_length
+            done[row] = row in self.stopped_at
+        return done
 
 
 def stop_token_ids(model, processor) -> set[int]:
@@ -136,11 +173,16 @@ def generate(
     batch_size: int,
     system_prompts: list[str] | None = None,
     chat_template_kwargs: dict | None = None,
+    loop_repeats: int = LOOP_REPEATS,
+    batch_logits_processors: Callable[[int], list[LogitsProcessor]] | None = None,
 ) -> list[Generation]:
     """Greedy answers with token probabilities, batched with left padding (equal to one-by-one).
 
     Each prompt goes with its system prompt ("": the template's default); ``chat_template_kwargs``
-    are the family's template options (``helpers.families``: Qwen3.5's non-thinking mode).
+    are the family's template options (``helpers.families``: Qwen3.5's non-thinking mode). An answer
+    stops once one object has been written ``loop_repeats`` times (0: never). ``batch_logits_processors``,
+    called for each batch with its prompt length, gives fresh processors that act before the token is
+    chosen (to constrain decoding, or to simulate a failure).
     """
     system_prompts = [""] * len(prompts) if system_prompts is None else list(system_prompts)
     if not len(images) == len(prompts) == len(system_prompts):
@@ -169,19 +211,24 @@ def generate(
             ]
             batch_images = [[img] for img in images[start : start + batch_size]]
             inputs = processor(text=texts, images=batch_images, return_tensors="pt", padding=True).to(model.device)
-            recorder = ChosenTokenProbability()
+            recorder = ChosenTokenProbability()  # last, so it reads the distribution the token is chosen from
+            prompt_length = inputs["input_ids"].shape[1]
+            loop_stop = RepeatedObjectStop(tokenizer, prompt_length, loop_repeats)
             with torch.inference_mode(), generation_config_in_force(model, config):
                 output = model.generate(
-                    **inputs, **no_router_logits, generation_config=config, logits_processor=LogitsProcessorList([recorder])
+                    **inputs, **no_router_logits, generation_config=config,
+                    logits_processor=LogitsProcessorList([*(batch_logits_processors(prompt_length) if batch_logits_processors else []), recorder]),
+                    stopping_criteria=StoppingCriteriaList([loop_stop] if loop_repeats > 0 else []),
                 )
             probs = torch.stack(recorder.steps, dim=1).tolist()
             grids = inputs["image_grid_thw"].tolist()  # one image per prompt, in order
-            for row, row_probs, grid in zip(output[:, inputs["input_ids"].shape[1] :].tolist(), probs, grids):
-                cut = next((i for i, tok in enumerate(row) if tok in stops), len(row))
+            for index, (row, row_probs, grid) in enumerate(zip(output[:, prompt_length:].tolist(), probs, grids)):
+                cut = min(next((i for i, tok in enumerate(row) if tok in stops), len(row)), loop_stop.stopped_at.get(index, len(row)))
                 # Keep special tokens: Qwen2-VL's boxes are written with <|box_start|> and friends.
                 text = tokenizer.decode(row[:cut], skip_special_tokens=False)
                 generations.append(
-                    Generation(text, row[:cut], row_probs[:cut], token_char_ends(tokenizer, row[:cut]), model_input_size(processor, grid))
+                    Generation(text, row[:cut], row_probs[:cut], token_char_ends(tokenizer, row[:cut]), model_input_size(processor, grid),
+                               loop_stopped=index in loop_stop.stopped_at)
                 )
     finally:
         tokenizer.padding_side = padding_side
@@ -221,13 +268,14 @@ def load_image_input(source: str | Path | Image.Image) -> Image.Image:
 
 
 def detect(
-    model, processor, image: str | Path | Image.Image, family: str, prompt: str, max_new_tokens: int, system_prompt: str = ""
+    model, processor, image: str | Path | Image.Image, family: str, prompt: str, max_new_tokens: int, system_prompt: str = "",
+    loop_repeats: int = LOOP_REPEATS, duplicate_iou: float = DUPLICATE_IOU,
 ) -> list[dict]:
     """Boxes with labels and scores, in the image's pixels, for one image: what a user calls after training."""
     image = load_image_input(image)
     chat_options = get_family(family).chat_template_kwargs
-    (generation,) = generate(model, processor, [image], [prompt], max_new_tokens, 1, [system_prompt], chat_options)
-    return scored_predictions(generation, family, image.size)
+    (generation,) = generate(model, processor, [image], [prompt], max_new_tokens, 1, [system_prompt], chat_options, loop_repeats)
+    return drop_duplicate_boxes(scored_predictions(generation, family, image.size), duplicate_iou)[0]
 
 
 def evaluate_model(
@@ -238,6 +286,9 @@ def evaluate_model(
     max_new_tokens: int,
     batch_size: int,
     class_names: list[str] | None = None,
+    loop_repeats: int = LOOP_REPEATS,
+    duplicate_iou: float = DUPLICATE_IOU,
+    batch_logits_processors: Callable[[int], list[LogitsProcessor]] | None = None,
 ) -> tuple[list[dict], dict]:
     """Generate on every image of ``dataset`` with its ``prompt`` (and ``system_prompt``) columns, parse and score the boxes, and compute the metrics.
 
@@ -245,23 +296,30 @@ def evaluate_model(
     training and evaluation ask the same question.
 
     ``class_names`` are the labels the model was taught (default: those in the ground truth);
-    predicted labels outside them are counted as unknown.
+    predicted labels outside them are counted as unknown. Answers stopped for looping and duplicate
+    boxes dropped are recorded per image (``loop_stopped``, ``duplicates_dropped``) and counted in the metrics.
     """
     if "prompt" not in dataset.column_names:
         raise ValueError("evaluate_model needs a 'prompt' column; add it with helpers.formatting.add_chat_columns")
     images = [img.convert("RGB") for img in dataset["image"]]
     system_prompts = dataset["system_prompt"] if "system_prompt" in dataset.column_names else None
     chat_options = get_family(family).chat_template_kwargs
-    generations = generate(model, processor, images, list(dataset["prompt"]), max_new_tokens, batch_size, system_prompts, chat_options)
+    generations = generate(
+        model, processor, images, list(dataset["prompt"]), max_new_tokens, batch_size, system_prompts, chat_options, loop_repeats,
+        batch_logits_processors,
+    )
     records = []
     for example, generation in zip(dataset.select_columns(["image_id", "width", "height", "objects"]), generations):
         image_size = (example["width"], example["height"])
+        predictions, duplicates = drop_duplicate_boxes(scored_predictions(generation, family, image_size), duplicate_iou)
         records.append(
             {
                 "image_id": example["image_id"],
                 "ground_truth": example["objects"],
                 "raw_text": generation.text,
-                "predictions": scored_predictions(generation, family, image_size),
+                "predictions": predictions,
+                "loop_stopped": generation.loop_stopped,
+                "duplicates_dropped": duplicates,
             }
         )
     return records, summarize_detections(records, class_names)

@@ -4,8 +4,9 @@ COCO metrics (mAP@[.5:.95], mAP@.5, mAP@.75, AR@100, per-class AP@.5, the precis
 at IoU 0.5) come from pycocotools, the reference implementation. Alongside: mean IoU of the ground
 truth under greedy one-to-one matching within each class (0 for a missed box), precision and
 recall at IoU 0.5 under that matching, accuracy at IoU 0.5 on single-object images (grounding),
-and the parse-failure rate. Records are ``{"ground_truth": [{"label", "bbox_xyxy_px"}],
-"predictions": [{"label", "bbox_xyxy_px", "score"}], "raw_text"}``.
+the parse-failure rate, and the counts of answers stopped for looping and of duplicate boxes
+dropped before scoring. Records are ``{"ground_truth": [{"label", "bbox_xyxy_px"}], "predictions":
+[{"label", "bbox_xyxy_px", "score"}], "raw_text", "loop_stopped", "duplicates_dropped"}``.
 """
 
 from __future__ import annotations
@@ -149,6 +150,8 @@ def summarize_detections(records: list[dict], class_names: list[str] | None = No
         "accuracy_50": accuracy,
         "n_single_object_images": n_single,
         "parse_failure_rate": failures / len(records) if records else math.nan,
+        "n_looping_answers": sum(bool(r.get("loop_stopped")) for r in records),
+        "n_duplicate_boxes_dropped": sum(r.get("duplicates_dropped", 0) for r in records),
         "n_unknown_label_predictions": coco["n_unknown_label_predictions"],
         "ap_50_per_class": coco["ap_50_per_class"],
         "pr_curve_50": coco["pr_curve_50"],

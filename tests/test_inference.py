@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import pytest
+import torch
 from transformers import AutoModelForImageTextToText
 
 from helpers.families import get_family
-from helpers.formatting import detection_prompt, format_detection_messages
-from helpers.inference import Generation, evaluate_model, generate, generate_answers, span_score, token_char_ends
+from helpers.formatting import add_chat_columns, detection_prompt, format_detection_messages
+from helpers.inference import (
+    DUPLICATE_IOU, LOOP_REPEATS, Generation, evaluate_model, generate, generate_answers, span_score, token_char_ends,
+)
+from helpers.notebook_cells import run_tagged_cells
 from helpers.processing import load_processor
 from tests.cases import FAMILIES
 from helpers.synthetic import make_synthetic_dataset
@@ -289,3 +293,59 @@ def test_a_mixture_set_up_for_its_auxiliary_loss_still_generates(tiny_checkpoint
     plain = generate(model, processor, images, prompts, max_new_tokens=6, batch_size=3)
     model.config.get_text_config().output_router_logits = True
     assert [g.token_ids for g in generate(model, processor, images, prompts, max_new_tokens=6, batch_size=3)] == [g.token_ids for g in plain]
+
+
+class ScriptedAnswer:
+    """A logits processor that makes the model write ``token_ids`` over and over, whatever it would write."""
+
+    def __init__(self, token_ids: list[int], prompt_length: int):
+        self.token_ids, self.prompt_length = token_ids, prompt_length
+
+    def __call__(self, input_ids, scores):
+        forced = self.token_ids[(input_ids.shape[1] - self.prompt_length) % len(self.token_ids)]
+        scores[:] = torch.finfo(scores.dtype).min
+        scores[:, forced] = 0.0
+        return scores
+
+
+def looping_model(tiny_checkpoints, family: str, one_object: str):
+    """A tiny model and processor, and a way to make it write ``one_object`` forever."""
+    processor = load_processor(tiny_checkpoints[family], MIN_PIXELS, MAX_PIXELS)
+    model = AutoModelForImageTextToText.from_pretrained(tiny_checkpoints[family])
+    loop_ids = processor.tokenizer.encode(one_object, add_special_tokens=False)
+    return model, processor, lambda prompt_length: [ScriptedAnswer(loop_ids, prompt_length)]
+
+
+LOOPS = {"qwen2_vl": "<|object_ref_start|>red circle<|object_ref_end|><|box_start|>(100,100),(300,300)<|box_end|>",
+         "qwen2_5_vl": '{"bbox_2d": [10, 10, 30, 30], "label": "red circle"}, '}
+
+
+@pytest.mark.parametrize("family,repeats", [("qwen2_vl", 3), ("qwen2_5_vl", 2), ("qwen2_5_vl", 5)])
+def test_a_looping_answer_stops_after_the_object_is_repeated(tiny_checkpoints, family, repeats):
+    model, processor, loop = looping_model(tiny_checkpoints, family, LOOPS[family])
+    images = [make_synthetic_dataset(1, seed=3)[0]["image"]] * 2
+    prompts = [detection_prompt(family, ["red circle"])] * 2
+    stopped = generate(model, processor, images, prompts, 160, 2, loop_repeats=repeats, batch_logits_processors=loop)
+    endless = generate(model, processor, images, prompts, 160, 2, loop_repeats=0, batch_logits_processors=loop)
+    one = LOOPS[family].removesuffix(", ")
+    for g in stopped:
+        assert g.loop_stopped and g.text.count(one) == repeats and len(g.token_ids) == len(g.token_probs) == len(g.token_ends)
+    assert all(not g.loop_stopped and len(g.token_ids) == 160 and g.text.count(one) > repeats for g in endless)
+
+
+@pytest.mark.parametrize("family", list(LOOPS))
+def test_evaluation_counts_looping_answers_and_dropped_duplicates(tiny_checkpoints, family):
+    model, processor, loop = looping_model(tiny_checkpoints, family, LOOPS[family])
+    dataset = add_chat_columns(make_synthetic_dataset(3, seed=5), family, detection_prompt(family, ["red circle"]), MIN_PIXELS, MAX_PIXELS)
+    settings = dict(family=family, max_new_tokens=120, batch_size=3, batch_logits_processors=loop)
+    records, metrics = evaluate_model(model, processor, dataset, **settings)  # the defaults: both controls on
+    assert metrics["n_looping_answers"] == 3 and metrics["n_duplicate_boxes_dropped"] == 3 * (LOOP_REPEATS - 1)
+    assert all(r["loop_stopped"] and r["duplicates_dropped"] == LOOP_REPEATS - 1 and len(r["predictions"]) == 1 for r in records)
+    records_off, metrics_off = evaluate_model(model, processor, dataset, **settings, loop_repeats=0, duplicate_iou=0)
+    assert metrics_off["n_looping_answers"] == metrics_off["n_duplicate_boxes_dropped"] == 0
+    assert all(len(r["predictions"]) > LOOP_REPEATS for r in records_off)
+
+
+def test_the_notebook_defaults_are_the_helpers_defaults():
+    parameters = run_tagged_cells("parameters")
+    assert (parameters["loop_repeats"], parameters["duplicate_iou"]) == (LOOP_REPEATS, DUPLICATE_IOU)

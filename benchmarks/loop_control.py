@@ -1,0 +1,116 @@
+"""What loop control buys on a model that loops: mAP, precision and generation time with the controls on and off.
+
+A run's trained model is made to loop the way Qwen-VL models are reported to (QwenLM/Qwen3-VL#718):
+where it would end its answer, ``ForcedLoop`` makes it write its last object again, and again, until
+``max_new_tokens``. The same test images are then evaluated four ways: the model as it is and
+looping, each with the controls off (``loop_repeats`` 0, ``duplicate_iou`` 0) and on (the defaults).
+
+    python benchmarks/loop_control.py --run-dir outputs/offline-demo
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO_ROOT))  # the benchmarks run as scripts from anywhere
+
+import torch  # noqa: E402
+from transformers import LogitsProcessor  # noqa: E402
+
+from helpers.boxes import object_texts  # noqa: E402
+from helpers.data import dataset_class_names, load_detection_splits  # noqa: E402
+from helpers.export import load_trained_model  # noqa: E402
+from helpers.formatting import add_chat_columns, expand_for_grounding, task_prompts  # noqa: E402
+from helpers.inference import DUPLICATE_IOU, LOOP_REPEATS, evaluate_model, stop_token_ids  # noqa: E402
+from helpers.modeling import pick_device_and_dtype  # noqa: E402
+from helpers.processing import read_family  # noqa: E402
+from helpers.run import resolve_model_path  # noqa: E402
+
+
+class ForcedLoop(LogitsProcessor):
+    """Where the model would end an answer that holds an object, force it to write its last object again, forever."""
+
+    def __init__(self, tokenizer, stop_ids: set[int], prompt_length: int):
+        self.tokenizer, self.stop_ids, self.prompt_length = tokenizer, stop_ids, prompt_length
+        self.loops: dict[int, list[int]] = {}  # row -> the token ids it repeats
+        self.written: dict[int, int] = {}  # row -> forced tokens so far
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        for row, chosen in enumerate(scores.argmax(dim=-1).tolist()):
+            if row not in self.loops and chosen in self.stop_ids:
+                answer = self.tokenizer.decode(input_ids[row, self.prompt_length :], skip_special_tokens=False)
+                objects = object_texts(answer)
+                if objects:
+                    again = objects[-1] if objects[-1].startswith("<|") else ", " + objects[-1]
+                    self.loops[row], self.written[row] = self.tokenizer.encode(again, add_special_tokens=False), 0
+            if row in self.loops:
+                loop = self.loops[row]
+                forced = loop[self.written[row] % len(loop)]
+                self.written[row] += 1
+                scores[row] = torch.finfo(scores.dtype).min
+                scores[row, forced] = 0.0
+        return scores
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    """Command-line interface."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--run-dir", default="outputs/offline-demo", help="a finished run: its params.json and model/")
+    parser.add_argument("--images", type=int, default=0, help="test images (0: the run's test_size)")
+    return parser.parse_args(argv)
+
+
+def load_run(run_dir: Path, n_images: int):
+    """The run's trained model and processor, family, parameters and test split, as its notebook built them."""
+    params = json.loads((run_dir / "params.json").read_text())["parameters"]
+    device, dtype = pick_device_and_dtype()
+    base = resolve_model_path(params["model_id"], REPO_ROOT / params["offline_model_dir"])
+    model, processor = load_trained_model(run_dir / "model", base, params["quantization"], params["attn_implementation"], dtype, device)
+    family = read_family(base)
+    synthetic = {"class_names": params["synthetic_classes"], "min_side_px": params["synthetic_min_side_px"],
+                 "max_side_px": params["synthetic_max_side_px"], "max_objects": params["synthetic_max_objects"],
+                 "position_tint": params["synthetic_position_tint"], "square": params["synthetic_square_images"]}
+    names = {"train": params["train_split"], "test": params["test_split"]}
+    sizes = {"train": params["train_size"], "test": n_images or params["test_size"]}
+    splits, _reports = load_detection_splits(params["dataset_source"], names, sizes, params["dataset_bbox_format"], params["seed"],
+                                             synthetic_options=synthetic, known_classes=params["dataset_classes"], strict=False)
+    test = expand_for_grounding(splits["test"]) if params["task"] == "grounding" else splits["test"]
+    class_names = dataset_class_names(splits["train"])
+    prompts = task_prompts(test, family, params["task"], class_names)
+    test = add_chat_columns(test, family, prompts, params["min_pixels"], params["max_pixels"], params["system_prompt"])
+    return model, processor, family, params, test, class_names
+
+
+def main(argv: list[str] | None = None) -> dict[str, dict]:
+    """Evaluate the four ways; print a table and return the figures."""
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    model, processor, family, params, test, class_names = load_run(REPO_ROOT / args.run_dir, args.images)
+    settings = dict(family=family, max_new_tokens=params["max_new_tokens"], batch_size=params["generation_batch_size"], class_names=class_names)
+    stops = stop_token_ids(model, processor)
+    results = {}
+    for looping in (False, True):
+        for controls in (False, True):
+            start = time.perf_counter()
+            records, metrics = evaluate_model(
+                model, processor, test, **settings,
+                loop_repeats=LOOP_REPEATS if controls else 0, duplicate_iou=DUPLICATE_IOU if controls else 0.0,
+                batch_logits_processors=(lambda prompt_length: [ForcedLoop(processor.tokenizer, stops, prompt_length)]) if looping else None,
+            )
+            name = f"{'looping' if looping else 'as trained'}, controls {'on' if controls else 'off'}"
+            results[name] = {"generation_s": time.perf_counter() - start, **{k: metrics[k] for k in (
+                "map_50", "precision_50", "recall_50", "n_predictions", "n_looping_answers", "n_duplicate_boxes_dropped")}}
+    print(f"{args.run_dir}: {family}, {len(test)} test images, max_new_tokens {params['max_new_tokens']}")
+    print(f"{'model':34s} {'mAP@.5':>7s} {'P@.5':>6s} {'R@.5':>6s} {'boxes':>6s} {'looping':>8s} {'dropped':>8s} {'seconds':>8s}")
+    for name, r in results.items():
+        print(f"{name:34s} {r['map_50']:7.3f} {r['precision_50']:6.3f} {r['recall_50']:6.3f} {r['n_predictions']:6d} "
+              f"{r['n_looping_answers']:8d} {r['n_duplicate_boxes_dropped']:8d} {r['generation_s']:8.1f}")
+    return results
+
+
+if __name__ == "__main__":
+    main()
