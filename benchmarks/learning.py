@@ -7,7 +7,7 @@ accuracy@0.5; detection: mAP@.5) before and after, mean IoU, the training time a
 run's wall time. Runs go to ``<output-root>/learning-<preset>-<family>/``; the figures also go to
 ``<output-root>/learning_benchmark.json``.
 
-    python benchmarks/learning.py                                   # both presets, three families
+    python benchmarks/learning.py                                   # both presets, every family (about 100 minutes)
     python benchmarks/learning.py --presets offline_grounding --families qwen2_5_vl
 """
 
