@@ -22,7 +22,7 @@ sys.path.insert(0, str(REPO_ROOT))  # the benchmarks run as scripts from anywher
 import torch  # noqa: E402
 from transformers import LogitsProcessor  # noqa: E402
 
-from helpers.boxes import object_texts  # noqa: E402
+from helpers.boxes import object_spans  # noqa: E402
 from helpers.data import dataset_class_names, load_detection_splits  # noqa: E402
 from helpers.export import load_trained_model  # noqa: E402
 from helpers.formatting import add_chat_columns, expand_for_grounding, task_prompts  # noqa: E402
@@ -44,9 +44,10 @@ class ForcedLoop(LogitsProcessor):
         for row, chosen in enumerate(scores.argmax(dim=-1).tolist()):
             if row not in self.loops and chosen in self.stop_ids:
                 answer = self.tokenizer.decode(input_ids[row, self.prompt_length :], skip_special_tokens=False)
-                objects = object_texts(answer)
-                if objects:
-                    again = objects[-1] if objects[-1].startswith("<|") else ", " + objects[-1]
+                spans = object_spans(answer)
+                if spans:
+                    last = answer[slice(*max(spans))]  # the object written last, as written
+                    again = last if last.startswith("<|") else ", " + last
                     self.loops[row], self.written[row] = self.tokenizer.encode(again, add_special_tokens=False), 0
             if row in self.loops:
                 loop = self.loops[row]
@@ -62,6 +63,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--run-dir", default="outputs/offline-demo", help="a finished run: its params.json and model/")
     parser.add_argument("--images", type=int, default=0, help="test images (0: the run's test_size)")
+    parser.add_argument("--max-new-tokens", type=int, default=0, help="generation budget (0: the run's max_new_tokens)")
     return parser.parse_args(argv)
 
 
@@ -75,11 +77,12 @@ def load_run(run_dir: Path, n_images: int):
     synthetic = {"class_names": params["synthetic_classes"], "min_side_px": params["synthetic_min_side_px"],
                  "max_side_px": params["synthetic_max_side_px"], "max_objects": params["synthetic_max_objects"],
                  "position_tint": params["synthetic_position_tint"], "square": params["synthetic_square_images"]}
-    names = {"train": params["train_split"], "test": params["test_split"]}
-    sizes = {"train": params["train_size"], "test": n_images or params["test_size"]}
+    names = {"train": params["train_split"], "eval": params["eval_split"], "test": params["test_split"]}
+    sizes = {"train": params["train_size"], "eval": params["eval_size"], "test": params["test_size"]}
     splits, _reports = load_detection_splits(params["dataset_source"], names, sizes, params["dataset_bbox_format"], params["seed"],
                                              synthetic_options=synthetic, known_classes=params["dataset_classes"], strict=False)
-    test = expand_for_grounding(splits["test"]) if params["task"] == "grounding" else splits["test"]
+    test = splits["test"].select(range(min(n_images or len(splits["test"]), len(splits["test"]))))
+    test = expand_for_grounding(test) if params["task"] == "grounding" else test
     class_names = dataset_class_names(splits["train"])
     prompts = task_prompts(test, family, params["task"], class_names)
     test = add_chat_columns(test, family, prompts, params["min_pixels"], params["max_pixels"], params["system_prompt"])
@@ -90,7 +93,8 @@ def main(argv: list[str] | None = None) -> dict[str, dict]:
     """Evaluate the four ways; print a table and return the figures."""
     args = parse_args(sys.argv[1:] if argv is None else argv)
     model, processor, family, params, test, class_names = load_run(REPO_ROOT / args.run_dir, args.images)
-    settings = dict(family=family, max_new_tokens=params["max_new_tokens"], batch_size=params["generation_batch_size"], class_names=class_names)
+    max_new_tokens = args.max_new_tokens or params["max_new_tokens"]
+    settings = dict(family=family, max_new_tokens=max_new_tokens, batch_size=params["generation_batch_size"], class_names=class_names)
     stops = stop_token_ids(model, processor)
     results = {}
     for looping in (False, True):
@@ -104,7 +108,7 @@ def main(argv: list[str] | None = None) -> dict[str, dict]:
             name = f"{'looping' if looping else 'as trained'}, controls {'on' if controls else 'off'}"
             results[name] = {"generation_s": time.perf_counter() - start, **{k: metrics[k] for k in (
                 "map_50", "precision_50", "recall_50", "n_predictions", "n_looping_answers", "n_duplicate_boxes_dropped")}}
-    print(f"{args.run_dir}: {family}, {len(test)} test images, max_new_tokens {params['max_new_tokens']}")
+    print(f"{args.run_dir}: {family}, {len(test)} test images, max_new_tokens {max_new_tokens}")
     print(f"{'model':34s} {'mAP@.5':>7s} {'P@.5':>6s} {'R@.5':>6s} {'boxes':>6s} {'looping':>8s} {'dropped':>8s} {'seconds':>8s}")
     for name, r in results.items():
         print(f"{name:34s} {r['map_50']:7.3f} {r['precision_50']:6.3f} {r['recall_50']:6.3f} {r['n_predictions']:6d} "

@@ -97,10 +97,14 @@ def _json_boxes(text: str) -> list[tuple[str, list[float], tuple[int, int]]]:
     return found
 
 
+def object_spans(text: str) -> list[tuple[int, int]]:
+    """Where each box object of an answer lies (JSON objects with a box key, then tag boxes), as ``(start, end)`` characters."""
+    return [span for _obj, span in read_dicts(text, JSON_BOX_KEYS)] + [span for _label, _box, span in read_tag_boxes(text)]
+
+
 def object_texts(text: str) -> list[str]:
-    """The text of every box object in an answer (JSON objects with a box key, then tag boxes), whitespace removed."""
-    spans = [span for _obj, span in read_dicts(text, JSON_BOX_KEYS)] + [span for _label, _box, span in read_tag_boxes(text)]
-    return ["".join(text[start:end].split()) for start, end in spans]
+    """The text of every box object in an answer, whitespace removed (so a repeat counts whatever its spacing)."""
+    return ["".join(text[start:end].split()) for start, end in object_spans(text)]
 
 
 def parse_model_answer(text: str, family: str, image_size: tuple[int, int], resized_size: tuple[int, int]) -> list[dict]:

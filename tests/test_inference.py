@@ -325,12 +325,12 @@ def test_a_looping_answer_stops_after_the_object_is_repeated(tiny_checkpoints, f
     model, processor, loop = looping_model(tiny_checkpoints, family, LOOPS[family])
     images = [make_synthetic_dataset(1, seed=3)[0]["image"]] * 2
     prompts = [detection_prompt(family, ["red circle"])] * 2
-    stopped = generate(model, processor, images, prompts, 160, 2, loop_repeats=repeats, batch_logits_processors=loop)
-    endless = generate(model, processor, images, prompts, 160, 2, loop_repeats=0, batch_logits_processors=loop)
+    stopped = generate(model, processor, images, prompts, 200, 2, loop_repeats=repeats, batch_logits_processors=loop)
+    endless = generate(model, processor, images, prompts, 200, 2, loop_repeats=0, batch_logits_processors=loop)
     one = LOOPS[family].removesuffix(", ")
     for g in stopped:
         assert g.loop_stopped and g.text.count(one) == repeats and len(g.token_ids) == len(g.token_probs) == len(g.token_ends)
-    assert all(not g.loop_stopped and len(g.token_ids) == 160 and g.text.count(one) > repeats for g in endless)
+    assert all(not g.loop_stopped and len(g.token_ids) == 200 and g.text.count(one) > repeats for g in endless)
 
 
 @pytest.mark.parametrize("family", list(LOOPS))
