@@ -139,9 +139,10 @@ def test_offline_run_end_to_end(tmp_path, model_id, source):
         for key in ("map_50_95", "map_50", "map_75", "precision_50", "recall_50", "parse_failure_rate"):
             assert metrics[stage][key] is not None and 0 <= metrics[stage][key] <= 1, (stage, key)
         assert set(metrics[stage]["ap_50_per_class"]) >= {"blue triangle", "green square", "red circle"}
+        assert metrics[stage]["n_looping_answers"] <= 8 and metrics[stage]["n_duplicate_boxes_dropped"] >= 0
     for name in ("predictions.jsonl", "predictions_baseline.jsonl"):
         rows = [json.loads(line) for line in (run_dir / name).read_text().splitlines()]
-        assert len(rows) == 8 and all(set(row) == {"image_id", "ground_truth", "raw_text", "predictions"} for row in rows)
+        assert len(rows) == 8 and all(set(row) == {"image_id", "ground_truth", "raw_text", "predictions", "loop_stopped", "duplicates_dropped"} for row in rows)
         for prediction in (p for row in rows for p in row["predictions"]):
             assert set(prediction) == {"label", "bbox_xyxy_px", "score"} and 0 <= prediction["score"] <= 1
     history = json.loads((run_dir / "log_history.json").read_text())
