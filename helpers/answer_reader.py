@@ -30,15 +30,15 @@ from dataclasses import dataclass, field
 MAX_DEPTH = 64  # containers nested deeper are skipped (their closing brackets are still matched)
 
 _OPENER_RE = re.compile(r"[{\[]")  # outside any container only these start something; quotes are prose there
-_TOKEN_RE = re.compile(
-    r"""(?P<space>\s+)
-      | (?P<punct>[{}\[\]():,])
+_TOKEN_RE = re.compile(  # whitespace before a token is taken with it: one step per token
+    r"""\s*(?:
+        (?P<punct>[{}\[\]():,])
       | (?P<string>"(?:[^"\\]|\\.)*"|'(?:[^'\\]|\\.)*')
       | (?P<number>[-+]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][-+]?[0-9]+)?)
       | (?P<word>[A-Za-z_][A-Za-z0-9_]*)
       | (?P<open_quote>["'])
       | (?P<other>[^\s{}\[\]():,"'A-Za-z0-9_+.\-]+|.)
-    """,
+    )""",
     re.VERBOSE | re.DOTALL,
 )
 _WORDS = {"true": True, "false": False, "null": None, "none": None, "nan": math.nan, "infinity": math.inf}
@@ -112,8 +112,8 @@ def read_dicts(text: str, keys: tuple[str, ...]) -> list[tuple[dict, tuple[int, 
         if skipped:
             skipped -= 1
             return
-        if not any(frame.is_dict == want_dict for frame in stack):
-            return  # a stray closing bracket
+        if not (stack and stack[-1].is_dict == want_dict) and not any(frame.is_dict == want_dict for frame in stack):
+            return  # a stray closing bracket (the common case, a matching one on top, skips the search)
         while True:
             frame = stack.pop()
             if frame.is_dict and any(key in frame.value for key in keys):
@@ -129,7 +129,9 @@ def read_dicts(text: str, keys: tuple[str, ...]) -> list[tuple[dict, tuple[int, 
                 break
             pos = opener.start()
         token = _TOKEN_RE.match(text, pos)
-        kind, value, pos = token.lastgroup, token.group(), token.end()
+        if token is None:
+            break  # only whitespace is left
+        kind, value, pos = token.lastgroup, token.group(token.lastgroup), token.end()
         if kind == "punct":
             if value in "{[(":
                 if len(stack) >= MAX_DEPTH or skipped:

@@ -144,8 +144,8 @@ def parse_model_answer_with_spans(
         raw = _json_boxes(text)
     objects = []
     for label, (x1, y1, x2, y2), span in raw:
-        x1, x2 = sorted((x1 / sx, x2 / sx))  # swapped corners are normalised
-        y1, y2 = sorted((y1 / sy, y2 / sy))
+        x1, x2 = min(x1, x2) / sx, max(x1, x2) / sx  # swapped corners are normalised
+        y1, y2 = min(y1, y2) / sy, max(y1, y2) / sy
         box = [min(max(x1, 0.0), width), min(max(y1, 0.0), height), min(max(x2, 0.0), width), min(max(y2, 0.0), height)]
         objects.append(({"label": label, "bbox_xyxy_px": box}, span))
     return objects
