@@ -28,4 +28,4 @@ test: venv
 	$(VPY) -m pytest -q tests
 
 clean-outputs:
-	rm -rf outputs/*/ outputs/.offline_models
+	rm -rf outputs/*/ outputs/.offline_models outputs/.tool_cache

@@ -25,75 +25,80 @@
 # Every knob is in the next cell; papermill overrides them (`-p name value` or `-f preset.yaml`).
 
 # %% tags=["parameters"]
-model_id: str = "offline:qwen2_vl"  # hub id, local checkpoint dir, or "offline:<model_type>" (tiny random model built here; see helpers.families)
-task: str = "detection"  # "detection": find every class in one answer; "grounding": the prompt names one class to find
+from typing import Annotated  # each knob: name: Annotated[type, the values it allows] = default
+
+from helpers.parameters import AT_LEAST_0, AT_LEAST_1, ATTENTION, BBOX_FORMAT, FRACTION, NON_EMPTY, POSITIVE, QUANTIZATION  # noqa: I001
+from helpers.parameters import REPEATS, REPORT_TO, RUN_NAME, SCHEDULE, SIDE_PX, STEPS, TASK
+
+model_id: Annotated[str, NON_EMPTY] = "offline:qwen2_vl"  # hub id, local checkpoint dir, or "offline:<model_type>" (tiny random model built here; see helpers.families)
+task: Annotated[str, TASK] = "detection"  # "detection": find every class in one answer; "grounding": the prompt names one class to find
 system_prompt: str = ""  # the system turn; empty keeps the family template's default (Qwen2/2.5-VL: a helpful assistant; Qwen3-VL: none)
-offline_model_dir: str = "outputs/.offline_models"  # cache of "offline:" checkpoints, built once
-dataset_source: str = "synthetic"  # "synthetic", a hub id, or a local folder: save_to_disk, COCO or JSONL (see helpers.data)
-dataset_bbox_format: str = "xywh"  # hub and JSONL boxes: "xywh" (COCO) or "xyxy", in pixels; COCO files are always xywh
+offline_model_dir: Annotated[str, NON_EMPTY] = "outputs/.offline_models"  # cache of "offline:" checkpoints, built once
+dataset_source: Annotated[str, NON_EMPTY] = "synthetic"  # "synthetic", a hub id, or a local folder: save_to_disk, COCO or JSONL (see helpers.data)
+dataset_bbox_format: Annotated[str, BBOX_FORMAT] = "xywh"  # hub and JSONL boxes: "xywh" (COCO) or "xyxy", in pixels; COCO files are always xywh
 dataset_classes: list = []  # labels the data may use; others are skipped as unknown (empty: all)
 data_strict: bool = False  # True: a bad record stops loading with its name; False: fix or skip it and count it
-train_split: str = "train"  # source split for training (hub/local datasets only)
-eval_split: str = "validation"  # source split for the eval loss during training
-test_split: str = "test"  # source split for the before/after detection metrics
-train_size: int = 2048  # images; synthetic: generated, hub: the first N (0 for all)
-eval_size: int = 32  # images for the eval loss during training
-test_size: int = 32  # held-out images for the before/after detection metrics
-synthetic_classes: list = ["red circle", "green square", "blue triangle"]  # see helpers.synthetic.CLASS_STYLES
-synthetic_min_side_px: int = 96  # synthetic image sides are drawn from [min, max] independently
-synthetic_max_side_px: int = 224  # upper bound of a synthetic image side
-synthetic_max_objects: int = 4  # 1..N objects per synthetic image
+train_split: Annotated[str, NON_EMPTY] = "train"  # source split for training (hub/local datasets only)
+eval_split: Annotated[str, NON_EMPTY] = "validation"  # source split for the eval loss during training
+test_split: Annotated[str, NON_EMPTY] = "test"  # source split for the before/after detection metrics
+train_size: Annotated[int, AT_LEAST_0] = 2048  # images; synthetic: generated, hub: the first N (0 for all)
+eval_size: Annotated[int, AT_LEAST_0] = 32  # images for the eval loss during training
+test_size: Annotated[int, AT_LEAST_0] = 32  # held-out images for the before/after detection metrics
+synthetic_classes: Annotated[list, NON_EMPTY] = ["red circle", "green square", "blue triangle"]  # see helpers.synthetic.CLASS_STYLES
+synthetic_min_side_px: Annotated[int, SIDE_PX] = 96  # synthetic image sides are drawn from [min, max] independently
+synthetic_max_side_px: Annotated[int, SIDE_PX] = 224  # upper bound of a synthetic image side
+synthetic_max_objects: Annotated[int, AT_LEAST_1] = 4  # 1..N objects per synthetic image
 synthetic_position_tint: bool = True  # red/green background tint along x/y: a sense of place for a random vision tower
 synthetic_square_images: bool = False  # square images of varied size (all resized to one grid when min_pixels equals max_pixels)
-min_pixels: int = 3136  # 56*56: smallest image area the processor resizes up to
-max_pixels: int = 50176  # 224*224: largest area (Qwen2-VL's default is 28*28*1280, 1003520)
+min_pixels: Annotated[int, AT_LEAST_1] = 3136  # 56*56: smallest image area the processor resizes up to
+max_pixels: Annotated[int, AT_LEAST_1] = 50176  # 224*224: largest area (Qwen2-VL's default is 28*28*1280, 1003520)
 use_lora: bool = False  # False: full fine-tuning (the offline model starts from random weights)
-lora_rank: int = 16  # LoRA adapter rank (used when use_lora is True)
-lora_alpha: int = 32  # LoRA scale: alpha / rank, 32 / 16 is 2
-lora_dropout: float = 0.05  # dropout on the LoRA branch
-lora_targets: list = ["language"]  # blocks to adapt: any of "language", "vision" (tower), "merger", and "experts" for MoE families
-quantization: str = "none"  # "none", "8bit", or "4bit" (QLoRA, CUDA only)
-attn_implementation: str = "sdpa"  # "sdpa", "eager" or "flash_attention_2" (needs flash-attn on GPU)
-learning_rate: float = 1e-3  # 1e-3 suits the random tiny model; use ~2e-4 for LoRA on a real model
-num_train_epochs: float = 1.0  # used when max_steps is -1
-max_steps: int = 1500  # optimizer steps; -1 to run num_train_epochs instead
-per_device_train_batch_size: int = 8  # images per optimizer micro-step on each device
-per_device_eval_batch_size: int = 8  # images per eval-loss step
-gradient_accumulation_steps: int = 1  # effective batch: per-device batch * accumulation * GPUs
+lora_rank: Annotated[int, AT_LEAST_1] = 16  # LoRA adapter rank (used when use_lora is True)
+lora_alpha: Annotated[int, AT_LEAST_1] = 32  # LoRA scale: alpha / rank, 32 / 16 is 2
+lora_dropout: Annotated[float, FRACTION] = 0.05  # dropout on the LoRA branch
+lora_targets: Annotated[list, NON_EMPTY] = ["language"]  # blocks to adapt: any of "language", "vision" (tower), "merger", and "experts" for MoE families
+quantization: Annotated[str, QUANTIZATION] = "none"  # "none", "8bit", or "4bit" (QLoRA, CUDA only)
+attn_implementation: Annotated[str, ATTENTION] = "sdpa"  # "sdpa", "eager" or "flash_attention_2" (needs flash-attn on GPU)
+learning_rate: Annotated[float, POSITIVE] = 1e-3  # 1e-3 suits the random tiny model; use ~2e-4 for LoRA on a real model
+num_train_epochs: Annotated[float, POSITIVE] = 1.0  # used when max_steps is -1
+max_steps: Annotated[int, STEPS] = 1500  # optimizer steps; -1 to run num_train_epochs instead
+per_device_train_batch_size: Annotated[int, AT_LEAST_1] = 8  # images per optimizer micro-step on each device
+per_device_eval_batch_size: Annotated[int, AT_LEAST_1] = 8  # images per eval-loss step
+gradient_accumulation_steps: Annotated[int, AT_LEAST_1] = 1  # effective batch: per-device batch * accumulation * GPUs
 padding_free: bool = False  # pack each batch into one row (pays off with flash-attention; see section 5)
-warmup_ratio: float = 0.05  # fraction of the total steps spent warming the learning rate up
-lr_scheduler_type: str = "cosine"  # "cosine", "linear" or "constant_with_warmup"
-weight_decay: float = 0.0  # AdamW decoupled weight decay
-max_grad_norm: float = 1.0  # gradient-norm clipping
-logging_steps: int = 50  # log the training loss every N optimizer steps
-eval_steps: int = 500  # compute the eval loss every N steps
-save_steps: int = 750  # write a checkpoint every N steps
-save_total_limit: int = 2  # checkpoints kept in the run folder
-resume_from_checkpoint: bool | str = False  # True: continue from this run's latest checkpoint; or a checkpoint path
+warmup_ratio: Annotated[float, FRACTION] = 0.05  # fraction of the total steps spent warming the learning rate up
+lr_scheduler_type: Annotated[str, SCHEDULE] = "cosine"  # "cosine", "linear" or "constant_with_warmup"
+weight_decay: Annotated[float, AT_LEAST_0] = 0.0  # AdamW decoupled weight decay
+max_grad_norm: Annotated[float, AT_LEAST_0] = 1.0  # gradient-norm clipping (0: none)
+logging_steps: Annotated[int, AT_LEAST_1] = 50  # log the training loss every N optimizer steps
+eval_steps: Annotated[int, AT_LEAST_1] = 500  # compute the eval loss every N steps
+save_steps: Annotated[int, AT_LEAST_1] = 750  # write a checkpoint every N steps
+save_total_limit: Annotated[int, AT_LEAST_1] = 2  # checkpoints kept in the run folder
+resume_from_checkpoint: Annotated[bool | str, NON_EMPTY] = False  # True: continue from this run's latest checkpoint; or a checkpoint path
 merge_adapter: bool = False  # LoRA on an unquantised base: also save model_merged/, base and adapter in one
-seed: int = 42  # seeds Python, NumPy, torch and the synthetic data
-run_name: str = "offline-demo"  # the run writes outputs/<run_name>/ and nothing else
-output_root: str = "outputs"  # parent folder of every run folder
-report_to: str = "none"  # "none", "wandb" or "tensorboard"; W&B honours WANDB_MODE (online, offline, disabled)
-max_new_tokens: int = 160  # generation budget per answer; a JSON box is about 30 tokens
-generation_batch_size: int = 8  # images per generate() call in evaluation
-loop_repeats: int = 3  # stop an answer once one object's text has been written this many times: a loop (0: never)
-duplicate_iou: float = 0.95  # before scoring, drop a box overlapping a higher-scored same-label box this much (0: keep all)
-iou_eval_images: int = 16  # held-out images the IoU callback generates on at each evaluation (0: off)
-n_plot_images: int = 8  # images in each picture grid
-n_scaling_check_images: int = 3  # images in the coordinate-scaling check of section 2
+seed: Annotated[int, AT_LEAST_0] = 42  # seeds Python, NumPy, torch and the synthetic data
+run_name: Annotated[str, RUN_NAME] = "offline-demo"  # the run writes outputs/<run_name>/ and nothing else
+output_root: Annotated[str, NON_EMPTY] = "outputs"  # parent folder of every run folder (~ is expanded)
+report_to: Annotated[str, REPORT_TO] = "none"  # "none", "wandb" or "tensorboard"; W&B honours WANDB_MODE (online, offline, disabled)
+max_new_tokens: Annotated[int, AT_LEAST_1] = 160  # generation budget per answer; a JSON box is about 30 tokens
+generation_batch_size: Annotated[int, AT_LEAST_1] = 8  # images per generate() call in evaluation
+loop_repeats: Annotated[int, REPEATS] = 3  # stop an answer once one object's text has been written this many times: a loop (0: never)
+duplicate_iou: Annotated[float, FRACTION] = 0.95  # before scoring, drop a box overlapping a higher-scored same-label box this much (0: keep all)
+iou_eval_images: Annotated[int, AT_LEAST_0] = 16  # held-out images the IoU callback generates on at each evaluation (0: off)
+n_plot_images: Annotated[int, AT_LEAST_1] = 8  # images in each picture grid
+n_scaling_check_images: Annotated[int, AT_LEAST_1] = 3  # images in the coordinate-scaling check of section 2
 
 # %% [markdown]
-# The next cell checks every parameter against its declared type, so a typo in a papermill call
-# (`-p learning_rate 2e-4x`) stops here with a clear message instead of deep inside training,
-# and derives the values that depend on them (papermill does not recompute derived values).
+# The next cell checks every parameter against the type and values declared beside it, so a typo in
+# a papermill call (`-p learning_rate 2e-4x`, `-p per_device_train_batch_size 0`) stops here with a
+# message naming the parameter instead of deep inside training (`helpers.run_notebook` checks the same
+# before a kernel starts), and derives the values that depend on them (papermill does not recompute
+# derived values).
 
 # %%
-from helpers.formatting import TASKS
-from helpers.run import check_choice, check_parameters
+from helpers.parameters import check_parameters
 
 params = check_parameters({name: globals()[name] for name in __annotations__}, __annotations__)
-check_choice("task", task, TASKS)
 split_names = {"train": train_split, "eval": eval_split, "test": test_split}
 split_sizes = {"train": train_size, "eval": eval_size, "test": test_size}
 params

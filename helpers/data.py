@@ -36,10 +36,10 @@ from datasets import Image as ImageFeature
 from PIL import ExifTags, Image, ImageOps
 
 from helpers.boxes import is_box_of_numbers
+from helpers.parameters import BBOX_FORMATS
 from helpers.schema import DETECTION_FEATURES
 from helpers.synthetic import make_synthetic_dataset
 
-BBOX_FORMATS = ("xywh", "xyxy")  # xywh = COCO [x, y, width, height]; xyxy = [x1, y1, x2, y2]
 CLIP_TOLERANCE_PX = 1.0  # overshoot up to this is float noise of the annotation tool: clipped, not reported
 MAX_EXAMPLES = 20  # problem messages kept per split in the report
 CHUNK_RECORDS = 256  # records encoded into Arrow at a time, so decoded images never pile up in memory

@@ -6,9 +6,9 @@ from datasets import Dataset
 
 from helpers.boxes import resized_size, to_model_answer
 from helpers.families import JSON, TAGS, get_family
+from helpers.parameters import TASKS
 
 IGNORE_INDEX = -100  # label value that cross-entropy skips
-TASKS = ("detection", "grounding")  # every class in one answer, or one class named in the prompt
 VISION_TOKENS = ("<|image_pad|>", "<|video_pad|>", "<|vision_start|>", "<|vision_end|>")  # placeholders and delimiters
 
 # How the instruction names each answer syntax (helpers.families: which family writes which, in which units).

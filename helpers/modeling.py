@@ -10,10 +10,9 @@ from transformers import AutoModelForImageTextToText, BitsAndBytesConfig
 from transformers.utils import is_flash_attn_2_available
 
 from helpers.families import get_family
+from helpers.parameters import ATTENTION_CHOICES, QUANTIZATION_CHOICES
 from helpers.processing import load_processor
 
-QUANTIZATION_CHOICES = ("none", "8bit", "4bit")
-ATTENTION_CHOICES = ("sdpa", "eager", "flash_attention_2")
 
 
 def pick_device_and_dtype() -> tuple[str, torch.dtype]:

@@ -15,5 +15,5 @@ def run_tagged_cells(tag: str) -> dict:
         raise LookupError(f"no code cell tagged {tag!r} in {NOTEBOOK_PATH.name}")
     namespace: dict = {"__name__": f"notebook_{tag}"}
     for cell in cells:
-        exec(compile(cell.source, f"{NOTEBOOK_PATH.name}[{tag}]", "exec"), namespace)
+        exec(compile(cell.source, f"{NOTEBOOK_PATH.name}[{tag}]", "exec", dont_inherit=True), namespace)  # as the kernel runs it
     return namespace

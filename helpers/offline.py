@@ -221,6 +221,11 @@ def build_tiny_checkpoint(family: str, out_dir: str | Path, seed: int = 0) -> Pa
     fingerprint = _build_fingerprint(family, seed, tokenizer, config)
     if stamp.exists() and json.loads(stamp.read_text()).get("fingerprint") == fingerprint:
         return out_dir
+    if out_dir.is_symlink() or (out_dir.exists() and not stamp.is_file() and any(out_dir.iterdir())):
+        raise FileExistsError(
+            f"{out_dir} exists and is not an offline checkpoint built here (no {stamp.name}), so it will not be replaced; "
+            "point offline_model_dir at another folder"
+        )
     tokenizer.chat_template = hub_chat_template(family)
     torch.manual_seed(seed)
     model = AutoModelForImageTextToText.from_config(config)

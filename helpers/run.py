@@ -1,13 +1,13 @@
-"""Run bookkeeping: parameter checks, the run folder, seeds, and JSON outputs."""
+"""Run bookkeeping: the run folder (created, checked, and only ever deleted when this project made it), and JSON outputs."""
 
 from __future__ import annotations
 
 import json
 import math
 import platform
-import types
-import typing
+import shutil
 from pathlib import Path
+from typing import Annotated
 
 import torch
 import transformers
@@ -15,39 +15,10 @@ import transformers
 from helpers.families import FAMILY_NAMES
 from helpers.gpu import device_report
 from helpers.offline import build_tiny_checkpoint
+from helpers.parameters import RunName, check_value, expand_path
 
 OFFLINE_PREFIX = "offline:"  # model_id "offline:qwen2_vl" = the tiny random checkpoint built here
-
-
-def check_parameters(values: dict, annotations: dict) -> dict:
-    """Check each parameter against its annotated type; return the values as a plain dict."""
-    unknown = sorted(set(values) - set(annotations))
-    if unknown:
-        raise ValueError(f"unknown parameters {unknown}; the notebook's parameters are {sorted(annotations)}")
-    for name, expected in annotations.items():
-        value = values[name]
-        origin = typing.get_origin(expected)
-        if origin in (types.UnionType, typing.Union):
-            allowed = tuple(typing.get_origin(t) or t for t in typing.get_args(expected))
-        else:
-            allowed = (origin or expected,)
-        if float in allowed:
-            allowed += (int,)  # papermill types -p 1 as int; it is a fine float
-        if isinstance(value, bool) and bool not in allowed:
-            allowed = ()  # bool is an int subclass: a flag given for a number is a mistake
-        if not isinstance(value, allowed):
-            raise TypeError(
-                f"parameter {name}={value!r} is {type(value).__name__}, expected {expected}; "
-                "with papermill use -p for numbers and booleans, -r for raw strings, -y/-f for lists"
-            )
-    return {name: values[name] for name in annotations}
-
-
-def check_choice(name: str, value: str, allowed: tuple[str, ...]) -> str:
-    """Return ``value`` when it is one of ``allowed``; otherwise an error naming the parameter and the choices."""
-    if value not in allowed:
-        raise ValueError(f"parameter {name}={value!r} must be one of {allowed}")
-    return value
+RUN_MARKER = ".run_folder.json"  # written into every run folder this project creates: --overwrite deletes only those
 
 
 def resolve_model_path(model_id: str, offline_model_dir: str | Path) -> str:
@@ -57,15 +28,54 @@ def resolve_model_path(model_id: str, offline_model_dir: str | Path) -> str:
     family = model_id.removeprefix(OFFLINE_PREFIX)
     if family not in FAMILY_NAMES:
         raise ValueError(f"model_id={model_id!r}: expected offline:<family> with family one of {', '.join(FAMILY_NAMES)}")
-    return str(build_tiny_checkpoint(family, Path(offline_model_dir) / family))
+    return str(build_tiny_checkpoint(family, expand_path(offline_model_dir) / family))
+
+
+def run_folder(output_root: str | Path, run_name: str) -> Path:
+    """``<output_root>/<run_name>`` with ``~`` expanded, once ``run_name`` is checked to be one safe folder name."""
+    check_value("run_name", run_name, Annotated[str, RunName()])
+    return expand_path(output_root) / run_name
+
+
+def is_run_folder(path: Path) -> bool:
+    """True for a real folder (not a link) that this project created as a run folder: it holds the marker, or,
+    written before markers existed, a ``params.json`` of this project naming this very run."""
+    if not path.is_dir() or path.is_symlink():
+        return False
+    if (path / RUN_MARKER).is_file():
+        return True
+    try:
+        recorded = json.loads((path / "params.json").read_text())
+        return set(recorded) == {"parameters", "environment"} and recorded["parameters"].get("run_name") == path.name
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def prepare_run_dir(output_root: str | Path, run_name: str) -> Path:
-    """Create ``<output_root>/<run_name>/`` with its ``plots/`` folder."""
-    if not run_name or "/" in run_name or run_name in (".", ".."):
-        raise ValueError(f"run_name={run_name!r} must be a plain folder name")
-    run_dir = Path(output_root) / run_name
+    """Create ``<output_root>/<run_name>/`` with its ``plots/`` folder and marker; refuse a folder this project did not create."""
+    run_dir = run_folder(output_root, run_name)
+    # A folder holding only papermill's output (made by hand for a direct papermill run) becomes a run folder.
+    if run_dir.is_symlink() or (
+        run_dir.exists() and not is_run_folder(run_dir) and any(p.name != "notebook.ipynb" for p in run_dir.iterdir())
+    ):
+        raise FileExistsError(
+            f"{run_dir} exists and is not a run folder of this project (no {RUN_MARKER}); choose another run_name or output_root"
+        )
     (run_dir / "plots").mkdir(parents=True, exist_ok=True)
+    if not (run_dir / RUN_MARKER).is_file():
+        (run_dir / RUN_MARKER).write_text(json.dumps({"run_name": run_name, "created_by": "fine_tuning_vlm_for_object_detection_trl"}) + "\n")
+    return run_dir
+
+
+def remove_run_dir(output_root: str | Path, run_name: str) -> Path:
+    """Delete ``<output_root>/<run_name>/`` for ``--overwrite``: only a run folder this project created, directly in ``output_root``."""
+    run_dir = run_folder(output_root, run_name)
+    if not is_run_folder(run_dir) or run_dir.resolve().parent != expand_path(output_root):
+        raise FileExistsError(
+            f"{run_dir} is not a run folder this project created (no {RUN_MARKER}), so --overwrite will not delete it; "
+            "choose another run_name, or remove it yourself"
+        )
+    shutil.rmtree(run_dir)
     return run_dir
 
 

@@ -1,45 +1,83 @@
 """Run the notebook headlessly with papermill into ``<output_root>/<run_name>/notebook.ipynb``.
 
 Usage: ``python -m helpers.run_notebook --preset params/offline_demo.yaml -p max_steps 20``.
-It is the same as ``jupytext --to ipynb --output - NOTEBOOK | papermill - OUT -f PRESET -p ...``,
-plus checks that every parameter name exists before a kernel starts, and a run folder made first.
+It is the same as ``jupytext --to ipynb --output - NOTEBOOK | papermill - OUT -f PRESET -p ...``
+(``-p``, ``-r``, ``-y`` and ``-f``/``--parameters_file`` read values exactly as papermill does), plus:
+every parameter is checked against its declared type and values before a kernel starts; the run folder
+is made first, and ``--overwrite`` deletes only a run folder this project created; the executed
+notebook is written to a temporary file and renamed, so ``notebook.ipynb`` is always whole.
 """
 
 from __future__ import annotations
 
 import argparse
-import ast
 import json
 import logging
-import shutil
+import os
 import sys
 from pathlib import Path
 
 import jupytext
 import papermill
 import yaml
+from papermill.cli import _resolve_type as papermill_value  # papermill's own typing of -p values
+from papermill.iorw import NoDatesSafeLoader
 
 from helpers.metrics import format_comparison
+from helpers.parameters import check_parameters, expand_path
+from helpers.run import prepare_run_dir, remove_run_dir, run_folder
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOK_PATH = REPO_ROOT / "fine_tuning_vlm_for_object_detection_trl.py"
+TOOL_CACHE = ".tool_cache"  # in output_root: matplotlib's and IPython's caches for headless runs
 
 
-def notebook_defaults(notebook) -> dict:
-    """Names and literal default values of the notebook's ``parameters``-tagged cell."""
+class UniqueKeyLoader(NoDatesSafeLoader):
+    """Papermill's YAML loader, refusing a mapping that names a key twice (YAML would keep the last silently)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _value_node in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
+def read_parameter_yaml(text: str, origin: str) -> dict:
+    """A YAML mapping of parameters (empty text: none); anything else is an error naming ``origin``."""
+    try:
+        values = yaml.load(text, Loader=UniqueKeyLoader)
+    except yaml.YAMLError as error:
+        raise SystemExit(f"{origin}: {error}") from error
+    if values is None:
+        return {}
+    if not isinstance(values, dict):
+        raise SystemExit(f"{origin}: expected a mapping of parameter names to values, got a {type(values).__name__}")
+    return values
+
+
+def notebook_declarations(notebook) -> tuple[dict, dict]:
+    """The defaults and the declared types of the notebook's ``parameters``-tagged cell, by running that cell alone."""
     cells = [cell for cell in notebook.cells if "parameters" in cell.get("metadata", {}).get("tags", [])]
     if len(cells) != 1:
         raise ValueError(f"expected exactly one parameters-tagged cell, found {len(cells)}")
-    defaults = {}
-    for node in ast.parse(cells[0].source).body:
-        if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
-            defaults[node.target.id] = ast.literal_eval(node.value)
-    return defaults
+    namespace: dict = {"__name__": "notebook_parameters"}
+    # dont_inherit: this module's `from __future__ import annotations` would turn the declarations into strings
+    exec(compile(cells[0].source, f"{NOTEBOOK_PATH.name}[parameters]", "exec", dont_inherit=True), namespace)
+    annotations = namespace.get("__annotations__", {})
+    return {name: namespace[name] for name in annotations}, annotations
+
+
+def notebook_defaults(notebook) -> dict:
+    """Names and default values of the notebook's parameters."""
+    return notebook_declarations(notebook)[0]
 
 
 def resolve_parameters(defaults: dict, preset: dict, overrides: dict) -> dict:
-    """Defaults, then the preset, then ``-p`` overrides; unknown names are an error."""
-    for origin, values in (("preset", preset), ("-p", overrides)):
+    """Defaults, then the preset, then the command line's overrides; unknown names are an error."""
+    for origin, values in (("preset", preset), ("command line", overrides)):
         unknown = sorted(set(values) - set(defaults))
         if unknown:
             raise SystemExit(f"{origin}: unknown parameters {unknown}; known: {sorted(defaults)}")
@@ -47,40 +85,88 @@ def resolve_parameters(defaults: dict, preset: dict, overrides: dict) -> dict:
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    """Command-line interface."""
+    """Command-line interface: papermill's parameter options, plus the run folder's."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--preset", type=Path, help="papermill YAML parameter file (params/*.yaml)")
-    parser.add_argument("-p", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"), help="override; VALUE is read as YAML")
-    parser.add_argument("--overwrite", action="store_true", help="delete an existing run folder of the same name first")
+    parser.add_argument("--preset", "-f", "--parameters_file", dest="presets", type=Path, action="append", default=[],
+                        help="YAML parameter file (params/*.yaml); several are applied in order")
+    parser.add_argument("-y", "--parameters_yaml", action="append", default=[], help="YAML mapping of parameters")
+    parser.add_argument("-p", "--parameters", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
+                        help="override, typed as papermill does: True/False/None, an int, a float, else a string")
+    parser.add_argument("-r", "--parameters_raw", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"), help="override kept as a string")
+    parser.add_argument("--overwrite", action="store_true", help="delete an existing run folder of the same name first (only one this project created)")
     return parser.parse_args(argv)
 
 
+def command_line_parameters(args: argparse.Namespace) -> tuple[dict, dict]:
+    """The presets' values, and the overrides from -y, -p and -r (applied in papermill's order)."""
+    preset: dict = {}
+    for path in args.presets:
+        preset |= read_parameter_yaml(path.read_text(), str(path))
+    overrides: dict = {}
+    for index, text in enumerate(args.parameters_yaml):
+        overrides |= read_parameter_yaml(text, f"-y #{index + 1}")
+    overrides |= {name: papermill_value(value) for name, value in args.parameters}
+    overrides |= {name: value for name, value in args.parameters_raw}
+    return preset, overrides
+
+
+def keep_whole_notebook(partial: Path, final: Path) -> None:
+    """Rename papermill's output to its final name when it is whole JSON; otherwise leave it and say so."""
+    if not partial.is_file():
+        return
+    try:
+        json.loads(partial.read_text())
+    except (OSError, ValueError):
+        print(f"the executed notebook could not be written whole (disk full?); kept the partial file {partial}", file=sys.stderr)
+        return
+    os.replace(partial, final)
+
+
 def main(argv: list[str] | None = None) -> Path:
-    """Execute the notebook and return the run folder."""
+    """Check the parameters, make the run folder, execute the notebook and return the run folder."""
     args = parse_args(sys.argv[1:] if argv is None else argv)
     notebook = jupytext.read(NOTEBOOK_PATH)
-    preset = (yaml.safe_load(args.preset.read_text()) or {}) if args.preset else {}  # an empty file is {}
-    overrides = {name: yaml.safe_load(value) for name, value in args.p}
-    parameters = resolve_parameters(notebook_defaults(notebook), preset, overrides)
-    run_dir = (REPO_ROOT / parameters["output_root"] / parameters["run_name"]).resolve()
-    if run_dir.exists() and parameters.get("resume_from_checkpoint") not in (False, "", None):
+    defaults, annotations = notebook_declarations(notebook)
+    preset, overrides = command_line_parameters(args)
+    parameters = resolve_parameters(defaults, preset, overrides)
+    try:
+        check_parameters(parameters, annotations)  # the notebook's first cell checks the same, for direct papermill use
+    except (TypeError, ValueError) as error:
+        raise SystemExit(str(error)) from error
+    run_dir = run_folder(parameters["output_root"], parameters["run_name"])
+    if run_dir.exists() and parameters["resume_from_checkpoint"] not in (False, "", None):
         print(f"resuming in the existing run folder {run_dir}")  # its checkpoints are what we resume from
-    elif run_dir.exists():
+    elif run_dir.exists() or run_dir.is_symlink():
         if not args.overwrite:
             raise SystemExit(f"run folder {run_dir} exists; choose another run_name, pass --overwrite, or resume")
-        shutil.rmtree(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            remove_run_dir(parameters["output_root"], parameters["run_name"])
+        except FileExistsError as error:
+            raise SystemExit(str(error)) from error
+    try:
+        prepare_run_dir(parameters["output_root"], parameters["run_name"])
+    except FileExistsError as error:
+        raise SystemExit(str(error)) from error
+    # The kernel's tools keep caches in the home folder (matplotlib's font list, IPython's profile): keep them
+    # beside the offline checkpoints instead, unless the user has chosen where they go.
+    tool_cache = expand_path(parameters["output_root"]) / TOOL_CACHE
+    for variable, folder in (("MPLCONFIGDIR", "matplotlib"), ("IPYTHONDIR", "ipython")):
+        os.environ.setdefault(variable, str(tool_cache / folder))
     # papermill logs the cells' printed output at INFO; show it so a headless run reads like the notebook.
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    papermill.execute_notebook(
-        notebook,
-        str(run_dir / "notebook.ipynb"),
-        parameters=preset | overrides,
-        kernel_name="python3",
-        cwd=str(REPO_ROOT),
-        log_output=True,
-        progress_bar=False,
-    )
+    partial = run_dir / ".notebook.ipynb.partial"  # papermill saves as it goes; the final name only ever holds a whole file
+    try:
+        papermill.execute_notebook(
+            notebook,
+            str(partial),
+            parameters=preset | overrides,
+            kernel_name="python3",
+            cwd=str(REPO_ROOT),
+            log_output=True,
+            progress_bar=False,
+        )
+    finally:
+        keep_whole_notebook(partial, run_dir / "notebook.ipynb")
     metrics = json.loads((run_dir / "metrics.json").read_text())
     print(format_comparison(metrics["baseline"], metrics["finetuned"]))
     print(f"run folder: {run_dir}")

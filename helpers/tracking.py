@@ -10,7 +10,7 @@ import netrc
 import os
 from pathlib import Path
 
-from helpers.training import REPORT_TO_CHOICES
+from helpers.parameters import REPORT_TO_CHOICES
 
 WANDB_MODES = ("online", "offline", "disabled")
 
@@ -38,6 +38,10 @@ def configure_reporting(report_to: str, run_dir: str | Path, environ: dict = os.
     if report_to != "wandb":
         return report_to
     environ["WANDB_DIR"] = str(run_dir)  # W&B writes its local files under WANDB_DIR/wandb
+    # Its service also writes core-debug and symon-debug logs under ~/.cache/wandb/logs (measured with
+    # wandb 0.31) unless WANDB_CACHE_DIR says otherwise; artifacts are staged under WANDB_DATA_DIR.
+    environ["WANDB_CACHE_DIR"] = str(Path(run_dir) / "wandb" / "cache")
+    environ["WANDB_DATA_DIR"] = str(Path(run_dir) / "wandb" / "data")
     mode = environ.get("WANDB_MODE", "online")
     if mode not in WANDB_MODES:
         raise ValueError(f"WANDB_MODE={mode!r}; expected one of {WANDB_MODES}")

@@ -18,9 +18,9 @@ import psutil
 import pytest
 import yaml
 
-from helpers.run import check_parameters
+from helpers.parameters import check_parameters
 from helpers.synthetic import make_synthetic_dataset
-from helpers.run_notebook import NOTEBOOK_PATH, REPO_ROOT, notebook_defaults, resolve_parameters
+from helpers.run_notebook import NOTEBOOK_PATH, REPO_ROOT, TOOL_CACHE, notebook_declarations, notebook_defaults, resolve_parameters
 from tests.cases import write_coco_split
 
 NOTEBOOK = jupytext.read(NOTEBOOK_PATH)
@@ -28,21 +28,20 @@ DEFAULTS = notebook_defaults(NOTEBOOK)
 
 
 def parameter_annotations() -> dict:
-    """Parameter name -> annotated type, evaluated from the parameters cell."""
-    cell = next(c for c in NOTEBOOK.cells if "parameters" in c.metadata.get("tags", []))
-    return {node.target.id: eval(ast.unparse(node.annotation)) for node in ast.parse(cell.source).body}
+    """Parameter name -> declared type and rule, from running the parameters cell."""
+    return notebook_declarations(NOTEBOOK)[1]
 
 
 def test_parameters_cell_is_first_and_only_holds_typed_commented_literals():
     code_cells = [c for c in NOTEBOOK.cells if c.cell_type == "code"]
     assert code_cells[0].metadata.get("tags") == ["parameters"]
     assert sum("parameters" in c.metadata.get("tags", []) for c in code_cells) == 1
-    lines = [line for line in code_cells[0].source.splitlines() if line.strip()]
+    lines = [line for line in code_cells[0].source.splitlines() if line.strip() and not line.startswith(("from ", "import "))]
     for line in lines:
-        assert re.match(r"^\w+: [\w| ]+ = .+  # .+", line), f"parameter line needs a type and a comment: {line}"
+        assert re.match(r"^\w+: [\w|\[\], ]+ = .+  # .+", line), f"parameter line needs a type (and rule) and a comment: {line}"
         assert "=" not in line.split("#", 1)[1], f"papermill cannot parse '=' in a parameter comment: {line}"
     for node in ast.parse(code_cells[0].source).body:
-        assert isinstance(node, ast.AnnAssign)
+        assert isinstance(node, (ast.AnnAssign, ast.ImportFrom))
 
 
 def test_sections_are_numbered_without_gaps():
@@ -66,7 +65,8 @@ def runner_command(tmp_path: Path, *overrides: str) -> list[str]:
     """The runner's command line for the smoke preset writing into ``tmp_path``, with ``name=value`` overrides."""
     args = ["--preset", "params/offline_smoke.yaml", "-p", "output_root", str(tmp_path), "-p", "offline_model_dir", str(tmp_path / "models")]
     for name_value in overrides:
-        args += ["-p", *name_value.split("=", 1)]
+        name, value = name_value.split("=", 1)
+        args += ["-y", f"{name}: {value}"]
     return [sys.executable, "-m", "helpers.run_notebook", *args]
 
 
@@ -106,7 +106,7 @@ def test_offline_run_end_to_end(tmp_path, model_id, source):
     assert f"run folder: {run_dir}" in result.stdout
 
     # Everything the run wrote is in its folder (plus the shared offline-model cache we pointed at tmp).
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["models", "offline-smoke"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [TOOL_CACHE, "models", "offline-smoke"]
     assert sorted(p.name for p in REPO_ROOT.iterdir()) == repo_entries_before
     for name in ["notebook.ipynb", "params.json", "metrics.json", "predictions.jsonl", "predictions_baseline.jsonl",
                  "log_history.json", "data_report.json", "plots/samples.png", "plots/coordinate_check.png",
@@ -195,12 +195,28 @@ def test_lora_run_saves_the_adapter_and_a_merged_model(tmp_path):
     assert "training collator: padding-free with sdpa" in (tmp_path / "lora" / "notebook.ipynb").read_text()
 
 
+def files_written_since(root: Path, since: float) -> list[Path]:
+    """Files under ``root`` modified since ``since`` (the virtual environment, git's folder and bytecode caches aside)."""
+    written = []
+    for folder, subfolders, files in os.walk(root):
+        subfolders[:] = [name for name in subfolders if name not in (".venv", ".git", "__pycache__", ".pytest_cache")]
+        written += [Path(folder) / name for name in files if (Path(folder) / name).stat().st_mtime >= since]
+    return written
+
+
 def test_wandb_offline_run_logs_callbacks_and_keeps_secrets_out(tmp_path):
     secrets = {"WANDB_API_KEY": "wandbsecret" + "0" * 29, "HF_TOKEN": "hf_secrettoken0123456789"}
-    env = os.environ | secrets | {"WANDB_MODE": "offline"}
+    home = tmp_path / "home"  # a fresh home folder: W&B's own logs would land in ~/.cache/wandb
+    home.mkdir()
+    env = os.environ | secrets | {"WANDB_MODE": "offline", "HOME": str(home)}
+    started = time.time()
     result = run_notebook(tmp_path, "report_to=wandb", "max_steps=2", "eval_steps=2", "save_steps=2", "test_size=2", "run_name=wb", env=env)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     run_dir = tmp_path / "wb"
+    # Nothing is written outside the run folder and the offline cache: not in the home folder, not in the repository.
+    caches = (tmp_path / "models", tmp_path / TOOL_CACHE)  # the offline checkpoints, matplotlib's and IPython's caches
+    assert [p for p in tmp_path.rglob("*") if p.is_file() and not p.is_relative_to(run_dir) and not any(p.is_relative_to(c) for c in caches)] == []
+    assert files_written_since(REPO_ROOT, started) == []
     wandb_files = [p for p in (run_dir / "wandb").rglob("*") if p.is_file()]
     assert any(p.suffix == ".wandb" for p in wandb_files)  # an offline W&B run inside the run folder
     assert any(b"grad_norm_clipped" in p.read_bytes() for p in wandb_files)  # the callbacks reached W&B

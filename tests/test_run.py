@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 
-from helpers.run import check_choice, check_parameters, prepare_run_dir, resolve_model_path, write_json, write_jsonl
+from helpers.parameters import check_parameters
+from helpers.run import RUN_MARKER, prepare_run_dir, remove_run_dir, resolve_model_path, write_json, write_jsonl
 
 ANNOTATIONS = {"lr": float, "steps": int, "name": str, "flag": bool, "classes": list, "maybe": str | None}
 GOOD = {"lr": 1e-3, "steps": 3, "name": "x", "flag": True, "classes": ["a"], "maybe": None}
@@ -40,19 +42,51 @@ def test_unknown_parameter_is_named():
         check_parameters(GOOD | {"lerning_rate": 1.0}, ANNOTATIONS)
 
 
-@pytest.mark.parametrize("value, ok", [("detection", True), ("grounding", True), ("Grounding", False), ("", False)])
-def test_check_choice_names_the_parameter_and_the_choices(value, ok):
-    if ok:
-        assert check_choice("task", value, ("detection", "grounding")) == value
-    else:
-        with pytest.raises(ValueError, match=r"task=.* must be one of \('detection', 'grounding'\)"):
-            check_choice("task", value, ("detection", "grounding"))
-
-
-@pytest.mark.parametrize("run_name", ["", "a/b", "..", "."])
+@pytest.mark.parametrize("run_name", ["", "a/b", "..", ".", "/abs", "~", ".hidden", "a b", 7, None])
 def test_bad_run_names(tmp_path, run_name):
-    with pytest.raises(ValueError, match="must be a plain folder name"):
+    with pytest.raises((ValueError, TypeError), match="parameter run_name="):
         prepare_run_dir(tmp_path, run_name)
+
+
+def test_a_run_folder_carries_its_marker_and_only_such_a_folder_is_removed(tmp_path):
+    run_dir = prepare_run_dir(tmp_path, "mine")
+    assert (run_dir / RUN_MARKER).is_file()
+    (tmp_path / "theirs").mkdir()
+    (tmp_path / "theirs" / "sentinel").write_text("keep")
+    with pytest.raises(FileExistsError, match="not a run folder of this project"):
+        prepare_run_dir(tmp_path, "theirs")
+    with pytest.raises(FileExistsError, match="will not delete it"):
+        remove_run_dir(tmp_path, "theirs")
+    (tmp_path / "link").symlink_to(tmp_path / "mine")
+    with pytest.raises(FileExistsError):
+        remove_run_dir(tmp_path, "link")
+    assert (tmp_path / "theirs" / "sentinel").read_text() == "keep" and run_dir.is_dir()
+    remove_run_dir(tmp_path, "mine")
+    assert not run_dir.exists()
+
+
+def test_a_run_folder_written_before_markers_is_still_recognised(tmp_path):
+    legacy = tmp_path / "old-run"
+    legacy.mkdir()
+    (legacy / "params.json").write_text(json.dumps({"parameters": {"run_name": "old-run"}, "environment": {}}))
+    (tmp_path / "renamed").mkdir()
+    (tmp_path / "renamed" / "params.json").write_text(json.dumps({"parameters": {"run_name": "old-run"}, "environment": {}}))
+    with pytest.raises(FileExistsError):
+        remove_run_dir(tmp_path, "renamed")  # a params.json naming another run is not enough
+    remove_run_dir(tmp_path, "old-run")
+    assert not legacy.exists() and (tmp_path / "renamed").exists()
+
+
+def test_a_folder_holding_only_papermills_output_becomes_a_run_folder(tmp_path):
+    (tmp_path / "by-hand").mkdir()
+    (tmp_path / "by-hand" / "notebook.ipynb").write_text("{}")
+    assert (prepare_run_dir(tmp_path, "by-hand") / RUN_MARKER).is_file()
+
+
+def test_output_root_expands_the_home_folder(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert prepare_run_dir("~/runs", "r1") == tmp_path / "runs" / "r1"
+    assert not (Path.cwd() / "~").exists()
 
 
 def test_run_dir_layout(tmp_path):

@@ -78,11 +78,17 @@ def test_printed_training_config_shows_the_arithmetic(tmp_path):
     assert "75 warm-up steps then cosine" in text and "5.86 epochs" in text and "precision         fp32" in text
 
 
-def make_checkpoint(folder, step, complete=True):
+def make_checkpoint(folder, step, complete=True, weights="model.safetensors"):
+    """A checkpoint folder with every file the trainer writes (trainer_state.json last, as it does), or one cut before the state."""
+    from safetensors.torch import save_file
+
     path = folder / f"checkpoint-{step}"
     path.mkdir(parents=True)
+    save_file({"w": torch.zeros(64)}, path / weights)
+    for name in ("optimizer.pt", "scheduler.pt", "rng_state.pth"):
+        torch.save({"state": torch.zeros(64)}, path / name)
     if complete:
-        (path / "trainer_state.json").write_text("{}")
+        (path / "trainer_state.json").write_text('{"global_step": %d}' % step)
     return path
 
 
@@ -91,10 +97,45 @@ def test_resume_choices(tmp_path):
     with pytest.raises(ValueError, match="no complete checkpoint"):
         resolve_resume(True, tmp_path)
     make_checkpoint(tmp_path, 5)
-    make_checkpoint(tmp_path, 10)
-    make_checkpoint(tmp_path, 15, complete=False)  # interrupted while being written
-    assert latest_complete_checkpoint(tmp_path) == tmp_path / "checkpoint-10"
-    assert resolve_resume(True, tmp_path) == str(tmp_path / "checkpoint-10")
+    make_checkpoint(tmp_path, 10, weights="adapter_model.safetensors")
+    make_checkpoint(tmp_path, 15, complete=False)  # killed while being written: the state comes last
+    assert latest_complete_checkpoint(tmp_path, print_fn=lambda *_: None) == tmp_path / "checkpoint-10"
+    assert resolve_resume(True, tmp_path, print_fn=lambda *_: None) == str(tmp_path / "checkpoint-10")
     assert resolve_resume(str(tmp_path / "checkpoint-5"), tmp_path) == str(tmp_path / "checkpoint-5")
-    with pytest.raises(ValueError, match="not a checkpoint folder"):
+    with pytest.raises(ValueError, match="trainer_state.json is missing"):
         resolve_resume(str(tmp_path / "checkpoint-15"), tmp_path)
+
+
+def truncate(path):
+    """Cut a file to half its length, as a full disk or a killed writer leaves it."""
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+BREAKAGES = [(name, how) for name in ("trainer_state.json", "model.safetensors", "optimizer.pt", "scheduler.pt", "rng_state.pth")
+             for how in ("missing", "truncated")]
+
+
+@pytest.mark.parametrize("name,how", BREAKAGES, ids=[f"{n}-{h}" for n, h in BREAKAGES])
+def test_resume_skips_a_checkpoint_with_any_file_missing_or_truncated(tmp_path, name, how):
+    make_checkpoint(tmp_path, 5)
+    broken = make_checkpoint(tmp_path, 10)
+    (broken / name).unlink() if how == "missing" else truncate(broken / name)
+    printed = []
+    assert resolve_resume(True, tmp_path, print_fn=printed.append) == str(tmp_path / "checkpoint-5")
+    reason = f"{name} is {'missing' if how == 'missing' else 'truncated or unreadable'}"
+    if (name, how) == ("model.safetensors", "missing"):
+        reason = "no model weights (model.safetensors, its index, or adapter_model.safetensors)"
+    assert printed == [f"resume: skipping checkpoint-10: {reason}"]
+    with pytest.raises(ValueError, match=f"cannot be resumed from: {reason}".replace("(", r"\(").replace(")", r"\)")):
+        resolve_resume(str(broken), tmp_path)
+
+
+def test_resume_checks_every_shard_of_a_sharded_checkpoint(tmp_path):
+    import json
+
+    folder = make_checkpoint(tmp_path, 5, weights="model-00001-of-00002.safetensors")
+    (folder / "model.safetensors.index.json").write_text(json.dumps(
+        {"weight_map": {"a": "model-00001-of-00002.safetensors", "b": "model-00002-of-00002.safetensors"}}))
+    with pytest.raises(ValueError, match="model-00002-of-00002.safetensors is missing"):
+        resolve_resume(str(folder), tmp_path)
