@@ -14,7 +14,8 @@
 # %% [markdown]
 # # Fine-tuning Qwen vision-language models for object detection with TRL
 #
-# You will fine-tune a Qwen2-VL, Qwen2.5-VL or Qwen3-VL model to answer "where is every object?"
+# You will fine-tune a Qwen-VL model (Qwen2-VL, Qwen2.5-VL, Qwen3-VL, Qwen3.5, or their mixture-of-experts
+# variants) to answer "where is every object?"
 # with boxes in the model family's own coordinate convention, train on the answer tokens only, and
 # measure the result before and after training on held-out images.
 #
@@ -22,7 +23,8 @@
 # Qwen-VL built locally and a synthetic dataset) on any CPU in minutes. A real model
 # (`model_id="Qwen/Qwen2-VL-2B-Instruct"`) needs a CUDA GPU; `quantization="4bit"` with LoRA
 # (QLoRA) keeps the memory of a 2B model small.
-# Every knob is in the next cell; papermill overrides them (`-p name value` or `-f preset.yaml`).
+# Every knob is in the next cell, with the values it allows; papermill overrides them (`-p name value`
+# or `-f preset.yaml`).
 
 # %% tags=["parameters"]
 from typing import Annotated  # each knob: name: Annotated[type, the values it allows] = default
