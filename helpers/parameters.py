@@ -105,7 +105,6 @@ ATTENTION_CHOICES = ("sdpa", "eager", "flash_attention_2")
 SCHEDULES = ("cosine", "linear", "constant_with_warmup")
 REPORT_TO_CHOICES = ("none", "wandb", "tensorboard")
 
-Rule = Range | Choice | Either | NonEmpty | RunName
 # The rules the parameters cell names (plain names, so papermill's --help-notebook still reads each line).
 AT_LEAST_1 = Range(1)
 AT_LEAST_0 = Range(0)
