@@ -40,6 +40,7 @@ dataset_source: Annotated[str, NON_EMPTY] = "synthetic"  # "synthetic", a hub id
 dataset_bbox_format: Annotated[str, BBOX_FORMAT] = "xywh"  # hub and JSONL boxes: "xywh" (COCO) or "xyxy", in pixels; COCO files are always xywh
 dataset_classes: list = []  # labels the data may use; others are skipped as unknown (empty: all)
 data_strict: bool = False  # True: a bad record stops loading with its name; False: fix or skip it and count it
+image_cache: bool = True  # files and hub data: keep each image downscaled to the model's input size under output_root/.image_cache, built once
 train_split: Annotated[str, NON_EMPTY] = "train"  # source split for training (hub/local datasets only)
 eval_split: Annotated[str, NON_EMPTY] = "validation"  # source split for the eval loss during training
 test_split: Annotated[str, NON_EMPTY] = "test"  # source split for the before/after detection metrics
@@ -52,6 +53,7 @@ synthetic_max_side_px: Annotated[int, SIDE_PX] = 224  # upper bound of a synthet
 synthetic_max_objects: Annotated[int, AT_LEAST_1] = 4  # 1..N objects per synthetic image
 synthetic_position_tint: bool = True  # red/green background tint along x/y: a sense of place for a random vision tower
 synthetic_square_images: bool = False  # square images of varied size (all resized to one grid when min_pixels equals max_pixels)
+synthetic_empty_fraction: Annotated[float, FRACTION] = 0.0  # share of synthetic images without objects (they teach the empty answer)
 min_pixels: Annotated[int, AT_LEAST_1] = 3136  # 56*56: smallest image area the processor resizes up to
 max_pixels: Annotated[int, AT_LEAST_1] = 50176  # 224*224: largest area (Qwen2-VL's default is 28*28*1280, 1003520)
 use_lora: bool = False  # False: full fine-tuning (the offline model starts from random weights)
@@ -149,20 +151,25 @@ environment
 # %% [markdown]
 # ## 2. Data
 #
-# Every source is loaded into one schema: an RGB image (EXIF orientation applied, so boxes match
-# what the model sees) and a list of objects, each a `label` and a `bbox_xyxy_px` box
-# (`[x1, y1, x2, y2]` in pixels of that image). Bad records are never silently lost: a missing or
-# unreadable image, a size that disagrees with the annotations, a box that is inverted, empty or
-# outside the image, or an unknown class is skipped (a box partly outside is clipped), and each
-# is counted below and saved in `data_report.json`. With `data_strict=True` the first one stops
-# the run instead, naming the record. The synthetic images vary in size (and, unless
+# Every source is loaded into one schema: a reference to the image (its file, or the hub's encoded
+# bytes, decoded only when a batch needs it) and a list of objects, each a `label` and a
+# `bbox_xyxy_px` box (`[x1, y1, x2, y2]` in pixels of the upright image, EXIF orientation applied).
+# With `image_cache`, each image is also saved once, downscaled to the size the model sees, so a
+# folder of 12-megapixel photos trains as fast as one of small ones. COCO crowd regions are kept
+# aside for the metrics, never trained on. Bad records are never silently lost: a missing,
+# unreadable or non-file image, a path leaving the dataset folder, a size that disagrees with the
+# annotations, a box that is inverted, empty or outside the image, an unknown class, or a label
+# holding markup is skipped (a box partly outside is clipped), and each is counted below and
+# saved in `data_report.json`. With `data_strict=True` the first one stops the run instead,
+# naming the record. The synthetic images vary in size (and, unless
 # `synthetic_square_images`, in aspect ratio) on purpose: the processor resizes each one
 # differently, which is exactly where coordinate bugs hide. The faint red/green background tint
 # (`synthetic_position_tint`) tells a vision tower that starts from random weights where in the
 # image a patch lies; pretrained towers learnt that from their data.
 
 # %%
-from helpers.data import dataset_class_names, format_data_report, load_detection_splits
+from helpers.data import IMAGE_CACHE_FOLDER, ImageLoading, dataset_class_names, format_data_report, image_cache_for, load_detection_splits
+from helpers.parameters import expand_path
 from helpers.plotting import plot_samples
 
 synthetic_options = {
@@ -172,7 +179,9 @@ synthetic_options = {
     "max_objects": synthetic_max_objects,
     "position_tint": synthetic_position_tint,
     "square": synthetic_square_images,
+    "empty_fraction": synthetic_empty_fraction,
 }
+cache = image_cache_for(expand_path(output_root) / IMAGE_CACHE_FOLDER, dataset_source, family, min_pixels, max_pixels) if image_cache else None
 splits, load_reports = load_detection_splits(
     dataset_source,
     split_names,
@@ -182,6 +191,7 @@ splits, load_reports = load_detection_splits(
     synthetic_options=synthetic_options,
     known_classes=dataset_classes,
     strict=data_strict,
+    loading=ImageLoading(cache=cache),
 )
 class_names = dataset_class_names(splits["train"])
 write_json(run_dir / "data_report.json", {name: report.as_dict() for name, report in load_reports.items()})
@@ -312,6 +322,7 @@ import torch
 
 from helpers.families import Family
 from helpers.formatting import IGNORE_INDEX, format_detection_messages, generation_prompt, vision_token_ids
+from helpers.images import open_image
 
 
 def encode_chat_batch(processor, examples: list[dict], chat_template_kwargs: dict | None = None) -> dict:
@@ -322,7 +333,7 @@ def encode_chat_batch(processor, examples: list[dict], chat_template_kwargs: dic
         )
         for ex in examples
     ]
-    images = [[ex["image"].convert("RGB")] for ex in examples]
+    images = [[open_image(ex["image"])] for ex in examples]  # decoded here, one batch at a time
     return processor(text=texts, images=images, return_tensors="pt", padding=True)
 
 
@@ -614,6 +625,7 @@ sorted(str(path.relative_to(run_dir)) for path in run_dir.iterdir())
 
 # %%
 from helpers.export import load_trained_model
+from helpers.images import open_image
 from helpers.formatting import detection_prompt, grounding_prompt
 from helpers.inference import detect
 from helpers.plotting import plot_image_grid
@@ -626,7 +638,7 @@ if dataset_source == "synthetic":  # an image no split has seen
     new_record = make_synthetic_dataset(1, seed=seed + 12345, **synthetic_options)[0]
 else:
     new_record = splits["test"][0]
-new_image = new_record["image"]
+new_image = open_image(new_record["image"])
 if task == "grounding":  # ask for a class the image holds
     new_prompt = grounding_prompt(family, new_record["objects"][0]["label"] if new_record["objects"] else class_names[0])
 else:

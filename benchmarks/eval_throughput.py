@@ -15,6 +15,7 @@ from offline_setup import MAX_PIXELS, MIN_PIXELS, benchmark_parser, offline_mode
 
 import torch
 
+from helpers.images import open_image
 from helpers.inference import generate
 from helpers.synthetic import make_synthetic_dataset
 
@@ -28,7 +29,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     args = parser.parse_args(argv)
 
     model, processor, prompt = offline_model(args.family, args.model_dir)
-    images = [image.convert("RGB") for image in make_synthetic_dataset(args.images, seed=7)["image"]]
+    images = [open_image(image) for image in make_synthetic_dataset(args.images, seed=7)["image"]]
     prompts = [prompt] * len(images)
 
     results, answers = {}, {}

@@ -14,6 +14,7 @@ from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import smart_res
 
 from helpers.answer_reader import read_dicts, read_tag_boxes
 from helpers.families import TAGS, get_family
+from helpers.labels import normalize_label
 
 NORM_SCALE = 1000  # relative coordinates run from 0 to 1000 of the image side
 
@@ -93,7 +94,7 @@ def _json_boxes(text: str) -> list[tuple[str, list[float], tuple[int, int]]]:
         bbox = next(obj[key] for key in JSON_BOX_KEYS if key in obj)
         if is_box_of_numbers(bbox):
             label = next((obj[key] for key in JSON_LABEL_KEYS if isinstance(obj.get(key), str)), "")
-            found.append((label.strip(), [float(v) for v in bbox], span))
+            found.append((label, [float(v) for v in bbox], span))
     return found
 
 
@@ -147,7 +148,7 @@ def parse_model_answer_with_spans(
         x1, x2 = min(x1, x2) / sx, max(x1, x2) / sx  # swapped corners are normalised
         y1, y2 = min(y1, y2) / sy, max(y1, y2) / sy
         box = [min(max(x1, 0.0), width), min(max(y1, 0.0), height), min(max(x2, 0.0), width), min(max(y2, 0.0), height)]
-        objects.append(({"label": label, "bbox_xyxy_px": box}, span))
+        objects.append(({"label": normalize_label(label), "bbox_xyxy_px": box}, span))  # the loaders' label rule
     return objects
 
 

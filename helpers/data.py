@@ -1,9 +1,12 @@
-"""Detection data in one schema: image + objects with ``label`` and ``bbox_xyxy_px``.
+"""Detection data in one schema: image references + objects with ``label`` and ``bbox_xyxy_px``.
 
 Every source is turned into records of ``{"image_id", "image", "width", "height", "objects":
-[{"label", "bbox_xyxy_px"}]}`` (``helpers.schema``), the image in RGB with its EXIF orientation
-applied and boxes as ``[x1, y1, x2, y2]`` in pixels of that upright image. Sources
-(``dataset_source`` in the notebook; the layout is recognised from the files):
+[{"label", "bbox_xyxy_px"}], "crowd_regions": [...]}`` (``helpers.schema``). The image is a
+reference (a file path, or a hub dataset's encoded bytes) that ``helpers.images.open_image``
+decodes when a batch needs it, so memory does not grow with the number of images; ``width`` and
+``height`` are those of the upright image (EXIF orientation applied) and boxes are ``[x1, y1, x2,
+y2]`` in its pixels. Sources (``dataset_source`` in the notebook; the layout is recognised from the
+files):
 
 - ``"synthetic"``: the generator in ``helpers.synthetic``.
 - a Hugging Face dataset, hub id or local ``save_to_disk`` folder, with an ``image`` column and an
@@ -12,53 +15,69 @@ applied and boxes as ``[x1, y1, x2, y2]`` in pixels of that upright image. Sourc
 - a COCO folder, one annotation file per split: ``<source>/<split>/annotations.json`` (or Roboflow's
   ``_annotations.coco.json``) with images under ``<source>/<split>/``, or COCO 2017's
   ``<source>/annotations/instances_<split>.json`` with images under ``<source>/<split>/``.
-  COCO boxes are always ``xywh``.
+  COCO boxes are always ``xywh``. Crowd annotations (``iscrowd=1``) are never training targets:
+  they are kept as ``crowd_regions``, which the metrics treat as COCO ignore regions.
 - a JSONL folder, ``<source>/<split>.jsonl``, one image per line:
   ``{"image": "path relative to the folder", "objects": [{"label": "cat", "bbox": [...]}],
   "image_id": optional}`` with ``bbox`` in ``bbox_format`` (``bbox_xyxy_px`` is also accepted).
 
-Problems are handled by fixed rules (``PROBLEMS``): each is a skip of the record or box, or a fix,
-and is counted in a ``LoadReport`` with example messages naming the record. With ``strict=True``
-the first problem raises a ``DataError`` that names the record and the fix instead.
+Images without objects are kept: they train the empty answer and their predictions count as false
+positives. Image paths must stay inside the dataset folder and name regular files. Labels follow one
+rule in every loader (``helpers.labels``). Every other problem is handled by a fixed rule
+(``PROBLEMS``): a skip of the record, box or annotation, or a fix, counted in a ``LoadReport`` with
+example messages naming the record. With ``strict=True`` the first problem raises a ``DataError``
+that names the record and the fix instead.
 """
 
 from __future__ import annotations
 
-import io
 import json
+import os
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import Iterable, Iterator
 
-from datasets import ClassLabel, Dataset, concatenate_datasets, load_dataset, load_from_disk
+from datasets import ClassLabel, Dataset, Features, concatenate_datasets, load_dataset, load_from_disk
 from datasets import Image as ImageFeature
-from PIL import ExifTags, Image, ImageOps
 
-from helpers.boxes import is_box_of_numbers
+from helpers.boxes import is_box_of_numbers, resized_size
+from helpers.families import get_family
+from helpers.images import ImageCache, NotARegularFile, PreparedImage, cache_key, prepare_images
+from helpers.labels import LABEL_PROBLEMS, label_problem, normalize_label
 from helpers.parameters import BBOX_FORMATS
 from helpers.schema import DETECTION_FEATURES
 from helpers.synthetic import make_synthetic_dataset
 
 CLIP_TOLERANCE_PX = 1.0  # overshoot up to this is float noise of the annotation tool: clipped, not reported
 MAX_EXAMPLES = 20  # problem messages kept per split in the report
-CHUNK_RECORDS = 256  # records encoded into Arrow at a time, so decoded images never pile up in memory
+CHUNK_RECORDS = 256  # records encoded into Arrow at a time
+DEFAULT_WORKERS = min(8, os.cpu_count() or 1)  # threads that read, check and cache images
+IMAGE_CACHE_FOLDER = ".image_cache"  # under output_root, beside the offline model cache
 
 # kind -> (what the loader does, how to fix the data). Record kinds skip the image, box kinds the box.
 PROBLEMS: dict[str, tuple[str, str]] = {
     "missing_image": ("record skipped", "add the image file or remove the record"),
-    "unreadable_image": ("record skipped", "replace the file with a valid image (it cannot be decoded)"),
+    "unreadable_image": ("record skipped", "replace the file with a valid image (it cannot be decoded, or is over 512 MB)"),
+    "not_a_file": ("record skipped", "point the record at a regular image file (devices, FIFOs and folders are never read)"),
+    "path_outside_dataset": ("record skipped", "give image paths relative to the dataset folder, without '..' or a leading '/'"),
+    "extreme_aspect_ratio": ("record skipped", "crop the image: the processor refuses sides more than 200 times longer than the other"),
     "size_mismatch": ("record skipped", "re-export the annotations for the upright image (EXIF orientation applied)"),
     "malformed_record": ("record skipped", "give the record an image and a list of objects"),
+    "duplicate_image_id": ("record skipped", "give every image entry its own id: boxes are attached to images by id"),
+    "malformed_annotation": ("annotation skipped", "write each annotation as an object with an image_id, a bbox and a category_id"),
+    "malformed_category": ("category skipped", "write each category as an object with a number id and a name"),
     "orphan_annotation": ("box skipped", "remove the annotation or add its image to 'images'"),
-    "crowd_box": ("box skipped", "none needed: COCO iscrowd regions mark groups, not objects (never an error)"),
     "malformed_box": ("box skipped", "write the box as 4 finite numbers"),
     "unknown_category": ("box skipped", "add the class to the dataset's categories (or to dataset_classes)"),
+    **{kind: ("box skipped", f"rename the class: a label that {why} is refused") for kind, why in LABEL_PROBLEMS.items()},
     "inverted_box": ("box skipped", "check bbox_format: x2 < x1 or y2 < y1 often means xywh read as xyxy"),
     "outside_box": ("box skipped", "the box lies entirely outside the image; check its coordinates"),
     "degenerate_box": ("box skipped", "the box is under 1 px wide or high; remove it"),
     "clipped_box": ("box clipped to the image", "make the box fit inside the image"),
 }
+# What a loader kept, in the report's first rows.
+KEPT_COUNTS = ("images_loaded", "images_without_objects", "boxes_kept", "crowd_regions_kept", "images_cached", "images_from_cache")
 
 
 class DataError(ValueError):
@@ -90,6 +109,22 @@ class LoadReport:
         return {"source": self.source, "split": self.split, "counts": dict(self.counts), "examples": list(self.examples)}
 
 
+@dataclass(frozen=True)
+class ImageLoading:
+    """How loaders treat images: the optional downscaled cache and the threads that read them."""
+
+    cache: ImageCache | None = None
+    workers: int = DEFAULT_WORKERS
+
+
+def image_cache_for(cache_root: str | Path, source: str, family: str, min_pixels: int, max_pixels: int) -> ImageCache:
+    """The cache of ``source``'s images at the model's input size for ``family`` and the pixel bounds."""
+    resize_key = f"factor={get_family(family).resize_factor},min_pixels={min_pixels},max_pixels={max_pixels}"
+    source_id = str(Path(source).absolute()) if Path(source).exists() else source
+    folder = Path(cache_root) / cache_key(source_id, resize_key)[:16]
+    return ImageCache(folder, lambda width, height: resized_size(family, width, height, min_pixels, max_pixels), resize_key)
+
+
 def to_xyxy_px(bbox: list[float], bbox_format: str) -> list[float]:
     """Convert one pixel box from ``bbox_format`` to ``[x1, y1, x2, y2]``."""
     if bbox_format == "xywh":
@@ -115,22 +150,27 @@ def clean_box(bbox_xyxy_px: list[float], width: int, height: int) -> tuple[list[
 
 
 def clean_objects(
-    raw_objects: list[tuple[object, str | None, str]],
+    raw_objects: list[tuple[object, str | None, object]],
     width: int,
     height: int,
     bbox_format: str,
     record: str,
     report: LoadReport,
+    kept_count: str = "boxes_kept",
 ) -> list[dict]:
     """Turn ``(bbox, label or None if unknown, category as written)`` triples into schema objects."""
     objects = []
     for index, (bbox, label, category) in enumerate(raw_objects):
-        where = f"{record} box {index}"
+        where = f"{record} {'box' if kept_count == 'boxes_kept' else 'crowd region'} {index}"
         if not is_box_of_numbers(bbox):
-            report.problem(where, "malformed_box", f"bbox {bbox!r} is not 4 finite numbers")
+            report.problem(where, "malformed_box", f"bbox {short(bbox)} is not 4 finite numbers")
             continue
         if label is None:
-            report.problem(where, "unknown_category", f"category {category!r} is not one of the dataset's classes")
+            report.problem(where, "unknown_category", f"category {short(category)} is not one of the dataset's classes")
+            continue
+        bad_label = label_problem(label)
+        if bad_label is not None:
+            report.problem(where, bad_label, f"label {short(label)} {LABEL_PROBLEMS[bad_label]}")
             continue
         box, status = clean_box(to_xyxy_px(bbox, bbox_format), width, height)
         if box is None:
@@ -139,53 +179,87 @@ def clean_objects(
         if status == "clipped_box":
             report.problem(where, status, f"bbox {list(bbox)} ({bbox_format}) clipped to {box} on a {width}x{height}px image")
         objects.append({"label": label, "bbox_xyxy_px": box})
-    report.counts["boxes_kept"] += len(objects)
+    report.counts[kept_count] += len(objects)
     return objects
 
 
-def read_image(data: bytes | None, path: str | Path | None) -> tuple[dict | Image.Image, int, int]:
-    """Decode an image from bytes or a file; return a dataset image value and the upright size.
+def short(value, limit: int = 60) -> str:
+    """``repr`` of a value cut to ``limit`` characters, for messages about arbitrary data."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}...({len(text)} chars)"
 
-    Raises ``FileNotFoundError`` for a missing file and ``OSError`` for one that cannot be decoded.
-    An RGB image without EXIF rotation keeps its original bytes; others are rotated and converted.
-    """
-    if data is None:
-        if path is None:
-            raise FileNotFoundError("no image given")
-        data = Path(path).read_bytes()
+
+@dataclass
+class PendingRecord:
+    """A record read from the annotations whose image is not checked yet."""
+
+    record: str  # how messages name it
+    image_id: str
+    declared_size: tuple | None
+    objects: list[tuple]  # (bbox, label or None, category as written)
+    bbox_format: str
+    crowds: list[tuple] = field(default_factory=list)
+    row: int = -1  # the source row (hub datasets)
+
+
+def confined_path(root: Path, relative: object) -> Path | None:
+    """``root / relative`` when it stays inside ``root`` written as it is (no '..' out, no absolute path), else None."""
+    if not isinstance(relative, str) or not relative or "\x00" in relative or os.path.isabs(relative):
+        return None
+    joined = os.path.normpath(os.path.join(root, relative))
+    # Lexical, not resolved: a symbolic link the user placed inside the folder is theirs to follow.
+    return Path(joined) if joined.startswith(os.path.normpath(root) + os.sep) else None
+
+
+def image_problem(error: Exception) -> str:
+    """The ``PROBLEMS`` kind of an error from ``helpers.images.prepare_image``."""
+    if isinstance(error, FileNotFoundError):
+        return "missing_image"
+    if isinstance(error, NotARegularFile):
+        return "not_a_file"
+    if isinstance(error, ValueError):
+        return "extreme_aspect_ratio"
+    return "unreadable_image"
+
+
+def checked_images(
+    pending: list[PendingRecord], references: Iterable[dict], report: LoadReport, loading: ImageLoading
+) -> Iterator[tuple[PendingRecord, PreparedImage]]:
+    """Check and size every pending record's image in parallel (and cache it); count the ones that cannot be used."""
+    prepared = prepare_images(references, len(pending), loading.cache, loading.workers, f"{report.split or 'split'} images")
     try:
-        image = Image.open(io.BytesIO(data))
-        image.load()  # decode fully now: a truncated file fails here, not in the middle of training
-    except (Image.UnidentifiedImageError, Image.DecompressionBombError, SyntaxError, ValueError) as error:
-        raise OSError(str(error)) from error
-    if image.mode == "RGB" and image.getexif().get(ExifTags.Base.Orientation, 1) == 1:
-        return {"bytes": data, "path": None}, image.width, image.height
-    upright = ImageOps.exif_transpose(image).convert("RGB")  # boxes refer to the image as displayed
-    return upright, upright.width, upright.height
+        for item, result in zip(pending, prepared):
+            if isinstance(result, Exception):
+                kind = image_problem(result)
+                report.problem(item.record, kind, f"image {'not found' if kind == 'missing_image' else str(result)}")
+                continue
+            report.counts["images_cached"] += result.how == "cache_built"
+            report.counts["images_from_cache"] += result.how == "cache_hit"
+            declared = item.declared_size
+            if declared is not None and all(v is not None for v in declared) and tuple(declared) != (result.width, result.height):
+                report.problem(
+                    item.record, "size_mismatch",
+                    f"annotations say {short(declared[0])}x{short(declared[1])}px, the upright image is {result.width}x{result.height}px",
+                )
+                continue
+            yield item, result
+    finally:
+        if loading.cache is not None:
+            loading.cache.save_index()  # what was built stays usable, even when a strict load stops early
 
 
-def load_record_image(
-    data: bytes | None, path: str | Path | None, declared_size: tuple | None, record: str, report: LoadReport
-) -> tuple[dict | Image.Image, int, int] | None:
-    """Read a record's image, or count why it is skipped (missing, unreadable, size mismatch)."""
-    try:
-        image, width, height = read_image(data, path)
-    except FileNotFoundError:
-        report.problem(record, "missing_image", f"image {str(path)!r} not found")
-        return None
-    except OSError as error:
-        report.problem(record, "unreadable_image", f"image {str(path or 'bytes')!r} cannot be decoded ({error})")
-        return None
-    if declared_size is not None and all(v is not None for v in declared_size) and tuple(declared_size) != (width, height):
-        report.problem(
-            record, "size_mismatch", f"annotations say {declared_size[0]}x{declared_size[1]}px, the upright image is {width}x{height}px"
-        )
-        return None
-    return image, width, height
+def schema_row(item: PendingRecord, image: PreparedImage, report: LoadReport) -> dict:
+    """The schema record of a checked image: boxes and crowd regions cleaned and counted."""
+    width, height = image.width, image.height
+    objects = clean_objects(item.objects, width, height, item.bbox_format, item.record, report)
+    crowds = clean_objects(item.crowds, width, height, item.bbox_format, item.record, report, "crowd_regions_kept")
+    report.counts["images_loaded"] += 1
+    report.counts["images_without_objects"] += not objects
+    return {"image_id": item.image_id, "image": image.reference, "width": width, "height": height, "objects": objects, "crowd_regions": crowds}
 
 
-def records_to_dataset(records: Iterator[dict]) -> Dataset:
-    """Encode records into one Arrow dataset in chunks, so decoded images never pile up."""
+def records_to_dataset(records: Iterable[dict]) -> Dataset:
+    """Encode records (image references, not pixels) into one Arrow dataset in chunks."""
     chunks, chunk = [], []
     for record in records:
         chunk.append(record)
@@ -199,21 +273,27 @@ def records_to_dataset(records: Iterator[dict]) -> Dataset:
     return chunks[0] if len(chunks) == 1 else concatenate_datasets(chunks)
 
 
-def _record(image_id: str, image, width: int, height: int, objects: list[dict], report: LoadReport) -> dict:
-    """A schema record, counted in the report."""
-    report.counts["images_loaded"] += 1
-    report.counts["images_without_objects"] += not objects
-    return {"image_id": image_id, "image": image, "width": width, "height": height, "objects": objects}
+def load_files(pending: list[PendingRecord], root: Path, paths: list[object], report: LoadReport, loading: ImageLoading) -> Dataset:
+    """Check the images of records whose ``paths`` are relative to ``root``, and build the split."""
+    confined, references = [], []
+    for item, relative in zip(pending, paths):
+        path = confined_path(root, relative)
+        if path is None:
+            report.problem(item.record, "path_outside_dataset", f"image path {short(relative)} leaves {root}")
+            continue
+        confined.append(item)
+        references.append({"path": str(path), "bytes": None})
+    return records_to_dataset(schema_row(item, image, report) for item, image in checked_images(confined, references, report, loading))
 
 
-def _label_for(category, names: list[str] | None, known: set[str] | None) -> str | None:
-    """Map a category (index into ``names`` or a label string) to its label; None when unknown."""
+def label_for(category, names: list[str] | None, known: set[str] | None) -> str | None:
+    """Map a category (index into ``names`` or a label string) to its normalised label; None when unknown."""
     if names is not None:
         if isinstance(category, bool) or not isinstance(category, int) or not 0 <= category < len(names):
             return None
-        label = names[category]
-    elif isinstance(category, str) and category.strip():
-        label = category.strip()
+        label = normalize_label(names[category])
+    elif isinstance(category, str):
+        label = normalize_label(category)
     elif isinstance(category, int) and not isinstance(category, bool):
         label = str(category)
     else:
@@ -255,9 +335,15 @@ def _read_hf_source(source: str, split: str) -> Dataset:
 
 
 def load_hf_detection_split(
-    source: str, split: str, bbox_format: str, max_images: int | None = None, known_classes: set[str] | None = None, strict: bool = False
+    source: str,
+    split: str,
+    bbox_format: str,
+    max_images: int | None = None,
+    known_classes: set[str] | None = None,
+    strict: bool = False,
+    loading: ImageLoading = ImageLoading(),
 ) -> tuple[Dataset, LoadReport]:
-    """Load a hub-layout detection split (``image`` + ``objects.bbox``/``objects.category``)."""
+    """Load a hub-layout detection split (``image`` + ``objects.bbox``/``objects.category``); images stay in its Arrow files."""
     raw = _read_hf_source(source, split)
     if "image" not in raw.column_names or "objects" not in raw.column_names:
         raise DataError(f"{source}[{split}]: expected columns 'image' and 'objects', got {raw.column_names}")
@@ -265,26 +351,35 @@ def load_hf_detection_split(
         raise DataError(f"{source}[{split}]: column 'image' is {raw.features['image']}, expected an Image feature")
     if max_images is not None:
         raw = raw.select(range(min(max_images, len(raw))))
-    raw = raw.cast_column("image", ImageFeature(decode=False))  # decode here, so a bad file is one counted record
+    raw = raw.cast_column("image", ImageFeature(decode=False))  # decoded here one at a time, so a bad file is one counted record
     names = category_names(raw.features["objects"])
     report = LoadReport(source, split, strict)
+    pending = []
+    for index, example in enumerate(raw.remove_columns("image")):  # annotations only: no image bytes read here
+        record = f"row {index} (image_id {short(example.get('image_id', index))})"
+        if example["objects"] is None:
+            report.problem(record, "malformed_record", "objects is missing")
+            continue
+        triples = [(bbox, label_for(cat, names, known_classes), cat) for bbox, cat in iter_bbox_category(example["objects"])]
+        declared = (example.get("width"), example.get("height"))
+        pending.append(PendingRecord(record, str(example.get("image_id", index)), declared, triples, bbox_format, row=index))
+    images = raw.select_columns(["image"])
+    references = ((images[item.row]["image"] or {"bytes": None, "path": None}) for item in pending)
+    rows, kept = [], []
+    for item, image in checked_images(pending, references, report, loading):
+        rows.append(schema_row(item, image, report))
+        kept.append(item.row)
+    if loading.cache is not None or not rows:
+        return records_to_dataset(rows), report
+    # Without a cache the images stay the hub's encoded bytes, in its memory-mapped Arrow files.
+    annotations = Dataset.from_list([{k: v for k, v in row.items() if k != "image"} for row in rows], features=without_image())
+    combined = concatenate_datasets([images.select(kept).flatten_indices(), annotations], axis=1)
+    return combined.select_columns(list(DETECTION_FEATURES)), report
 
-    def records() -> Iterator[dict]:
-        for index, example in enumerate(raw):
-            image_id = str(example.get("image_id", index))
-            record = f"row {index} (image_id {image_id})"
-            value = example["image"] or {}
-            loaded = load_record_image(value.get("bytes"), value.get("path"), (example.get("width"), example.get("height")), record, report)
-            if loaded is None:
-                continue
-            image, width, height = loaded
-            if example["objects"] is None:
-                report.problem(record, "malformed_record", "objects is missing")
-                continue
-            triples = [(bbox, _label_for(cat, names, known_classes), cat) for bbox, cat in iter_bbox_category(example["objects"])]
-            yield _record(image_id, image, width, height, clean_objects(triples, width, height, bbox_format, record, report), report)
 
-    return records_to_dataset(records()), report
+def without_image() -> Features:
+    """The schema's features other than ``image``."""
+    return Features({name: feature for name, feature in DETECTION_FEATURES.items() if name != "image"})
 
 
 # ---------------------------------------------------------------- COCO folders
@@ -301,92 +396,136 @@ def find_coco_annotations(source: Path, split: str) -> tuple[Path, Path] | None:
     return None
 
 
-def load_coco_split(
-    annotation_file: Path, image_dir: Path, max_images: int | None = None, known_classes: set[str] | None = None, strict: bool = False, split: str = ""
-) -> tuple[Dataset, LoadReport]:
-    """Load a COCO annotation file (``images``, ``annotations``, ``categories``; boxes ``xywh``)."""
+def is_id(value) -> bool:
+    """True for a usable COCO id: an integer (not a boolean) or a string."""
+    return isinstance(value, (int, str)) and not isinstance(value, bool)
+
+
+def read_coco_file(annotation_file: Path) -> dict:
+    """The parsed annotation file, or a ``DataError`` naming the file and what is wrong with it."""
     try:
         coco = json.loads(annotation_file.read_text())
-    except (OSError, json.JSONDecodeError) as error:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
         raise DataError(f"{annotation_file}: not a readable COCO JSON file ({error})") from error
+    except RecursionError as error:
+        raise DataError(f"{annotation_file}: nested too deeply to be a COCO file") from error
     if not isinstance(coco, dict) or not isinstance(coco.get("images"), list) or not isinstance(coco.get("annotations"), list):
         raise DataError(f"{annotation_file}: a COCO file needs 'images' and 'annotations' lists")
-    report = LoadReport(str(annotation_file), split, strict)
-    categories = {c.get("id"): str(c.get("name")) for c in coco.get("categories", []) if isinstance(c, dict)}
-    images = [image for image in coco["images"] if isinstance(image, dict)]
-    image_ids = {image.get("id") for image in images}
-    by_image: dict = {}
-    for index, ann in enumerate(coco["annotations"]):
-        image_id = ann.get("image_id") if isinstance(ann, dict) else None
-        if image_id not in image_ids:
-            report.problem(f"annotation {index}", "orphan_annotation", f"image_id {image_id!r} is not in 'images'")
+    if not isinstance(coco.get("categories", []), list):
+        raise DataError(f"{annotation_file}: 'categories' must be a list of {{'id', 'name'}} objects")
+    return coco
+
+
+def coco_categories(entries: list, report: LoadReport) -> dict:
+    """``{category id: normalised name}``; malformed entries are counted and skipped."""
+    categories = {}
+    for index, entry in enumerate(entries):
+        if not isinstance(entry, dict) or not is_id(entry.get("id")) or not isinstance(entry.get("name"), str):
+            report.problem(f"category {index}", "malformed_category", f"{short(entry)} needs a number id and a string name")
             continue
-        by_image.setdefault(image_id, []).append(ann)
+        categories[entry["id"]] = normalize_label(entry["name"])
+    return categories
+
+
+def coco_image_entries(entries: list, report: LoadReport) -> tuple[list[dict], set]:
+    """Image entries with a usable, unique id and a file name, in file order, and the ids that several entries share; the others counted."""
+    usable = []
+    for index, entry in enumerate(entries):
+        if not isinstance(entry, dict) or not is_id(entry.get("id")) or not isinstance(entry.get("file_name"), str):
+            name = f"image id {short(entry.get('id'))} ({short(entry.get('file_name'))})" if isinstance(entry, dict) else f"image entry {index}"
+            report.problem(name, "malformed_record", "the image entry needs a number or string id and a file_name")
+            continue
+        usable.append(entry)
+    counts = Counter(entry["id"] for entry in usable)
+    for entry in usable:
+        if counts[entry["id"]] > 1:
+            report.problem(f"image id {entry['id']!r} ({entry['file_name']!r})", "duplicate_image_id",
+                           f"{counts[entry['id']]} image entries share this id, so its boxes cannot be placed")
+    return [entry for entry in usable if counts[entry["id"]] == 1], {image_id for image_id, n in counts.items() if n > 1}
+
+
+def coco_annotations_by_image(entries: list, image_ids: set, report: LoadReport) -> dict:
+    """Annotations grouped by image id; malformed and orphan ones counted and skipped."""
+    by_image: dict = {}
+    for index, ann in enumerate(entries):
+        if not isinstance(ann, dict) or not is_id(ann.get("image_id")) or ann.get("iscrowd", 0) not in (0, 1):
+            report.problem(f"annotation {index}", "malformed_annotation", f"{short(ann)} needs an image_id and iscrowd 0 or 1")
+            continue
+        if ann["image_id"] not in image_ids:
+            report.problem(f"annotation {index}", "orphan_annotation", f"image_id {ann['image_id']!r} is not in 'images'")
+            continue
+        by_image.setdefault(ann["image_id"], []).append(ann)
+    return by_image
+
+
+def load_coco_split(
+    annotation_file: Path,
+    image_dir: Path,
+    max_images: int | None = None,
+    known_classes: set[str] | None = None,
+    strict: bool = False,
+    split: str = "",
+    loading: ImageLoading = ImageLoading(),
+) -> tuple[Dataset, LoadReport]:
+    """Load a COCO annotation file (``images``, ``annotations``, ``categories``; boxes ``xywh``)."""
+    coco = read_coco_file(annotation_file)
+    report = LoadReport(str(annotation_file), split, strict)
+    categories = coco_categories(coco.get("categories", []), report)
+    images, shared_ids = coco_image_entries(coco["images"], report)
+    # The annotations of a shared id go with its skipped images: they are not orphans.
+    by_image = coco_annotations_by_image(coco["annotations"], {entry["id"] for entry in images} | shared_ids, report)
     if max_images is not None:
         images = images[:max_images]
-
-    def records() -> Iterator[dict]:
-        for entry in images:
-            record = f"image id {entry.get('id')!r} ({entry.get('file_name')!r})"
-            if not isinstance(entry.get("file_name"), str) or "id" not in entry:
-                report.problem(record, "malformed_record", "the image entry needs an id and a file_name")
-                continue
-            declared = (entry.get("width"), entry.get("height"))
-            loaded = load_record_image(None, image_dir / entry["file_name"], declared, record, report)
-            if loaded is None:
-                continue
-            image, width, height = loaded
-            triples = []
-            for ann in by_image.get(entry["id"], []):
-                if ann.get("iscrowd"):
-                    report.counts["crowd_box"] += 1  # valid COCO data, not an error: counted even in strict mode
-                    continue
-                name = categories.get(ann.get("category_id"))
-                label = name if name is not None and (known_classes is None or name in known_classes) else None
-                triples.append((ann.get("bbox"), label, ann.get("category_id")))
-            yield _record(str(entry["id"]), image, width, height, clean_objects(triples, width, height, "xywh", record, report), report)
-
-    return records_to_dataset(records()), report
+    pending = []
+    for entry in images:
+        objects, crowds = [], []
+        for ann in by_image.get(entry["id"], []):
+            category = ann.get("category_id")
+            name = categories.get(category) if is_id(category) else None
+            label = name if name is not None and (known_classes is None or name in known_classes) else None
+            (crowds if ann.get("iscrowd") == 1 else objects).append((ann.get("bbox"), label, category))
+        record = f"image id {entry['id']!r} ({entry['file_name']!r})"
+        pending.append(PendingRecord(record, str(entry["id"]), (entry.get("width"), entry.get("height")), objects, "xywh", crowds))
+    return load_files(pending, image_dir, [entry["file_name"] for entry in images], report, loading), report
 
 
 # ---------------------------------------------------------------- JSONL folders
 
 
 def load_jsonl_split(
-    jsonl_file: Path, bbox_format: str, max_images: int | None = None, known_classes: set[str] | None = None, strict: bool = False, split: str = ""
+    jsonl_file: Path,
+    bbox_format: str,
+    max_images: int | None = None,
+    known_classes: set[str] | None = None,
+    strict: bool = False,
+    split: str = "",
+    loading: ImageLoading = ImageLoading(),
 ) -> tuple[Dataset, LoadReport]:
     """Load one JSONL file: ``{"image", "objects": [{"label", "bbox"}], "image_id"?}`` per line."""
     report = LoadReport(str(jsonl_file), split, strict)
     lines = [(number, line) for number, line in enumerate(jsonl_file.read_text().splitlines(), start=1) if line.strip()]
     if max_images is not None:
         lines = lines[:max_images]
-
-    def records() -> Iterator[dict]:
-        for number, line in lines:
-            record = f"line {number}"
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as error:
-                report.problem(record, "malformed_record", f"not valid JSON ({error.msg})")
-                continue
-            if not isinstance(row, dict) or not isinstance(row.get("image"), str) or not isinstance(row.get("objects"), list):
-                report.problem(record, "malformed_record", "needs an 'image' path and an 'objects' list")
-                continue
-            record = f"line {number} ({row['image']!r})"
-            loaded = load_record_image(None, jsonl_file.parent / row["image"], (row.get("width"), row.get("height")), record, report)
-            if loaded is None:
-                continue
-            image, width, height = loaded
-            triples = []
-            for obj in row["objects"]:
-                obj = obj if isinstance(obj, dict) else {}
-                # "bbox_xyxy_px" says its own format; "bbox" follows bbox_format.
-                bbox = to_xyxy_px_if_given(obj, bbox_format)
-                triples.append((bbox, _label_for(obj.get("label"), None, known_classes), obj.get("label")))
-            image_id = str(row.get("image_id", row["image"]))
-            yield _record(image_id, image, width, height, clean_objects(triples, width, height, "xyxy", record, report), report)
-
-    return records_to_dataset(records()), report
+    pending, paths = [], []
+    for number, line in lines:
+        record = f"line {number}"
+        try:
+            row = json.loads(line)
+        except (json.JSONDecodeError, RecursionError) as error:
+            report.problem(record, "malformed_record", f"not valid JSON ({getattr(error, 'msg', 'nested too deeply')})")
+            continue
+        if not isinstance(row, dict) or not isinstance(row.get("image"), str) or not isinstance(row.get("objects"), list):
+            report.problem(record, "malformed_record", "needs an 'image' path and an 'objects' list")
+            continue
+        triples = []
+        for obj in row["objects"]:
+            obj = obj if isinstance(obj, dict) else {}
+            # "bbox_xyxy_px" says its own format; "bbox" follows bbox_format.
+            triples.append((to_xyxy_px_if_given(obj, bbox_format), label_for(obj.get("label"), None, known_classes), obj.get("label")))
+        image_id = str(row.get("image_id", row["image"]))
+        pending.append(PendingRecord(f"line {number} ({row['image']!r})", image_id, (row.get("width"), row.get("height")), triples, "xyxy"))
+        paths.append(row["image"])
+    return load_files(pending, jsonl_file.parent, paths, report, loading), report
 
 
 def to_xyxy_px_if_given(obj: dict, bbox_format: str):
@@ -422,25 +561,32 @@ def detect_source_kind(source: str) -> str:
 
 
 def load_split(
-    source: str, kind: str, split: str, bbox_format: str, max_images: int | None, known_classes: set[str] | None, strict: bool
+    source: str,
+    kind: str,
+    split: str,
+    bbox_format: str,
+    max_images: int | None,
+    known_classes: set[str] | None,
+    strict: bool,
+    loading: ImageLoading = ImageLoading(),
 ) -> tuple[Dataset, LoadReport]:
     """Load one split of a non-synthetic source of the given ``kind``."""
     if bbox_format not in BBOX_FORMATS:
         raise ValueError(f"unknown bbox_format {bbox_format!r}; expected one of {BBOX_FORMATS}")
     if kind in ("hf_disk", "hub"):
-        return load_hf_detection_split(source, split, bbox_format, max_images, known_classes, strict)
+        return load_hf_detection_split(source, split, bbox_format, max_images, known_classes, strict, loading)
     if kind == "coco":
         found = find_coco_annotations(Path(source), split)
         if found is None:
             tried = [str(Path(source) / layout.format(split=split)) for layout in COCO_LAYOUTS]
             raise DataError(f"{source}: no COCO annotations for split {split!r}; looked for {tried}. Set the *_split parameters")
-        return load_coco_split(*found, max_images, known_classes, strict, split)
+        return load_coco_split(*found, max_images, known_classes, strict, split, loading)
     if kind == "jsonl":
         jsonl_file = Path(source) / f"{split}.jsonl"
         if not jsonl_file.is_file():
             present = sorted(p.stem for p in Path(source).glob("*.jsonl"))
             raise DataError(f"{source}: no {split}.jsonl (splits there: {present}). Set the *_split parameters")
-        return load_jsonl_split(jsonl_file, bbox_format, max_images, known_classes, strict, split)
+        return load_jsonl_split(jsonl_file, bbox_format, max_images, known_classes, strict, split, loading)
     raise ValueError(f"unknown source kind {kind!r}")
 
 
@@ -458,19 +604,23 @@ def load_detection_splits(
     synthetic_options: dict,
     known_classes: list[str] | None = None,
     strict: bool = False,
+    loading: ImageLoading = ImageLoading(),
 ) -> tuple[dict[str, Dataset], dict[str, LoadReport]]:
     """Load the ``train``/``eval``/``test`` splits from any supported source.
 
     ``split_names`` maps our split to the source's split name, ``sizes`` caps each split's image
     count (0 = all; synthetic splits are generated at exactly that size with distinct seeds),
-    ``known_classes`` (optional) are the only labels accepted. Returns the splits and their reports.
+    ``known_classes`` (optional, normalised like every label) are the only labels accepted, ``loading``
+    says whether images are cached downscaled and how many threads read them. Returns the splits and their reports.
     """
     source = str(Path(source).expanduser()) if source.startswith("~") else source
     kind = detect_source_kind(source)
-    known = set(known_classes) if known_classes else None
+    known = {normalize_label(name) for name in known_classes} if known_classes else None
     splits: dict[str, Dataset] = {}
     reports: dict[str, LoadReport] = {}
     for offset, (ours, theirs) in enumerate(split_names.items()):
+        if sizes[ours] < 0:
+            raise ValueError(f"{ours}_size must be >= 0 (0: all images), got {sizes[ours]}")
         if kind == "synthetic":
             if sizes[ours] < 1:
                 raise ValueError(f"{ours}_size must be >= 1 for synthetic data, got {sizes[ours]}")
@@ -478,7 +628,7 @@ def load_detection_splits(
             reports[ours] = LoadReport("synthetic", ours, strict)
             reports[ours].counts.update(images_loaded=sizes[ours], boxes_kept=sum(len(o) for o in splits[ours]["objects"]))
         else:
-            splits[ours], reports[ours] = load_split(source, kind, theirs, bbox_format, sizes[ours] or None, known, strict)
+            splits[ours], reports[ours] = load_split(source, kind, theirs, bbox_format, sizes[ours] or None, known, strict, loading)
         if len(splits[ours]) == 0:
             raise DataError(f"{source} [{theirs}]: no usable images; problems: {dict(reports[ours].counts)}, e.g. {reports[ours].examples[:3]}")
     return splits, reports
@@ -488,7 +638,7 @@ def format_data_report(reports: dict[str, LoadReport]) -> str:
     """A table of kept, fixed and skipped counts per split, with what each problem does."""
     names = list(reports)
     kinds = ["images_loaded", "images_without_objects", "boxes_kept"]
-    kinds += [kind for kind in PROBLEMS if any(report.counts[kind] for report in reports.values())]
+    kinds += [kind for kind in (*KEPT_COUNTS, *PROBLEMS) if kind not in kinds and any(report.counts[kind] for report in reports.values())]
     width = max(len(kind) for kind in kinds) + 2
     lines = [" " * width + "".join(f"{name:>10}" for name in names)]
     for kind in kinds:

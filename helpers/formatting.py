@@ -47,18 +47,22 @@ def expand_for_grounding(dataset: Dataset) -> Dataset:
     The ``image_id`` becomes ``<image_id>/<label>`` so every record stays unique for COCO
     evaluation; images are not decoded (rows are selected by index).
     """
-    rows, image_ids, queries, objects_per_row = [], [], [], []
-    for row, (image_id, objects) in enumerate(zip(dataset["image_id"], dataset["objects"])):
+    rows, image_ids, queries, objects_per_row, crowds_per_row = [], [], [], [], []
+    crowd_column = dataset["crowd_regions"] if "crowd_regions" in dataset.column_names else [[]] * len(dataset)
+    for row, (image_id, objects, crowds) in enumerate(zip(dataset["image_id"], dataset["objects"], crowd_column)):
         for label in dict.fromkeys(obj["label"] for obj in objects):  # first-appearance order, no repeats
             rows.append(row)
             image_ids.append(f"{image_id}/{label}")
             queries.append(label)
             objects_per_row.append([obj for obj in objects if obj["label"] == label])
+            crowds_per_row.append([crowd for crowd in crowds if crowd["label"] == label])  # the ignore regions of that class
     selected = dataset.select(rows)
     features = selected.features
-    selected = selected.remove_columns(["image_id", "objects"])
-    selected = selected.add_column("image_id", image_ids, feature=features["image_id"])
-    selected = selected.add_column("objects", objects_per_row, feature=features["objects"])
+    replaced = {"image_id": image_ids, "objects": objects_per_row, "crowd_regions": crowds_per_row}
+    replaced = {name: values for name, values in replaced.items() if name in features}
+    selected = selected.remove_columns(list(replaced))
+    for name, values in replaced.items():
+        selected = selected.add_column(name, values, feature=features[name])
     return selected.add_column("query", queries)
 
 

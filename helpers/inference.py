@@ -25,11 +25,11 @@ from collections import Counter
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 from datasets import Dataset
-from PIL import Image, ImageOps
+from PIL import Image
 from tqdm.auto import tqdm
 from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
 from transformers.image_utils import load_image
@@ -37,6 +37,7 @@ from transformers.image_utils import load_image
 from helpers.boxes import drop_duplicate_boxes, object_texts, parse_model_answer_with_spans
 from helpers.families import get_family
 from helpers.formatting import format_detection_messages
+from helpers.images import make_upright, open_image, to_rgb8
 from helpers.metrics import summarize_detections
 from helpers.processing import model_input_size
 
@@ -167,7 +168,7 @@ def generation_config_in_force(model, config: GenerationConfig):
 def generate(
     model,
     processor,
-    images: list,
+    images: Sequence,
     prompts: list[str],
     max_new_tokens: int,
     batch_size: int,
@@ -177,6 +178,8 @@ def generate(
     batch_logits_processors: Callable[[int], list[LogitsProcessor]] | None = None,
 ) -> list[Generation]:
     """Greedy answers with token probabilities, batched with left padding (equal to one-by-one).
+
+    ``images`` are PIL images or a split's image references (``helpers.images``), decoded one batch at a time.
 
     Each prompt goes with its system prompt ("": the template's default); ``chat_template_kwargs``
     are the family's template options (``helpers.families``: Qwen3.5's non-thinking mode). An answer
@@ -209,7 +212,7 @@ def generate(
                 )
                 for prompt, system in zip(prompts[start : start + batch_size], system_prompts[start : start + batch_size])
             ]
-            batch_images = [[img] for img in images[start : start + batch_size]]
+            batch_images = [[open_image(img)] for img in images[start : start + batch_size]]  # decoded one batch at a time
             inputs = processor(text=texts, images=batch_images, return_tensors="pt", padding=True).to(model.device)
             recorder = ChosenTokenProbability()  # last, so it reads the distribution the token is chosen from
             prompt_length = inputs["input_ids"].shape[1]
@@ -257,14 +260,14 @@ def load_image_input(source: str | Path | Image.Image) -> Image.Image:
         path = Path(str(source).removeprefix("file://")).expanduser()
         if not path.is_file():
             raise FileNotFoundError(f"image {str(source)[:200]!r}: no such file; give a path, a file:// or http(s) URL, a data:image/...;base64, URI or a PIL image")
-        image = Image.open(path)
+        return open_image(path)  # upright, 8-bit RGB: as the training data was
     elif isinstance(source, Image.Image):
         image = source
     else:
         raise TypeError(f"image of type {type(source).__name__}: expected a path, a URL, a data:image URI or a PIL image")
     # qwen_vl_utils.fetch_image would also resize, with its own smart_resize, before the processor
     # resizes again; we hand the processor the original image and read its grid instead.
-    return ImageOps.exif_transpose(image).convert("RGB")  # the upright image, as the training data was
+    return to_rgb8(make_upright(image))  # the upright image, as the training data was
 
 
 def detect(
@@ -301,7 +304,7 @@ def evaluate_model(
     """
     if "prompt" not in dataset.column_names:
         raise ValueError("evaluate_model needs a 'prompt' column; add it with helpers.formatting.add_chat_columns")
-    images = [img.convert("RGB") for img in dataset["image"]]
+    images = dataset["image"]  # references, read lazily batch by batch
     system_prompts = dataset["system_prompt"] if "system_prompt" in dataset.column_names else None
     chat_options = get_family(family).chat_template_kwargs
     generations = generate(
@@ -309,13 +312,15 @@ def evaluate_model(
         batch_logits_processors,
     )
     records = []
-    for example, generation in zip(dataset.select_columns(["image_id", "width", "height", "objects"]), generations):
+    columns = ["image_id", "width", "height", "objects", *(["crowd_regions"] if "crowd_regions" in dataset.column_names else [])]
+    for example, generation in zip(dataset.select_columns(columns), generations):
         image_size = (example["width"], example["height"])
         predictions, duplicates = drop_duplicate_boxes(scored_predictions(generation, family, image_size), duplicate_iou)
         records.append(
             {
                 "image_id": example["image_id"],
                 "ground_truth": example["objects"],
+                "crowd_regions": example.get("crowd_regions", []),
                 "raw_text": generation.text,
                 "predictions": predictions,
                 "loop_stopped": generation.loop_stopped,

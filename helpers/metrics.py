@@ -6,7 +6,10 @@ truth under greedy one-to-one matching within each class (0 for a missed box), p
 recall at IoU 0.5 under that matching, accuracy at IoU 0.5 on single-object images (grounding),
 the parse-failure rate, and the counts of answers stopped for looping and of duplicate boxes
 dropped before scoring. Records are ``{"ground_truth": [{"label", "bbox_xyxy_px"}], "predictions":
-[{"label", "bbox_xyxy_px", "score"}], "raw_text", "loop_stopped", "duplicates_dropped"}``.
+[{"label", "bbox_xyxy_px", "score"}], "raw_text", "loop_stopped", "duplicates_dropped",
+"crowd_regions"?}``. Crowd regions (COCO ``iscrowd=1``) go to pycocotools as the ignore regions they
+are in COCO's protocol, so the COCO metrics equal official COCOeval on such data; the matching-based
+metrics (mean IoU, precision, recall, accuracy) use the ground truth alone.
 """
 
 from __future__ import annotations
@@ -62,15 +65,17 @@ def coco_metrics(records: list[dict], class_names: list[str]) -> dict:
     Values are NaN when there is no ground truth; 0 when nothing was predicted.
     """
     names = list(dict.fromkeys([*class_names, *sorted({g["label"] for r in records for g in r["ground_truth"]})]))
+    names += sorted({c["label"] for r in records for c in r.get("crowd_regions", [])} - set(names))
     category = {name: index + 1 for index, name in enumerate(names)}
     images, annotations, detections = [], [], []
     n_unknown = 0
     for image_id, record in enumerate(records, start=1):
         images.append({"id": image_id})
-        for gt in record["ground_truth"]:
+        crowds = [(crowd, 1) for crowd in record.get("crowd_regions", [])]
+        for gt, is_crowd in [*((gt, 0) for gt in record["ground_truth"]), *crowds]:
             box = _xywh(gt["bbox_xyxy_px"])
             annotations.append({"id": len(annotations) + 1, "image_id": image_id, "category_id": category[gt["label"]],
-                                "bbox": box, "area": box[2] * box[3], "iscrowd": 0})
+                                "bbox": box, "area": box[2] * box[3], "iscrowd": is_crowd})
         for pred in record["predictions"]:
             if pred["label"] not in category:
                 n_unknown += 1
@@ -80,10 +85,10 @@ def coco_metrics(records: list[dict], class_names: list[str]) -> dict:
     nan = math.nan
     result = {"map_50_95": nan, "map_50": nan, "map_75": nan, "ar_100": nan, "ap_50_per_class": dict.fromkeys(names, nan),
               "pr_curve_50": {"recall": [], "precision": []}, "n_unknown_label_predictions": n_unknown}
-    if not annotations:
+    if not any(a["iscrowd"] == 0 for a in annotations):
         return result
     if not detections:
-        with_gt = {names[a["category_id"] - 1] for a in annotations}
+        with_gt = {names[a["category_id"] - 1] for a in annotations if a["iscrowd"] == 0}
         return result | {"map_50_95": 0.0, "map_50": 0.0, "map_75": 0.0, "ar_100": 0.0,
                          "ap_50_per_class": {name: (0.0 if name in with_gt else nan) for name in names}}
     with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress

@@ -9,6 +9,8 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 from PIL import Image
 
+from helpers.images import open_image
+
 GROUND_TRUTH_COLOR = "lime"
 PREDICTION_COLOR = "magenta"
 
@@ -38,14 +40,20 @@ def plot_image_grid(
     titles: list[str],
     path: str | Path,
     columns: int = 4,
+    frames: list[tuple[int, int]] | None = None,
 ) -> Figure:
-    """A grid of images, each with several ``(objects, color, linestyle)`` box sets; saved to ``path``."""
+    """A grid of images, each with several ``(objects, color, linestyle)`` box sets; saved to ``path``.
+
+    ``frames`` gives the ``(width, height)`` each image's boxes are in (default: its own size); an image
+    of another size, such as a cached downscaled copy, is stretched over that frame.
+    """
+    frames = frames if frames is not None else [image.size for image in images]
     rows = max(1, -(-len(images) // columns))
     fig, axes = plt.subplots(rows, columns, figsize=(3 * columns, 3 * rows), squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
-    for ax, image, boxes, title in zip(axes.flat, images, box_sets, titles):
-        ax.imshow(image)
+    for ax, image, boxes, title, (width, height) in zip(axes.flat, images, box_sets, titles, frames):
+        ax.imshow(image, extent=(0, width, height, 0))
         for objects, color, linestyle in boxes:
             draw_boxes(ax, objects, color, linestyle)
         ax.set_title(title, fontsize=8)
@@ -56,22 +64,24 @@ def plot_samples(dataset, n: int, path: str | Path) -> Figure:
     """The first ``n`` dataset images with their ground-truth boxes."""
     subset = dataset.select(range(min(n, len(dataset))))
     return plot_image_grid(
-        list(subset["image"]),
+        [open_image(value) for value in subset["image"]],
         [[(objects, GROUND_TRUTH_COLOR, "-")] for objects in subset["objects"]],
         [f"#{i} {w}x{h}px" for i, w, h in zip(subset["image_id"], subset["width"], subset["height"])],
         path,
+        frames=list(zip(subset["width"], subset["height"])),
     )
 
 
 def plot_predictions(dataset, records: list[dict], n: int, path: str | Path) -> Figure:
     """Ground truth (solid) against predictions with scores (dashed) for the first ``n`` evaluated images."""
     n = min(n, len(records))
-    images = list(dataset.select(range(n))["image"])
+    subset = dataset.select(range(n))
     return plot_image_grid(
-        images,
+        [open_image(value) for value in subset["image"]],
         [[(r["ground_truth"], GROUND_TRUTH_COLOR, "-"), (r["predictions"], PREDICTION_COLOR, "--")] for r in records[:n]],
         [f"#{r['image_id']}: {len(r['predictions'])} pred / {len(r['ground_truth'])} gt" for r in records[:n]],
         path,
+        frames=list(zip(subset["width"], subset["height"])),
     )
 
 

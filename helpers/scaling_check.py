@@ -16,6 +16,7 @@ from PIL import Image
 
 from helpers.boxes import NORM_SCALE, parse_model_answer, resized_size, sort_objects, to_model_answer
 from helpers.families import get_family
+from helpers.images import open_image
 from helpers.plotting import GROUND_TRUTH_COLOR, PREDICTION_COLOR, plot_image_grid
 
 
@@ -50,11 +51,12 @@ def check_coordinate_scaling(
     Returns ``{"worst_error_px", "ok", "examples": [...]}`` and saves a picture to ``path``: each
     row is the original image with its ground truth and the model's input with the decoded boxes.
     """
-    images, box_sets, titles, examples = [], [], [], []
+    images, box_sets, titles, examples, frames = [], [], [], [], []
     for example in dataset.select(range(min(n_examples, len(dataset)))):
         image_size = (example["width"], example["height"])
         model_size = resized_size(family, *image_size, min_pixels, max_pixels)
-        seen = model_input_image(processor, example["image"])
+        original = open_image(example["image"])  # the image as loaded (a cached copy is already at the model's size)
+        seen = model_input_image(processor, original)
         answer = to_model_answer(example["objects"], family, image_size, model_size)
         decoded = parse_model_answer(answer, family, image_size, model_size)
         # Parsing as if the image were already the model's input gives the boxes in that frame.
@@ -75,11 +77,12 @@ def check_coordinate_scaling(
                 "allowed_px": allowed_px,
             }
         )
-        images += [example["image"], seen]
+        images += [original, seen]
+        frames += [image_size, seen.size]
         box_sets += [[(truth, GROUND_TRUTH_COLOR, "-")], [(decoded_on_input, PREDICTION_COLOR, "--")]]
         titles += [f"#{example['image_id']} original {image_size[0]}x{image_size[1]}px",
                    f"model input {seen.size[0]}x{seen.size[1]}px, error {error_px:.2f}px"]
-    plot_image_grid(images, box_sets, titles, path, columns=2)
+    plot_image_grid(images, box_sets, titles, path, columns=2, frames=frames)
     ok = all(
         e["processor_size"] == e["model_size"] and e["n_decoded"] == e["n_boxes"] and e["max_error_px"] <= e["allowed_px"] + 1e-6
         for e in examples

@@ -58,8 +58,9 @@ def make_synthetic_example(
     max_objects: int,
     position_tint: bool = False,
     square: bool = False,
+    empty: bool = False,
 ) -> tuple[Image.Image, list[dict]]:
-    """Draw one image and return it with its objects (``label``, ``bbox_xyxy_px``)."""
+    """Draw one image and return it with its objects (``label``, ``bbox_xyxy_px``); ``empty`` draws the background alone."""
     width = int(rng.integers(min_side_px, max_side_px + 1))
     height = int(rng.integers(min_side_px, max_side_px + 1))  # drawn even when square, so the draws stay in step
     if square:
@@ -97,9 +98,11 @@ def make_synthetic_example(
         else:
             continue
         label = class_names[int(rng.integers(len(class_names)))]
+        boxes.append(box)
+        if empty:
+            continue  # every draw is still made, so the images after it are the same with or without empties
         shape, rgb = CLASS_STYLES[label]
         _draw_shape(draw, shape, box, rgb)
-        boxes.append(box)
         objects.append({"label": label, "bbox_xyxy_px": [float(v) for v in box]})
     return image, objects
 
@@ -113,8 +116,9 @@ def make_synthetic_dataset(
     max_objects: int = 4,
     position_tint: bool = False,
     square: bool = False,
+    empty_fraction: float = 0.0,
 ) -> Dataset:
-    """Generate ``n_images`` synthetic detection records in the project's dataset schema."""
+    """Generate ``n_images`` synthetic detection records in the project's dataset schema; ``empty_fraction`` of them without objects."""
     class_names = list(CLASS_STYLES)[:3] if class_names is None else list(class_names)
     unknown = sorted(set(class_names) - set(CLASS_STYLES))
     if unknown:
@@ -123,9 +127,15 @@ def make_synthetic_dataset(
         raise ValueError(f"need 16 <= min_side_px <= max_side_px, got {min_side_px}, {max_side_px}")
     if max_objects < 1:
         raise ValueError(f"max_objects must be >= 1, got {max_objects}")
+    if not 0 <= empty_fraction <= 1:
+        raise ValueError(f"empty_fraction must be within [0, 1], got {empty_fraction}")
     rng = np.random.default_rng(seed)
+    empties = np.random.default_rng([seed, 1]).random(n_images) < empty_fraction  # its own stream: the images stay as they were
     records = []
     for image_id in range(n_images):
-        image, objects = make_synthetic_example(rng, class_names, min_side_px, max_side_px, max_objects, position_tint, square)
-        records.append({"image_id": str(image_id), "image": image, "width": image.width, "height": image.height, "objects": objects})
+        image, objects = make_synthetic_example(
+            rng, class_names, min_side_px, max_side_px, max_objects, position_tint, square, empty=bool(empties[image_id])
+        )
+        records.append({"image_id": str(image_id), "image": image, "width": image.width, "height": image.height, "objects": objects,
+                        "crowd_regions": []})
     return Dataset.from_list(records, features=DETECTION_FEATURES)

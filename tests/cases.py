@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from helpers.families import FAMILY_NAMES as FAMILIES  # every supported family, from its record
+from helpers.images import open_image
 
 
 def _random_sizes(n: int, seed: int) -> list[tuple[int, int]]:
@@ -40,7 +41,7 @@ def write_coco_split(dataset, folder, split: str, missing_images: int = 0) -> No
     for index, example in enumerate(dataset):
         file_name = f"{index:05d}.png"
         if index >= missing_images:
-            example["image"].save(split_dir / file_name)
+            open_image(example["image"]).save(split_dir / file_name)
         images.append({"id": index, "file_name": file_name, "width": example["width"], "height": example["height"]})
         for obj in example["objects"]:
             x1, y1, x2, y2 = obj["bbox_xyxy_px"]

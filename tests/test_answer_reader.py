@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from benchmarks.parser_speed import PATHOLOGICAL, time_parse
 from helpers.boxes import parse_model_answer, to_model_answer
 from helpers.families import NORM1000, get_family
+from helpers.labels import normalize_label
 from tests.cases import FAMILIES
 
 REAL_ANSWERS = json.loads((Path(__file__).parent / "fixtures" / "real_answers.json").read_text())
@@ -87,7 +88,7 @@ EXPECTED_OTHERWISE = {
 @pytest.mark.parametrize("entry", REAL_ANSWERS, ids=[entry["id"] for entry in REAL_ANSWERS])
 def test_real_published_answers(entry):
     expected = EXPECTED_OTHERWISE[entry["id"]](entry) if entry["id"] in READ_OTHERWISE else entry["expected"]
-    assert read_raw(entry["text"], entry["family"]) == [(label.strip(), [float(v) for v in box]) for label, box in expected]
+    assert read_raw(entry["text"], entry["family"]) == [(normalize_label(label), [float(v) for v in box]) for label, box in expected]
 
 
 def test_the_real_answers_cover_every_family_with_boxes_and_cite_a_source():
@@ -116,7 +117,7 @@ def test_any_labels_and_boxes_written_any_way_are_read_back(objects, style):
         ) + "]",
         "fenced with prose": lambda: "Here's the answer:\n```json\n" + json.dumps(items) + "\n```\nDone {.",
     }[style]()
-    assert read_raw(text) == [(label.strip(), [float(v) for v in box]) for label, box in objects]
+    assert read_raw(text) == [(normalize_label(label), [float(v) for v in box]) for label, box in objects]
 
 
 ANSWER_PIECES = st.sampled_from(list('{}[]()<>|,:"\'0123456789.-eE aNtrue_\\') + [

@@ -10,12 +10,13 @@ import trl
 from transformers import AutoModelForImageTextToText
 from trl.trainer.sft_trainer import DataCollatorForVisionLanguageModeling
 
-from helpers.families import get_family
+from helpers.families import TAGS, get_family
 from helpers.formatting import add_chat_columns, detection_prompt, format_detection_messages, generation_prompt
 from helpers.processing import load_processor
 from helpers.synthetic import make_synthetic_dataset
 from tests.cases import FAMILIES
 from helpers.notebook_cells import run_tagged_cells
+from helpers.images import open_image
 
 CELLS = run_tagged_cells("collators")
 IGNORE = CELLS["IGNORE_INDEX"]
@@ -24,9 +25,9 @@ VISION_TOKENS = ("<|image_pad|>", "<|video_pad|>", "<|vision_start|>", "<|vision
 COLLATORS = ("VisionAndPaddingMaskingCollator", "AssistantOnlyCollator", "PaddingFreeCollator")
 
 
-def chat_examples(family: str, n: int = 4, seed: int = 11, system_prompt: str = "") -> list[dict]:
+def chat_examples(family: str, n: int = 4, seed: int = 11, system_prompt: str = "", empty_fraction: float = 0.0) -> list[dict]:
     """``n`` examples with different image sizes and answer lengths, as the notebook formats them."""
-    ds = make_synthetic_dataset(n, seed=seed, max_objects=4, min_side_px=60, max_side_px=260)
+    ds = make_synthetic_dataset(n, seed=seed, max_objects=4, min_side_px=60, max_side_px=260, empty_fraction=empty_fraction)
     ds = add_chat_columns(ds, family, detection_prompt(family, ["red circle", "green square"]), MIN_PIXELS, MAX_PIXELS, system_prompt)
     return [ds[i] for i in range(n)]
 
@@ -93,6 +94,24 @@ def test_labelled_tokens_decode_exactly(tiny_checkpoints, models, family, collat
             assert decoded == example["answer"] + "<|im_end|>"
             positions = span_labelled.nonzero().flatten()
             assert int(positions[-1] - positions[0] + 1) == len(positions)  # one contiguous span
+
+
+@pytest.mark.parametrize("family", ["qwen2_vl", "qwen2_5_vl", "qwen3_5"])  # tags, JSON, and a template with a think block
+@pytest.mark.parametrize("collator_name", ["AssistantOnlyCollator", "PaddingFreeCollator"])
+def test_an_image_without_objects_trains_the_empty_answer(tiny_checkpoints, models, family, collator_name):
+    if collator_name == "PaddingFreeCollator" and get_family(family).padding_free_refusal:
+        pytest.skip(f"{family} refuses padding-free packing")
+    processor = load_processor(tiny_checkpoints[family], MIN_PIXELS, MAX_PIXELS)
+    examples = chat_examples(family, n=6, empty_fraction=0.5)
+    empty = [i for i, e in enumerate(examples) if not e["objects"]]
+    assert empty and len(empty) < len(examples)
+    batch = make_collator(collator_name, processor, models[family], family)(examples)
+    labelled = batch["labels"] != IGNORE
+    for index, (row, start, end) in enumerate(sample_spans(batch)):
+        decoded = processor.tokenizer.decode(batch["input_ids"][row, start:end][labelled[row, start:end]], skip_special_tokens=False)
+        assert decoded == examples[index]["answer"] + "<|im_end|>"
+        if index in empty:  # "[]" for JSON families; for Qwen2-VL's tags, the turn ends at once
+            assert decoded == ("" if get_family(family).answer_syntax == TAGS else "[]") + "<|im_end|>"
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -195,7 +214,7 @@ def trl_labels(processor, examples: list[dict], chat_template: str) -> torch.Ten
     """Labels from TRL's vision collator with ``assistant_only_loss`` and the given template."""
     collator = DataCollatorForVisionLanguageModeling(processor, assistant_only_loss=True, chat_template=chat_template)
     trl_examples = [
-        {"messages": format_detection_messages(e["prompt"], e["answer"], e["system_prompt"]), "images": [e["image"].convert("RGB")]}
+        {"messages": format_detection_messages(e["prompt"], e["answer"], e["system_prompt"]), "images": [open_image(e["image"])]}
         for e in examples
     ]
     return collator(trl_examples)["labels"]

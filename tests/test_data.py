@@ -21,6 +21,7 @@ from helpers.data import (
     to_xyxy_px,
 )
 from helpers.boxes import is_box_of_numbers
+from helpers.images import open_image
 from helpers.schema import DETECTION_FEATURES
 
 SPLITS = {"train": "train", "eval": "valid", "test": "test"}
@@ -155,7 +156,7 @@ COCO_TRAIN_COUNTS = {
     "images_loaded": 3, "images_without_objects": 0, "boxes_kept": 4,
     "missing_image": 1, "unreadable_image": 2, "size_mismatch": 1, "malformed_record": 2,
     "clipped_box": 1, "inverted_box": 1, "degenerate_box": 1, "outside_box": 1, "unknown_category": 1,
-    "crowd_box": 1, "malformed_box": 1, "orphan_annotation": 1,
+    "crowd_regions_kept": 1, "malformed_box": 1, "orphan_annotation": 1,
 }
 
 
@@ -219,7 +220,8 @@ def test_coco_folder_counts_every_bad_record(tmp_path):
         {"label": "cat", "bbox_xyxy_px": [10, 10, 30, 30]},
         {"label": "dog", "bbox_xyxy_px": [90, 70, 100, 80]},
     ]
-    assert train[2]["image"].mode == "RGB"  # the grayscale file is converted
+    assert open_image(train[2]["image"]).mode == "RGB"  # the grayscale file is converted when a batch reads it
+    assert train[0]["crowd_regions"] == [{"label": "cat", "bbox_xyxy_px": [10, 10, 30, 30]}]  # kept aside, never a target
     assert splits["eval"][0]["objects"] == [{"label": "dog", "bbox_xyxy_px": [1, 2, 31, 42]}]
     messages = "\n".join(reports["train"].examples)
     for record in ("image id 4 ('missing.png')", "image id 5 ('garbage.png')", "image id 1 ('good.png') box 2", "annotation 10"):
@@ -231,17 +233,17 @@ def test_exif_orientation_is_applied_so_boxes_match_the_upright_image(tmp_path):
     make_coco_folder(tmp_path / "coco")
     splits, _ = load_detection_splits(str(tmp_path / "coco"), {"train": "train"}, {"train": 0}, "xywh", 0, {})
     rotated = splits["train"][1]
-    assert (rotated["width"], rotated["height"]) == (40, 60) == rotated["image"].size
-    red, green, blue = rotated["image"].getpixel((20, 15))  # inside the box [0, 0, 40, 30]: the red half
+    image = open_image(rotated["image"])
+    assert (rotated["width"], rotated["height"]) == (40, 60) == image.size
+    red, green, blue = image.getpixel((20, 15))  # inside the box [0, 0, 40, 30]: the red half
     assert red > 200 and blue < 60
-    assert rotated["image"].getpixel((20, 45))[2] > 200  # below the box: blue
+    assert image.getpixel((20, 45))[2] > 200  # below the box: blue
 
 
-def test_rgb_images_keep_their_original_bytes(tmp_path):
+def test_splits_hold_file_references_not_pixels(tmp_path):
     make_coco_folder(tmp_path / "coco")
     splits, _ = load_detection_splits(str(tmp_path / "coco"), {"train": "train"}, {"train": 1}, "xywh", 0, {})
-    stored = splits["train"].cast_column("image", Image(decode=False))[0]["image"]["bytes"]
-    assert stored == (tmp_path / "coco" / "train" / "good.png").read_bytes()
+    assert splits["train"][0]["image"] == {"bytes": None, "path": str(tmp_path / "coco" / "train" / "good.png")}
 
 
 # ---------------------------------------------------------------- JSONL
@@ -322,8 +324,8 @@ def test_missing_columns_name_the_source(tmp_path):
 @pytest.mark.parametrize(
     "kind,source_maker,record,fix",
     [
-        ("coco", make_coco_folder, "annotation 10", "remove the annotation"),  # annotations are checked first
-        ("jsonl", make_jsonl_folder, "line 1 ('images/good.png') box 1", "make the box fit inside the image"),
+        ("coco", make_coco_folder, "image id 8 (None)", "give the record an image"),  # image entries are checked first
+        ("jsonl", make_jsonl_folder, "line 8", "give the record an image"),  # then every line's layout, before any image
     ],
 )
 def test_strict_mode_stops_at_the_first_problem_naming_record_and_fix(tmp_path, kind, source_maker, record, fix):
@@ -372,14 +374,15 @@ def test_missing_split_names_what_was_looked_for(tmp_path, maker, message):
         load_detection_splits(str(tmp_path / "src"), {"test": split}, {"test": 0}, "xywh", 0, {})
 
 
-def test_crowd_regions_are_counted_but_never_an_error(tmp_path):
+def test_crowd_regions_are_kept_aside_and_never_an_error(tmp_path):
     save_image(tmp_path / "c" / "train" / "a.png")
     coco = {"images": [{"id": 1, "file_name": "a.png", "width": 100, "height": 80}], "categories": [{"id": 1, "name": "cat"}],
             "annotations": [{"id": 1, "image_id": 1, "bbox": [1, 1, 20, 20], "category_id": 1, "iscrowd": 0},
                             {"id": 2, "image_id": 1, "bbox": [30, 30, 20, 20], "category_id": 1, "iscrowd": 1}]}
     (tmp_path / "c" / "train" / "annotations.json").write_text(json.dumps(coco))
     splits, reports = load_detection_splits(str(tmp_path / "c"), {"train": "train"}, {"train": 0}, "xywh", 0, {}, strict=True)
-    assert reports["train"].counts["crowd_box"] == 1 and len(splits["train"][0]["objects"]) == 1
+    assert reports["train"].counts["crowd_regions_kept"] == 1 and len(splits["train"][0]["objects"]) == 1
+    assert splits["train"][0]["crowd_regions"] == [{"label": "cat", "bbox_xyxy_px": [30, 30, 50, 50]}]
 
 
 def test_home_relative_sources_are_expanded(tmp_path, monkeypatch):
@@ -407,7 +410,7 @@ def test_report_table_and_json(tmp_path):
     make_jsonl_folder(tmp_path / "jsonl")
     _, reports = load(tmp_path / "jsonl")
     table = format_data_report(reports)
-    assert "missing_image" in table and "(record skipped)" in table and "crowd_box" not in table
+    assert "missing_image" in table and "(record skipped)" in table and "orphan_annotation" not in table
     assert json.loads(json.dumps(reports["train"].as_dict()))["counts"]["missing_image"] == 1
 
 
@@ -424,3 +427,11 @@ def test_synthetic_splits_are_disjoint_and_sized():
 def test_synthetic_split_of_size_zero_is_an_error():
     with pytest.raises(ValueError, match="test_size must be >= 1"):
         load_detection_splits("synthetic", {"test": "test"}, {"test": 0}, "xywh", 0, {})
+
+
+def test_hub_images_stay_encoded_in_arrow_files_on_disk(tmp_path):
+    features = Sequence({"bbox": Sequence(Value("float32"), length=4), "category": ClassLabel(names=["cat", "dog"])})
+    DatasetDict({"train": _hub_layout_dataset(features)}).save_to_disk(tmp_path / "ds")
+    ds, _ = load_hf_detection_split(str(tmp_path / "ds"), "train", "xywh")
+    assert ds.cache_files, "the split was copied into memory"
+    assert ds[0]["image"]["bytes"][:4] == b"\x89PNG" and open_image(ds[0]["image"]).size == (100, 80)

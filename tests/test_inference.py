@@ -15,6 +15,7 @@ from helpers.notebook_cells import run_tagged_cells
 from helpers.processing import load_processor
 from tests.cases import FAMILIES
 from helpers.synthetic import make_synthetic_dataset
+from helpers.images import open_image, open_images
 
 MIN_PIXELS, MAX_PIXELS = 3136, 50176
 
@@ -24,7 +25,7 @@ def test_batched_equals_one_by_one(tiny_checkpoints, family):
     processor = load_processor(tiny_checkpoints[family], MIN_PIXELS, MAX_PIXELS)
     model = AutoModelForImageTextToText.from_pretrained(tiny_checkpoints[family])
     ds = make_synthetic_dataset(4, seed=2)  # four different image sizes: prompts of different lengths
-    images = list(ds["image"])
+    images = open_images(ds["image"])
     prompts = [detection_prompt(family, ["red circle"])] * len(images)
     batched = generate(model, processor, images, prompts, max_new_tokens=12, batch_size=4)
     single = generate(model, processor, images, prompts, max_new_tokens=12, batch_size=1)
@@ -42,7 +43,7 @@ def test_token_probabilities_are_those_of_the_chosen_tokens(tiny_checkpoints, fa
 
     processor = load_processor(tiny_checkpoints[family], MIN_PIXELS, MAX_PIXELS)
     model = AutoModelForImageTextToText.from_pretrained(tiny_checkpoints[family]).eval()
-    image = make_synthetic_dataset(1, seed=4)[0]["image"]
+    image = open_image(make_synthetic_dataset(1, seed=4)[0]["image"])
     prompt = detection_prompt(family, ["red circle"])
     (generation,) = generate(model, processor, [image], [prompt], max_new_tokens=10, batch_size=1)
     answer_ids = generation.token_ids
@@ -79,7 +80,7 @@ def test_span_score_averages_the_overlapping_tokens(span, expected):
 def test_generation_probabilities_are_probabilities_and_deterministic(tiny_checkpoints):
     processor = load_processor(tiny_checkpoints["qwen2_vl"], MIN_PIXELS, MAX_PIXELS)
     model = AutoModelForImageTextToText.from_pretrained(tiny_checkpoints["qwen2_vl"])
-    images = list(make_synthetic_dataset(3, seed=9)["image"])
+    images = open_images(make_synthetic_dataset(3, seed=9)["image"])
     prompts = ["Detect."] * len(images)
     runs = [generate(model, processor, images, prompts, max_new_tokens=20, batch_size=2) for _ in range(2)]
     assert runs[0] == runs[1]
@@ -145,7 +146,7 @@ def test_decoding_is_plain_greedy_whatever_the_checkpoint_says(tiny_checkpoints,
     processor = load_processor(checkpoint, MIN_PIXELS, MAX_PIXELS)
     model = AutoModelForImageTextToText.from_pretrained(checkpoint).eval()
     assert model.generation_config.repetition_penalty == settings["repetition_penalty"]
-    images = list(make_synthetic_dataset(3, seed=4)["image"])
+    images = open_images(make_synthetic_dataset(3, seed=4)["image"])
     prompt = detection_prompt(family, ["red circle"])
     ours = [g.token_ids for g in generate(model, processor, images, [prompt] * 3, max_new_tokens=24, batch_size=3)]
     assert ours == [argmax_answer(model, processor, image, prompt, 24) for image in images]
@@ -202,7 +203,7 @@ def test_detect_accepts_every_image_form_of_qwens_cookbooks(tiny_checkpoints, tm
     from helpers.inference import detect, load_image_input
 
     # A JPEG stored sideways with EXIF orientation 6 (rotate 90 degrees clockwise to display): 120x80 upright.
-    upright = make_synthetic_dataset(1, seed=3)[0]["image"].resize((120, 80))
+    upright = open_image(make_synthetic_dataset(1, seed=3)[0]["image"]).resize((120, 80))
     exif = Image.Exif()
     exif[0x0112] = 6
     upright.transpose(Image.Transpose.ROTATE_90).save(tmp_path / "photo.jpg", exif=exif, quality=95)
@@ -288,7 +289,7 @@ def test_a_mixture_set_up_for_its_auxiliary_loss_still_generates(tiny_checkpoint
     # TRL's trainer turns router logits on for the load-balancing loss; generation must not compute that loss.
     processor = load_processor(tiny_checkpoints[family], MIN_PIXELS, MAX_PIXELS)
     model = AutoModelForImageTextToText.from_pretrained(tiny_checkpoints[family])
-    images = list(make_synthetic_dataset(3, seed=2)["image"])  # different sizes: a padded batch
+    images = open_images(make_synthetic_dataset(3, seed=2)["image"])  # different sizes: a padded batch
     prompts = [detection_prompt(family, ["red circle"])] * 3
     plain = generate(model, processor, images, prompts, max_new_tokens=6, batch_size=3)
     model.config.get_text_config().output_router_logits = True
@@ -323,7 +324,7 @@ LOOPS = {"qwen2_vl": "<|object_ref_start|>red circle<|object_ref_end|><|box_star
 @pytest.mark.parametrize("family,repeats", [("qwen2_vl", 3), ("qwen2_5_vl", 2), ("qwen2_5_vl", 5)])
 def test_a_looping_answer_stops_after_the_object_is_repeated(tiny_checkpoints, family, repeats):
     model, processor, loop = looping_model(tiny_checkpoints, family, LOOPS[family])
-    images = [make_synthetic_dataset(1, seed=3)[0]["image"]] * 2
+    images = [open_image(make_synthetic_dataset(1, seed=3)[0]["image"])] * 2
     prompts = [detection_prompt(family, ["red circle"])] * 2
     stopped = generate(model, processor, images, prompts, 200, 2, loop_repeats=repeats, batch_logits_processors=loop)
     endless = generate(model, processor, images, prompts, 200, 2, loop_repeats=0, batch_logits_processors=loop)

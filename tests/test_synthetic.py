@@ -8,12 +8,13 @@ import pytest
 from helpers.boxes import box_iou
 from helpers.schema import DETECTION_FEATURES
 from helpers.synthetic import CLASS_STYLES, TINT_LEVELS, TINT_NOISE_LEVELS, make_synthetic_dataset
+from helpers.images import open_image, open_images
 
 
 def test_same_seed_same_data_other_seed_other_data():
     a, b, c = (make_synthetic_dataset(6, seed=s) for s in (1, 1, 2))
     assert a["objects"] == b["objects"]
-    assert all(np.array_equal(np.asarray(x), np.asarray(y)) for x, y in zip(a["image"], b["image"]))
+    assert all(np.array_equal(np.asarray(x), np.asarray(y)) for x, y in zip(open_images(a["image"]), open_images(b["image"])))
     assert a["objects"] != c["objects"]
 
 
@@ -23,7 +24,8 @@ def test_schema_and_box_validity():
     counts = [len(objects) for objects in ds["objects"]]
     assert min(counts) >= 1 and max(counts) <= 4 and len(set(counts)) > 1
     for example in ds:
-        assert example["image"].size == (example["width"], example["height"]) and example["image"].mode == "RGB"
+        image = open_image(example["image"])
+        assert image.size == (example["width"], example["height"]) and image.mode == "RGB"
         for obj in example["objects"]:
             x1, y1, x2, y2 = obj["bbox_xyxy_px"]
             assert 0 <= x1 < x2 <= example["width"] and 0 <= y1 < y2 <= example["height"]
@@ -43,7 +45,7 @@ def test_shape_pixels_fill_their_box():
     ds = make_synthetic_dataset(5, seed=4, class_names=["green square"], max_objects=1)
     for example in ds:
         x1, y1, x2, y2 = (int(v) for v in example["objects"][0]["bbox_xyxy_px"])
-        pixels = np.asarray(example["image"])
+        pixels = np.asarray(open_image(example["image"]))
         green = (pixels == CLASS_STYLES["green square"][1]).all(axis=-1)
         ys, xs = np.nonzero(green)
         assert (xs.min(), ys.min(), xs.max() + 1, ys.max() + 1) == (x1, y1, x2, y2)
@@ -53,7 +55,7 @@ def test_position_tint_grows_left_to_right_in_red_and_top_to_bottom_in_green():
     plain, tinted = (make_synthetic_dataset(20, seed=3, min_side_px=128, max_side_px=200, position_tint=t) for t in (False, True))
     assert plain["objects"] == tinted["objects"]  # the tint changes the background only
     for example in tinted:
-        pixels = np.asarray(example["image"]).astype(float)
+        pixels = np.asarray(open_image(example["image"])).astype(float)
         box_free = np.ones(pixels.shape[:2], bool)
         for obj in example["objects"]:
             x1, y1, x2, y2 = (int(v) for v in obj["bbox_xyxy_px"])
@@ -67,7 +69,7 @@ def test_position_tint_grows_left_to_right_in_red_and_top_to_bottom_in_green():
         background = pixels[box_free]
         assert background.min() >= 255 - TINT_LEVELS - TINT_NOISE_LEVELS and background.max() <= 255  # no clipping
     for example in plain:
-        pixels = np.asarray(example["image"]).astype(float)
+        pixels = np.asarray(open_image(example["image"])).astype(float)
         assert abs(pixels[:, -1, 0].mean() - pixels[:, 0, 0].mean()) < 10
 
 
