@@ -190,7 +190,6 @@ class ImageCache:
         self.folder = Path(folder)
         self.resize = resize
         self.resize_key = resize_key
-        self.folder.mkdir(parents=True, exist_ok=True)
         index_file = self.folder / CACHE_INDEX
         self.index: dict[str, list] = json.loads(index_file.read_text()) if index_file.is_file() else {}
 
@@ -224,6 +223,7 @@ class ImageCache:
                 image.save(buffer, **({"format": "JPEG", "quality": JPEG_QUALITY} if is_jpeg else {"format": "PNG", "compress_level": 1}))
                 payload, suffix = buffer.getvalue(), "jpg" if is_jpeg else "png"
             file_name = f"{key}.{suffix}"
+            self.folder.mkdir(parents=True, exist_ok=True)  # made by the first image it holds, not before
             partial = self.folder / f"{file_name}.{os.getpid()}.{threading.get_ident()}.partial"  # two writers never share one
             partial.write_bytes(payload)
             partial.replace(self.folder / file_name)  # whole or absent: a killed build leaves no half image
@@ -232,6 +232,7 @@ class ImageCache:
 
     def save_index(self) -> None:
         """Write the index whole (a temporary file renamed over the old one)."""
+        self.folder.mkdir(parents=True, exist_ok=True)
         partial = self.folder / f"{CACHE_INDEX}.{os.getpid()}.partial"
         partial.write_text(json.dumps(self.index))
         partial.replace(self.folder / CACHE_INDEX)

@@ -20,6 +20,7 @@ import yaml
 
 from helpers.parameters import check_parameters
 from helpers.synthetic import make_synthetic_dataset
+from helpers.data import IMAGE_CACHE_FOLDER
 from helpers.run_notebook import NOTEBOOK_PATH, REPO_ROOT, TOOL_CACHE, notebook_declarations, notebook_defaults, resolve_parameters
 from tests.cases import write_coco_split
 
@@ -106,7 +107,8 @@ def test_offline_run_end_to_end(tmp_path, model_id, source):
     assert f"run folder: {run_dir}" in result.stdout
 
     # Everything the run wrote is in its folder (plus the shared offline-model cache we pointed at tmp).
-    assert sorted(p.name for p in tmp_path.iterdir()) == [TOOL_CACHE, "models", "offline-smoke"]
+    image_cache = [IMAGE_CACHE_FOLDER] if source == "coco" else []  # files are cached downscaled; synthetic images are not
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([*image_cache, TOOL_CACHE, "models", "offline-smoke"])
     assert sorted(p.name for p in REPO_ROOT.iterdir()) == repo_entries_before
     for name in ["notebook.ipynb", "params.json", "metrics.json", "predictions.jsonl", "predictions_baseline.jsonl",
                  "log_history.json", "data_report.json", "plots/samples.png", "plots/coordinate_check.png",
@@ -142,7 +144,7 @@ def test_offline_run_end_to_end(tmp_path, model_id, source):
         assert metrics[stage]["n_looping_answers"] <= 8 and metrics[stage]["n_duplicate_boxes_dropped"] >= 0
     for name in ("predictions.jsonl", "predictions_baseline.jsonl"):
         rows = [json.loads(line) for line in (run_dir / name).read_text().splitlines()]
-        assert len(rows) == 8 and all(set(row) == {"image_id", "ground_truth", "raw_text", "predictions", "loop_stopped", "duplicates_dropped"} for row in rows)
+        assert len(rows) == 8 and all(set(row) == {"image_id", "ground_truth", "crowd_regions", "raw_text", "predictions", "loop_stopped", "duplicates_dropped"} for row in rows)
         for prediction in (p for row in rows for p in row["predictions"]):
             assert set(prediction) == {"label", "bbox_xyxy_px", "score"} and 0 <= prediction["score"] <= 1
     history = json.loads((run_dir / "log_history.json").read_text())
