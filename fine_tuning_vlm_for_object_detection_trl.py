@@ -127,18 +127,22 @@ params
 import torch
 from transformers import set_seed
 
+from helpers.distributed import main_process_first, quiet_unless_main, start_process_group
 from helpers.modeling import load_model_and_processor, pick_device_and_dtype, weights_dtype
 from helpers.processing import read_family
 from helpers.run import environment_report, prepare_run_dir, resolve_model_path, write_json
 from helpers.tracking import configure_reporting
 
 set_seed(seed)
-device, dtype = pick_device_and_dtype()
-run_dir = prepare_run_dir(output_root, run_name)
+device, dtype = pick_device_and_dtype()  # under a launcher: the GPU of this process's LOCAL_RANK
+start_process_group(device)  # one process (papermill, Jupyter): nothing; under a launcher: gloo on CPU, NCCL on GPUs
+quiet_unless_main()  # under a launcher only the main process prints, writes files and draws
+with main_process_first():  # built once by the main process, then read by the others
+    run_dir = prepare_run_dir(output_root, run_name)
+    model_path = resolve_model_path(model_id, offline_model_dir)
 reporting = configure_reporting(report_to, run_dir)
 environment = environment_report(device, dtype)
 write_json(run_dir / "params.json", {"parameters": params, "environment": environment})
-model_path = resolve_model_path(model_id, offline_model_dir)
 family = read_family(model_path)
 model, processor = load_model_and_processor(
     model_path, quantization, attn_implementation, weights_dtype(dtype, use_lora), device, min_pixels, max_pixels
@@ -182,17 +186,18 @@ synthetic_options = {
     "empty_fraction": synthetic_empty_fraction,
 }
 cache = image_cache_for(expand_path(output_root) / IMAGE_CACHE_FOLDER, dataset_source, family, min_pixels, max_pixels) if image_cache else None
-splits, load_reports = load_detection_splits(
-    dataset_source,
-    split_names,
-    split_sizes,
-    dataset_bbox_format,
-    seed,
-    synthetic_options=synthetic_options,
-    known_classes=dataset_classes,
-    strict=data_strict,
-    loading=ImageLoading(cache=cache),
-)
+with main_process_first():  # the image cache is built once
+    splits, load_reports = load_detection_splits(
+        dataset_source,
+        split_names,
+        split_sizes,
+        dataset_bbox_format,
+        seed,
+        synthetic_options=synthetic_options,
+        known_classes=dataset_classes,
+        strict=data_strict,
+        loading=ImageLoading(cache=cache),
+    )
 class_names = dataset_class_names(splits["train"])
 write_json(run_dir / "data_report.json", {name: report.as_dict() for name, report in load_reports.items()})
 print({name: len(ds) for name, ds in splits.items()}, "classes:", class_names)
@@ -599,12 +604,13 @@ plot_pr_curves({"baseline": baseline_metrics["pr_curve_50"], "fine-tuned": finet
 # saved to `model_merged/`: one checkpoint that loads with `from_pretrained`, no PEFT needed.
 
 # %%
+from helpers.distributed import barrier
 from helpers.export import merge_adapter as merge_adapter_into_base
-from helpers.export import merge_refusal
+from helpers.export import merge_refusal, save_processor
 from helpers.run import write_jsonl
 
-trainer.save_model(str(run_dir / "model"))
-processor.save_pretrained(str(run_dir / "model"))
+trainer.save_model(str(run_dir / "model"))  # every rank takes part: FSDP and ZeRO-3 gather the sharded weights
+save_processor(processor, run_dir / "model")
 write_json(run_dir / "metrics.json", metrics | {"train": train_metrics})
 write_jsonl(run_dir / "predictions.jsonl", finetuned_records)
 write_jsonl(run_dir / "predictions_baseline.jsonl", baseline_records)
@@ -615,6 +621,7 @@ if merge_adapter:
         print("merge_adapter:", refusal)
     else:
         print("merged model:", merge_adapter_into_base(model_path, run_dir / "model", run_dir / "model_merged", dtype))
+barrier()  # every rank reads model/ below only once the main process has written it
 sorted(str(path.relative_to(run_dir)) for path in run_dir.iterdir())
 
 # %% [markdown]

@@ -38,9 +38,9 @@ ORIENTATIONS = (0, 1, 6)  # 0: a tag some phones write that means upright; 6: st
 REAL_MIN_PIXELS, REAL_MAX_PIXELS = 3136, 1003520  # Qwen2-VL's published processor bounds (preprocessor_config.json)
 
 
-def write_photo(path: Path, index: int, orientation: int) -> tuple[int, int]:
-    """A smooth photo-like JPEG with mild noise (a few MB, as phones write) and its upright size."""
-    width, height = PHOTO_SIZE_PX
+def write_photo(path: Path, index: int, orientation: int, size_px: tuple[int, int] = PHOTO_SIZE_PX) -> tuple[int, int]:
+    """A smooth photo-like JPEG with mild noise (a few MB at 12 MP, as phones write) and its upright size."""
+    width, height = size_px
     rng = np.random.default_rng(index)
     x = np.linspace(0, 1, width, dtype=np.float32)[None, :]
     y = np.linspace(0, 1, height, dtype=np.float32)[:, None]
@@ -52,16 +52,16 @@ def write_photo(path: Path, index: int, orientation: int) -> tuple[int, int]:
     return (height, width) if orientation == 6 else (width, height)
 
 
-def write_coco_folder(folder: Path, n_images: int) -> Path:
+def write_coco_folder(folder: Path, n_images: int, size_px: tuple[int, int] = PHOTO_SIZE_PX) -> Path:
     """A COCO folder of ``n_images`` photos with two boxes each (made once, reused)."""
-    split = folder / f"photos_{n_images}" / "train"
+    split = folder / f"photos_{n_images}_{size_px[0]}x{size_px[1]}" / "train"
     annotation_file = split / "annotations.json"
     if annotation_file.is_file():
         return split.parent
     split.mkdir(parents=True, exist_ok=True)
     images, annotations = [], []
     for index in range(n_images):
-        width, height = write_photo(split / f"{index}.jpg", index, ORIENTATIONS[index % len(ORIENTATIONS)])
+        width, height = write_photo(split / f"{index}.jpg", index, ORIENTATIONS[index % len(ORIENTATIONS)], size_px)
         images.append({"id": index, "file_name": f"{index}.jpg", "width": width, "height": height})
         for k, (x, y) in enumerate(((0.1, 0.2), (0.5, 0.4))):
             annotations.append({"id": len(annotations), "image_id": index, "category_id": k + 1, "iscrowd": 0,
@@ -106,22 +106,24 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--n", type=int, default=8, help="photos in the small set; the large one has 4x")
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--folder", default="outputs/.bench_photos", help="where the photos and their cache go")
+    parser.add_argument("--photo-size", default="x".join(map(str, PHOTO_SIZE_PX)), help="WIDTHxHEIGHT of the stored photos")
     parser.add_argument("--child", help=argparse.SUPPRESS)  # internal: measure one source in this process
     args = parser.parse_args(argv)
     folder = Path(args.folder)
+    size_px = tuple(int(v) for v in args.photo_size.split("x"))
     if args.child:
         print(json.dumps(measure(Path(args.child), folder / IMAGE_CACHE_FOLDER, Path(args.model_dir), args.family, args.batch_size)))
         return {}
     results = {}
     for n_images in (args.n, 4 * args.n):
-        source = write_coco_folder(folder, n_images)
+        source = write_coco_folder(folder, n_images, size_px)
         command = [sys.executable, __file__, "--child", str(source), "--folder", str(folder), "--model-dir", args.model_dir,
                    "--family", args.family, "--batch-size", str(args.batch_size)]
         output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
         results[n_images] = json.loads(output.strip().splitlines()[-1])
     small, large = results[args.n], results[4 * args.n]
     ratio = large["peak_rss_mib"] / small["peak_rss_mib"]
-    print(f"{PHOTO_SIZE_PX[0]}x{PHOTO_SIZE_PX[1]} JPEG photos (EXIF {ORIENTATIONS}), {args.family}, max_pixels {REAL_MAX_PIXELS}")
+    print(f"{size_px[0]}x{size_px[1]} JPEG photos (EXIF {ORIENTATIONS}), {args.family}, max_pixels {REAL_MAX_PIXELS}")
     print(f"{'photos':>8}{'1st load img/s':>16}{'2nd load img/s':>16}{'peak RSS MiB':>14}{'cached ready ms':>17}{'collate s':>11}")
     for n_images, r in results.items():
         print(f"{n_images:>8}{r['first_load_images_per_s']:>16.1f}{r['second_load_images_per_s']:>16.1f}{r['peak_rss_mib']:>14.0f}"

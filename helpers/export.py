@@ -8,6 +8,7 @@ import torch
 from peft import PeftModel
 from transformers import AutoModelForImageTextToText
 
+from helpers.distributed import is_main_process
 from helpers.modeling import load_model
 from helpers.processing import load_saved_processor, read_family
 
@@ -25,11 +26,20 @@ def merge_refusal(quantization: str, use_lora: bool) -> str | None:
     return None
 
 
+def save_processor(processor, out_dir: str | Path) -> Path:
+    """Save the processor beside the model (the main process only: under a launcher every rank holds the same one)."""
+    if is_main_process():
+        processor.save_pretrained(str(out_dir))
+    return Path(out_dir)
+
+
 def merge_adapter(base_model: str | Path, adapter_dir: str | Path, out_dir: str | Path, dtype: torch.dtype) -> Path:
-    """Load the base fresh, apply the adapter, merge it in, and save model + processor to ``out_dir``."""
+    """Load the base fresh, apply the adapter, merge it in, and save model + processor to ``out_dir`` (the main process only)."""
+    out_dir = Path(out_dir)
+    if not is_main_process():
+        return out_dir
     base = AutoModelForImageTextToText.from_pretrained(str(base_model), dtype=dtype, use_safetensors=True)
     merged = PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload()
-    out_dir = Path(out_dir)
     merged.save_pretrained(out_dir, safe_serialization=True)
     load_saved_processor(adapter_dir, read_family(base_model)).save_pretrained(out_dir)  # the run saved it next to the adapter
     return out_dir

@@ -12,8 +12,8 @@ import torch
 def device_report(device: str, dtype: torch.dtype) -> dict:
     """Device, dtype and, on CUDA, the GPU's name, memory and bf16 support."""
     report = {"device": device, "dtype": str(dtype).removeprefix("torch."), "cpu_threads": torch.get_num_threads()}
-    if device == "cuda":
-        properties = torch.cuda.get_device_properties(0)
+    if device.startswith("cuda"):
+        properties = torch.cuda.get_device_properties(torch.cuda.current_device())  # this process's GPU under a launcher
         report |= {
             "gpu": properties.name,
             "gpu_memory_gib": round(properties.total_memory / 2**30, 1),

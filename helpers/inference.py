@@ -36,6 +36,7 @@ from transformers.image_utils import load_image
 
 from helpers.boxes import drop_duplicate_boxes, object_texts, parse_model_answer_with_spans
 from helpers.families import get_family
+from helpers.distributed import gather_in_order, generation_needs_all_ranks, shard_indices
 from helpers.formatting import format_detection_messages
 from helpers.images import make_upright, open_image, to_rgb8
 from helpers.metrics import summarize_detections
@@ -176,6 +177,7 @@ def generate(
     chat_template_kwargs: dict | None = None,
     loop_repeats: int = LOOP_REPEATS,
     batch_logits_processors: Callable[[int], list[LogitsProcessor]] | None = None,
+    synced_gpus: bool = False,
 ) -> list[Generation]:
     """Greedy answers with token probabilities, batched with left padding (equal to one-by-one).
 
@@ -185,7 +187,8 @@ def generate(
     are the family's template options (``helpers.families``: Qwen3.5's non-thinking mode). An answer
     stops once one object has been written ``loop_repeats`` times (0: never). ``batch_logits_processors``,
     called for each batch with its prompt length, gives fresh processors that act before the token is
-    chosen (to constrain decoding, or to simulate a failure).
+    chosen (to constrain decoding, or to simulate a failure). ``synced_gpus`` keeps every rank stepping
+    until all are done, which sharded weights (FSDP, ZeRO-3) need.
     """
     system_prompts = [""] * len(prompts) if system_prompts is None else list(system_prompts)
     if not len(images) == len(prompts) == len(system_prompts):
@@ -222,6 +225,7 @@ def generate(
                     **inputs, **no_router_logits, generation_config=config,
                     logits_processor=LogitsProcessorList([*(batch_logits_processors(prompt_length) if batch_logits_processors else []), recorder]),
                     stopping_criteria=StoppingCriteriaList([loop_stop] if loop_repeats > 0 else []),
+                    **({"synced_gpus": True} if synced_gpus else {}),
                 )
             probs = torch.stack(recorder.steps, dim=1).tolist()
             grids = inputs["image_grid_thw"].tolist()  # one image per prompt, in order
@@ -301,15 +305,19 @@ def evaluate_model(
     ``class_names`` are the labels the model was taught (default: those in the ground truth);
     predicted labels outside them are counted as unknown. Answers stopped for looping and duplicate
     boxes dropped are recorded per image (``loop_stopped``, ``duplicates_dropped``) and counted in the metrics.
+    Under a launcher every rank answers its share of the images and gets all records back in the
+    dataset's order, so the metrics equal a single process's.
     """
     if "prompt" not in dataset.column_names:
         raise ValueError("evaluate_model needs a 'prompt' column; add it with helpers.formatting.add_chat_columns")
+    n_images = len(dataset)
+    dataset = dataset.select(shard_indices(n_images))  # under a launcher each rank answers its share; one process: all
     images = dataset["image"]  # references, read lazily batch by batch
     system_prompts = dataset["system_prompt"] if "system_prompt" in dataset.column_names else None
     chat_options = get_family(family).chat_template_kwargs
     generations = generate(
         model, processor, images, list(dataset["prompt"]), max_new_tokens, batch_size, system_prompts, chat_options, loop_repeats,
-        batch_logits_processors,
+        batch_logits_processors, generation_needs_all_ranks(),
     )
     records = []
     columns = ["image_id", "width", "height", "objects", *(["crowd_regions"] if "crowd_regions" in dataset.column_names else [])]
@@ -327,4 +335,5 @@ def evaluate_model(
                 "duplicates_dropped": duplicates,
             }
         )
+    records = gather_in_order(records, n_images)  # every rank gets all records, in the dataset's order
     return records, summarize_detections(records, class_names)

@@ -9,6 +9,7 @@ from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 from transformers import AutoModelForImageTextToText, BitsAndBytesConfig
 from transformers.utils import is_flash_attn_2_available
 
+from helpers.distributed import is_distributed, local_rank
 from helpers.families import get_family
 from helpers.parameters import ATTENTION_CHOICES, QUANTIZATION_CHOICES
 from helpers.processing import load_processor
@@ -16,9 +17,17 @@ from helpers.processing import load_processor
 
 
 def pick_device_and_dtype() -> tuple[str, torch.dtype]:
-    """``("cuda", bf16)`` on a bf16-capable GPU, ``("cuda", fp16)`` on older GPUs, else ``("cpu", fp32)``."""
+    """``("cuda", bf16)`` on a bf16-capable GPU, ``("cuda", fp16)`` on older GPUs, else ``("cpu", fp32)``.
+
+    Under a launcher each process takes the GPU of its ``LOCAL_RANK``, ``cuda:<local rank>``, for the
+    model, the 4-bit ``device_map`` and the inputs alike.
+    """
     if torch.cuda.is_available():
-        return "cuda", torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        if not is_distributed():
+            return "cuda", dtype
+        torch.cuda.set_device(local_rank())  # NCCL and "cuda" tensors then default to this process's GPU
+        return f"cuda:{local_rank()}", dtype
     return "cpu", torch.float32
 
 

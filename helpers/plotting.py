@@ -9,6 +9,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 from PIL import Image
 
+from helpers.distributed import is_main_process
 from helpers.images import open_image
 
 GROUND_TRUTH_COLOR = "lime"
@@ -27,8 +28,10 @@ def draw_boxes(ax, objects: list[dict], color: str, linestyle: str = "-") -> Non
 
 
 def save_figure(fig: Figure, path: str | Path) -> Figure:
-    """Lay out and save ``fig`` to ``path`` (its folder created), and return it for the notebook to show."""
+    """Lay out and save ``fig`` to ``path`` (its folder created; the main process only), and return it for the notebook to show."""
     fig.tight_layout()
+    if not is_main_process():
+        return fig
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
     return fig

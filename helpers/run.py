@@ -12,6 +12,7 @@ from typing import Annotated
 import torch
 import transformers
 
+from helpers.distributed import is_main_process, world_size
 from helpers.families import FAMILY_NAMES
 from helpers.gpu import device_report
 from helpers.offline import build_tiny_checkpoint
@@ -61,6 +62,8 @@ def prepare_run_dir(output_root: str | Path, run_name: str) -> Path:
         raise FileExistsError(
             f"{run_dir} exists and is not a run folder of this project (no {RUN_MARKER}); choose another run_name or output_root"
         )
+    if not is_main_process():  # the main process makes the folder (the notebook waits for it under main_process_first)
+        return run_dir
     (run_dir / "plots").mkdir(parents=True, exist_ok=True)
     if not (run_dir / RUN_MARKER).is_file():
         (run_dir / RUN_MARKER).write_text(json.dumps({"run_name": run_name, "created_by": "fine_tuning_vlm_for_object_detection_trl"}) + "\n")
@@ -82,7 +85,7 @@ def remove_run_dir(output_root: str | Path, run_name: str) -> Path:
 def environment_report(device: str, dtype: torch.dtype) -> dict:
     """Versions and hardware a run depends on, for the notebook and ``params.json``."""
     versions = {"python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__}
-    return versions | device_report(device, dtype)
+    return versions | device_report(device, dtype) | {"processes": world_size()}
 
 
 def _finite_or_none(value):
@@ -97,13 +100,16 @@ def _finite_or_none(value):
 
 
 def write_json(path: str | Path, data) -> Path:
-    """Write strict JSON (NaN becomes null), pretty-printed."""
-    Path(path).write_text(json.dumps(_finite_or_none(data), indent=2, allow_nan=False) + "\n")
+    """Write strict JSON (NaN becomes null), pretty-printed (the main process only)."""
+    if is_main_process():  # under a launcher every rank holds the same values: one writes them
+        Path(path).write_text(json.dumps(_finite_or_none(data), indent=2, allow_nan=False) + "\n")
     return Path(path)
 
 
 def write_jsonl(path: str | Path, rows: list[dict]) -> Path:
-    """Write one strict-JSON object per line."""
+    """Write one strict-JSON object per line (the main process only)."""
+    if not is_main_process():
+        return Path(path)
     with Path(path).open("w") as f:
         for row in rows:
             f.write(json.dumps(_finite_or_none(row), allow_nan=False) + "\n")

@@ -1,6 +1,9 @@
-"""Run the notebook headlessly with papermill into ``<output_root>/<run_name>/notebook.ipynb``.
+"""Run the notebook headlessly with papermill into ``<output_root>/<run_name>/notebook.ipynb``, or as a script under a launcher.
 
 Usage: ``python -m helpers.run_notebook --preset params/offline_demo.yaml -p max_steps 20``.
+With ``--launch "accelerate launch --config_file configs/ddp.yaml --num_processes 8"`` (or ``"torchrun
+--nproc_per_node 8"``) the same notebook, its parameters injected as papermill would inject them, is
+written as a plain script, ``<run folder>/notebook_script.py``, and run by that launcher on every process.
 It is the same as ``jupytext --to ipynb --output - NOTEBOOK | papermill - OUT -f PRESET -p ...``
 (``-p``, ``-r``, ``-y`` and ``-f``/``--parameters_file`` read values exactly as papermill does), plus:
 every parameter is checked against its declared type and values before a kernel starts; the run folder
@@ -11,14 +14,18 @@ notebook is written to a temporary file and renamed, so ``notebook.ipynb`` is al
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import logging
 import os
+import shlex
+import subprocess
 import sys
 from pathlib import Path
 
 import jupytext
 import papermill
+import papermill.parameterize
 import yaml
 from papermill.cli import _resolve_type as papermill_value  # papermill's own typing of -p values
 from papermill.iorw import NoDatesSafeLoader
@@ -30,6 +37,7 @@ from helpers.run import prepare_run_dir, remove_run_dir, run_folder
 REPO_ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOK_PATH = REPO_ROOT / "fine_tuning_vlm_for_object_detection_trl.py"
 TOOL_CACHE = ".tool_cache"  # in output_root: matplotlib's and IPython's caches for headless runs
+SCRIPT_NAME = "notebook_script.py"  # what a launched run executes, kept in its run folder
 
 
 class UniqueKeyLoader(NoDatesSafeLoader):
@@ -94,6 +102,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         help="override, typed as papermill does: True/False/None, an int, a float, else a string")
     parser.add_argument("-r", "--parameters_raw", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"), help="override kept as a string")
     parser.add_argument("--overwrite", action="store_true", help="delete an existing run folder of the same name first (only one this project created)")
+    parser.add_argument("--launch", help='run the notebook as a script under this launcher, e.g. "torchrun --nproc_per_node 2"')
     return parser.parse_args(argv)
 
 
@@ -152,6 +161,9 @@ def main(argv: list[str] | None = None) -> Path:
     tool_cache = expand_path(parameters["output_root"]) / TOOL_CACHE
     for variable, folder in (("MPLCONFIGDIR", "matplotlib"), ("IPYTHONDIR", "ipython")):
         os.environ.setdefault(variable, str(tool_cache / folder))
+    if args.launch:
+        launch_script(notebook, preset | overrides, run_dir, args.launch)
+        return report_run(run_dir)
     # papermill logs the cells' printed output at INFO; show it so a headless run reads like the notebook.
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     partial = run_dir / ".notebook.ipynb.partial"  # papermill saves as it goes; the final name only ever holds a whole file
@@ -167,10 +179,40 @@ def main(argv: list[str] | None = None) -> Path:
         )
     finally:
         keep_whole_notebook(partial, run_dir / "notebook.ipynb")
+    return report_run(run_dir)
+
+
+def report_run(run_dir: Path) -> Path:
+    """Print the baseline/fine-tuned comparison of a finished run and return its folder."""
     metrics = json.loads((run_dir / "metrics.json").read_text())
     print(format_comparison(metrics["baseline"], metrics["finetuned"]))
     print(f"run folder: {run_dir}")
     return run_dir
+
+
+def notebook_script(notebook, parameters: dict) -> str:
+    """The notebook as a percent-format script with ``parameters`` injected after its parameters cell, as papermill does."""
+    notebook = copy.deepcopy(notebook)
+    for cell in notebook.cells:  # papermill reads every cell's tags and the notebook's papermill record, as its loader sets them
+        cell.metadata.setdefault("tags", [])
+    notebook.metadata.setdefault("papermill", {})
+    injected = papermill.parameterize.parameterize_notebook(notebook, parameters, kernel_name="python3", language="python")
+    return jupytext.writes(injected, fmt="py:percent")
+
+
+def launch_script(notebook, parameters: dict, run_dir: Path, launcher: str) -> None:
+    """Write the parameterised script into the run folder and run it under ``launcher`` from the repository root."""
+    script = run_dir / SCRIPT_NAME
+    partial = run_dir / f".{SCRIPT_NAME}.partial"
+    partial.write_text(notebook_script(notebook, parameters))
+    os.replace(partial, script)
+    command = [*shlex.split(launcher), str(script)]
+    # The script imports helpers from the repository root and draws without a display.
+    env = os.environ | {"PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")])), "MPLBACKEND": "Agg"}
+    print("launching:", shlex.join(command))
+    completed = subprocess.run(command, cwd=REPO_ROOT, env=env, check=False)
+    if completed.returncode != 0:
+        raise SystemExit(f"the launched run failed (exit code {completed.returncode}); its output is above, its script is {script}")
 
 
 if __name__ == "__main__":

@@ -12,17 +12,23 @@ from peft.utils import SAFETENSORS_WEIGHTS_NAME as ADAPTER_SAFE_WEIGHTS_NAME
 from transformers.trainer import SAFE_WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_NAME
 from trl import SFTConfig, SFTTrainer
 
+from helpers.distributed import is_distributed, weights_are_sharded_by_fsdp
 from helpers.parameters import REPORT_TO_CHOICES, SCHEDULES, expand_path
 
 
 def device_defaults(device: str, dtype: torch.dtype) -> dict:
     """Precision, pinned memory and activation checkpointing that suit the device."""
-    on_gpu = device == "cuda"
+    on_gpu = device.startswith("cuda")
     return {
         "bf16": on_gpu and dtype == torch.bfloat16,  # bf16=True on CPU is an error in this stack
         "fp16": on_gpu and dtype == torch.float16,
         "dataloader_pin_memory": on_gpu,  # pinning needs CUDA
-        "activation_checkpointing": on_gpu,  # trades compute for memory; on CPU memory is not the limit
+        # Trades compute for memory; on CPU memory is not the limit. Under FSDP the engine checkpoints
+        # (configs/fsdp2.yaml) and the Trainer refuses to do it a second time.
+        "activation_checkpointing": on_gpu and not weights_are_sharded_by_fsdp(),
+        # Several CPU processes under a launcher: without use_cpu the Trainer starts no process group and
+        # each process trains alone (shared/ENVIRONMENT.md); with it, DDP over gloo. One process: unchanged.
+        **({"use_cpu": True} if device == "cpu" and is_distributed() else {}),
     }
 
 
