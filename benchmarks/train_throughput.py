@@ -129,6 +129,11 @@ def batch_indexes(recipe: Recipe, samples: list[acc.SampleTokens], batch_size: i
     return [list(range(i, min(i + batch_size, len(samples)))) for i in range(0, len(samples), batch_size)]
 
 
+def labelled_tokens(recipe: Recipe, sample: acc.SampleTokens) -> int:
+    """Tokens of a sample that carry loss: the cookbook labels the prompt and the answer, ours the answer only."""
+    return sample.answer + (sample.prompt if recipe.collator == "VisionAndPaddingMaskingCollator" else 0)
+
+
 def recipe_spans(recipe: Recipe, batches: list[list[acc.SampleTokens]]) -> list[list[acc.Span]]:
     """Positions and attention context of every sample under the recipe's layout."""
     if recipe.layout == "packed":
@@ -144,7 +149,7 @@ def account(recipes: list[Recipe], samples: list[acc.SampleTokens], batch_size: 
         batches = [[samples[i] for i in batch] for batch in indexes]
         spans = recipe_spans(recipe, batches)
         positions = sum(span.positions for batch_spans in spans for span in batch_spans)
-        trained = sum(s.answer if recipe.collator != "VisionAndPaddingMaskingCollator" else s.answer + s.prompt for b in batches for s in b)
+        trained = sum(labelled_tokens(recipe, s) for b in batches for s in b)
         figures[recipe.name] = {
             "indexes": indexes, "spans": spans, "positions": positions, "trained_share": trained / positions,
             "shares": acc.token_shares(batches, spans),
@@ -225,10 +230,12 @@ def train_steps(model, batches: list[dict], warmup: int, device: str) -> float:
 def check_layout(batch: dict, recipe: Recipe, spans: list[acc.Span], samples: list[acc.SampleTokens]) -> None:
     """Stop when a collated batch is not the layout the accounting assumed (then its figures would be wrong)."""
     expected = (1, sum(s.length for s in samples)) if recipe.layout == "packed" else (len(samples), spans[0].positions)
-    positions, real = acc.batch_positions(batch)
-    if tuple(batch["input_ids"].shape) != expected or real != sum(s.length for s in samples):
-        raise RuntimeError(f"{recipe.name}: collated input_ids {tuple(batch['input_ids'].shape)} with {real} real tokens; "
-                           f"the accounting expected {expected} with {sum(s.length for s in samples)}")
+    _, real = acc.batch_positions(batch)
+    trained = sum(labelled_tokens(recipe, s) for s in samples)
+    if tuple(batch["input_ids"].shape) != expected or real != sum(s.length for s in samples) or acc.trained_tokens(batch) != trained:
+        raise RuntimeError(f"{recipe.name}: collated input_ids {tuple(batch['input_ids'].shape)} with {real} real and "
+                           f"{acc.trained_tokens(batch)} trained tokens; the accounting expected {expected} with "
+                           f"{sum(s.length for s in samples)} and {trained}")
 
 
 def run_recipe(recipe: Recipe, figures: dict, examples: list[dict], samples: list[acc.SampleTokens], args, setup: dict) -> dict:
