@@ -1,10 +1,19 @@
-"""The benchmark scripts run and report every figure (they time nothing inside the suite)."""
+"""The benchmark scripts run and report every figure, and their bookkeeping adds up (they time nothing inside the suite)."""
 
 from __future__ import annotations
 
 import importlib.util
+import re
 import sys
 from pathlib import Path
+
+import pytest
+
+from helpers.boxes import visual_token_count
+from helpers.formatting import add_chat_columns, detection_prompt
+from helpers.notebook_cells import run_tagged_cells
+from helpers.real_vocab import real_processor
+from helpers.synthetic import make_synthetic_dataset
 
 BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 
@@ -15,6 +24,7 @@ def load_script(name: str):
         sys.path.insert(0, str(BENCHMARKS))
     spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # as an import does: dataclasses look their module up there
     spec.loader.exec_module(module)
     return module
 
@@ -26,7 +36,132 @@ def test_collator_throughput_reports_each_collator_and_the_training_step(tmp_pat
     assert "vs training" in capsys.readouterr().out
 
 
-def test_eval_throughput_reports_both_modes_and_their_ratio(tmp_path, capsys):
-    results = load_script("eval_throughput").main(["--images", "4", "--batch-size", "2", "--max-new-tokens", "4", "--model-dir", str(tmp_path)])
-    assert results["ratio"] == results["batched"] / results["one-by-one"]
-    assert "identical answers: True" in capsys.readouterr().out
+def test_eval_throughput_generates_the_same_answers_both_ways_and_prints_their_rates(tmp_path, capsys):
+    results = load_script("eval_throughput").main(["--tiny", "--model-dir", str(tmp_path)])
+    batched, single = results["batched"], results["one-by-one"]
+    assert results["identical_answers"] == 1.0
+    assert batched["images"] == single["images"] == results["images"] == 4
+    assert (batched["batch_size"], single["batch_size"]) == (2, 1)
+    assert batched["generated_tokens"] == single["generated_tokens"] <= 4 * 4  # the same answers, at most 4 new tokens each
+    assert batched["images_per_s"] > 0 and single["images_per_s"] > 0
+    out = capsys.readouterr().out
+    printed = {name: float(re.search(rf"^{re.escape(name)} \(\d+ per call\)\s+([\d.]+)", out, re.M).group(1)) for name in ("batched", "one-by-one")}
+    printed_ratio = float(re.search(r"^ratio\s+([\d.]+)x", out, re.M).group(1))
+    assert printed_ratio == pytest.approx(printed["batched"] / printed["one-by-one"], abs=0.02, rel=0.02)
+    assert "identical answers: 100%" in out
+
+
+def small_architecture(acc, windows=(0, 0)):
+    """A hand-sized architecture: every number small enough to compute on paper."""
+    return acc.Architecture(patch_params=10, merged_params=6, merge_size=2, vision_width=4, vision_windows=windows,
+                            lm_params=100, head_params=20, lm_layers=2, lm_width=8)
+
+
+def test_flops_formulas_match_a_hand_computation():
+    acc = load_script("speed_accounting")
+    arch = small_architecture(acc)
+    # Vision, 16 patches (4 merged tokens), two full-attention blocks: 2*10*16 + 2*6*4 + 2 * 4*4*16*16
+    assert acc.vision_flops(arch, 16) == 320 + 48 + 8192
+    # Qwen2.5-VL-like windows: block 0 attends over 4 patches, block 1 over the whole image
+    assert acc.vision_flops(small_architecture(acc, windows=(4, 0)), 16) == 320 + 48 + 4 * 4 * 16 * 4 + 4 * 4 * 16 * 16
+    span = acc.Span(positions=5, context=5)
+    # Without checkpointing, LoRA of 3 weights: per position 2*100*2 + 2*3*3 + 2*20*2 = 498; attention 4*2*8*5*3 = 960
+    assert acc.language_flops(arch, span, lora_params=3, checkpointing=False) == 5 * (498 + 960)
+    # Checkpointing recomputes the decoder layers' forward: 2*100*3 + 2*3*4 + 80 = 704; attention 4*2*8*5*4 = 1280
+    assert acc.language_flops(arch, span, lora_params=3, checkpointing=True) == 5 * (704 + 1280)
+
+
+def test_layouts_and_token_shares_add_up():
+    acc = load_script("speed_accounting")
+    samples = [acc.SampleTokens(vision=10, prompt=3, answer=2, patches=40), acc.SampleTokens(vision=4, prompt=3, answer=1, patches=16),
+               acc.SampleTokens(vision=12, prompt=3, answer=5, patches=48)]
+    batches = [samples[:2], samples[2:]]
+    padded, packed = acc.padded_spans(batches), acc.packed_spans(batches, varlen_attention=True)
+    assert [[s.positions for s in b] for b in padded] == [[15, 15], [20]]
+    assert [[(s.positions, s.context) for s in b] for b in packed] == [[(15, 15), (8, 8)], [(20, 20)]]
+    assert [[s.context for s in b] for b in acc.packed_spans(batches, varlen_attention=False)] == [[23, 23], [20]]  # a dense mask over the row
+    shares = acc.token_shares(batches, padded)
+    assert sum(shares.values()) == pytest.approx(1)
+    assert shares["padding"] == pytest.approx(7 / 50)
+    assert acc.token_shares(batches, packed)["padding"] == 0
+    assert acc.length_grouped(samples, 2) == [[2, 0], [1]]
+    # Model FLOPs count real tokens only: the padded layout's padding does not enter MFU.
+    arch = small_architecture(acc)
+    assert acc.model_flops(arch, batches, 0) == acc.training_flops(arch, batches, packed, 0, checkpointing=False)["total"]
+
+
+@pytest.mark.parametrize("family", ["qwen2_vl", "qwen2_5_vl", "qwen3_vl"])
+def test_sample_counts_equal_what_the_collator_builds_on_the_real_vocabulary(family):
+    acc, train = load_script("speed_accounting"), load_script("train_throughput")
+    processor = real_processor(family, 3136, 50176)
+    cells = run_tagged_cells("collators")
+    examples = list(add_chat_columns(make_synthetic_dataset(3, seed=5, max_objects=4), family, detection_prompt(family, ["red circle"]), 3136, 50176))
+    span = train.answer_span_fn(processor, cells, {})
+    for example in examples:
+        counted = acc.sample_tokens(processor, example, family, 3136, 50176, span)
+        batch = cells["AssistantOnlyCollator"](processor)([example])
+        assert counted.length == batch["input_ids"].shape[1]
+        assert counted.answer == int((batch["labels"] != -100).sum())
+        assert counted.vision == visual_token_count(family, example["width"], example["height"], 3136, 50176) + 2
+        assert counted.patches == int(batch["image_grid_thw"].prod())
+
+
+def test_real_size_architectures_are_read_from_the_published_configs():
+    acc = load_script("speed_accounting")
+    qwen2 = acc.architecture(acc.meta_model(acc.real_size_config("qwen2_vl")))
+    assert (qwen2.lm_layers, qwen2.lm_width, qwen2.head_params, qwen2.vision_width) == (28, 1536, 151936 * 1536, 1280)
+    assert qwen2.vision_windows == (0,) * 32  # full attention in every block
+    qwen25 = acc.architecture(acc.meta_model(acc.real_size_config("qwen2_5_vl")))
+    assert [i for i, w in enumerate(qwen25.vision_windows) if w == 0] == [7, 15, 23, 31] and set(qwen25.vision_windows) == {0, 64}
+    with pytest.raises(FileNotFoundError, match="no published config.json"):
+        acc.real_size_config("qwen3_5")
+
+
+def test_train_throughput_count_only_at_real_size(capsys):
+    results = load_script("train_throughput").main(["--family", "qwen2_vl", "--count-only", "--batch-size", "2", "--steps", "2", "--warmup-steps", "0"])
+    accounting = results["accounting"]
+    assert "speed" not in results
+    for figures in accounting.values():
+        assert sum(figures["shares"].values()) == pytest.approx(1)
+        assert figures["flops"]["total"] == pytest.approx(figures["flops"]["vision"] + figures["flops"]["language"])
+    cookbook, ours = accounting["cookbook"], accounting["ours"]
+    assert cookbook["flops"]["vision"] == ours["flops"]["vision"]  # the same images, a frozen tower
+    assert ours["shares"]["padding"] <= cookbook["shares"]["padding"]  # length grouping never pads more
+    assert cookbook["trained_share"] > ours["trained_share"]  # the cookbook also trains on the prompt
+    # LoRA r=8 on q/v of 28 layers (1536 -> 1536 and 1536 -> 256) against rank 16 on every language projection
+    assert results["lora_parameters"]["cookbook"] == 28 * 8 * ((1536 + 1536) + (1536 + 256))
+    assert "2.209 B parameters" in capsys.readouterr().out
+
+
+def test_train_throughput_tiny_trains_both_recipes_and_prints_consistent_ratios(tmp_path, capsys):
+    results = load_script("train_throughput").main(
+        ["--tiny", "--batch-size", "2", "--steps", "1", "--warmup-steps", "1", "--packing", "on", "--model-dir", str(tmp_path), "--json", str(tmp_path / "f.json")]
+    )
+    accounting, speed = results["accounting"], results["speed"]
+    assert set(speed) == {"cookbook", "ours"} and results["device"] == "cpu"
+    assert accounting["ours"]["shares"]["padding"] == 0  # packed
+    positions = {name: f["positions"] for name, f in accounting.items()}
+    for kind in ("vision", "prompt", "answer"):  # the same samples under both layouts
+        assert accounting["cookbook"]["shares"][kind] * positions["cookbook"] == pytest.approx(accounting["ours"]["shares"][kind] * positions["ours"])
+    assert speed["cookbook"]["trainable_parameters"] == results["lora_parameters"]["cookbook"]  # PEFT's count equals the accounting's
+    assert speed["ours"]["trainable_parameters"] == results["lora_parameters"]["ours"]
+    assert all(f["samples_per_s"] > 0 and f["tokens_per_s"] > 0 and f["peak_memory_gib"] is None for f in speed.values())
+    out = capsys.readouterr().out
+    assert "(a) runs without 4-bit" in out  # said plainly: no 4-bit on a CPU
+    rows = {m.group(1): float(m.group(2)) for m in re.finditer(r"^(cookbook|ours)\s+([\d.]+)\s", out, re.M)}
+    printed_ratio = float(re.search(r"^ours / cookbook: samples/s ([\d.]+)x", out, re.M).group(1))
+    assert printed_ratio == pytest.approx(rows["ours"] / rows["cookbook"], abs=0.01, rel=0.01)
+    assert (tmp_path / "f.json").is_file()
+
+
+@pytest.mark.slow
+def test_data_loading_builds_the_cache_once_and_reads_it_back(tmp_path, capsys):
+    figures = load_script("data_loading").main(["--n", "1", "--photo-size", "640x480", "--batch-size", "1",
+                                                "--folder", str(tmp_path / "photos"), "--model-dir", str(tmp_path / "models")])
+    for n_images, result in figures["results"].items():
+        assert result["images"] == n_images
+        assert result["first_load_counts"]["images_cached"] == n_images  # every photo is shrunk to the model's size once
+        assert result["second_load_counts"]["images_from_cache"] == n_images and result["second_load_counts"]["images_cached"] == 0
+        assert result["batch_tokens"] > 0 and result["peak_rss_mib"] > 0
+    assert sorted(figures["results"]) == [1, 4]
+    assert "peak RSS 4 / 1 photos" in capsys.readouterr().out

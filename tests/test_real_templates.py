@@ -8,53 +8,18 @@ this text (the same pre-tokenizer on ASCII, the same added tokens).
 
 from __future__ import annotations
 
-import json
-import lzma
-from functools import cache
-from pathlib import Path
-
 import pytest
 import torch
-from transformers import AutoImageProcessor, AutoVideoProcessor
-from transformers.models.qwen2 import Qwen2Tokenizer
 
 from helpers.families import get_family
 from helpers.formatting import add_chat_columns, detection_prompt, format_detection_messages, generation_prompt
 from helpers.notebook_cells import run_tagged_cells
-from helpers.offline import HUB_CONFIGS_DIR, hub_chat_template
-from helpers.processing import stock_processor_class
+from helpers.real_vocab import real_processor, real_qwen2_tokenizer
 from helpers.synthetic import make_synthetic_dataset
 from tests.cases import FAMILIES
 
-FIXTURES = Path(__file__).parent / "fixtures" / "qwen2_tokenizer"
 CELLS = run_tagged_cells("collators")
 IGNORE = CELLS["IGNORE_INDEX"]
-
-
-@cache
-def real_qwen2_tokenizer() -> Qwen2Tokenizer:
-    """The real Qwen2 BPE with its added tokens at their real ids (151643 onwards)."""
-    vocab = json.loads(lzma.open(FIXTURES / "vocab.json.xz").read())
-    lines = lzma.open(FIXTURES / "merges.txt.xz").read().decode().splitlines()
-    merges = [tuple(line.split(" ")) for line in lines if line and not line.startswith("#version")]
-    config = json.loads((FIXTURES / "tokenizer_config.json").read_text())
-    tokenizer = Qwen2Tokenizer(vocab=vocab, merges=merges, unk_token=None, errors="replace")
-    for token_id, token in sorted(config["added_tokens_decoder"].items(), key=lambda item: int(item[0])):
-        tokenizer.add_tokens([token["content"]], special_tokens=token["special"])
-        assert tokenizer.convert_tokens_to_ids(token["content"]) == int(token_id), token
-    tokenizer.add_special_tokens({"eos_token": config["eos_token"], "pad_token": config["pad_token"]})
-    return tokenizer
-
-
-def real_processor(family: str):
-    """The family's stock processor from its published files, with the real Qwen2 vocabulary."""
-    folder = HUB_CONFIGS_DIR / family
-    image_processor = AutoImageProcessor.from_pretrained(folder)
-    image_processor.size = {"shortest_edge": 3136, "longest_edge": 50176}
-    return stock_processor_class(family)(
-        image_processor=image_processor, tokenizer=real_qwen2_tokenizer(), video_processor=AutoVideoProcessor.from_pretrained(folder),
-        chat_template=hub_chat_template(family),
-    )
 
 
 def test_the_real_vocabulary_has_the_published_ids():
@@ -66,7 +31,7 @@ def test_the_real_vocabulary_has_the_published_ids():
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_labels_are_the_answer_on_the_real_vocabulary(family):
-    processor = real_processor(family)
+    processor = real_processor(family, 3136, 50176)
     options = get_family(family).chat_template_kwargs
     dataset = make_synthetic_dataset(4, seed=11, max_objects=4, min_side_px=60, max_side_px=200)
     examples = list(add_chat_columns(dataset, family, detection_prompt(family, ["red circle", "green square"]), 3136, 50176))
