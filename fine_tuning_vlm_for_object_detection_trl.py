@@ -14,17 +14,13 @@
 # %% [markdown]
 # # Fine-tuning Qwen vision-language models for object detection with TRL
 #
-# You will fine-tune a Qwen-VL model (Qwen2-VL, Qwen2.5-VL, Qwen3-VL, Qwen3.5, or their mixture-of-experts
-# variants) to answer "where is every object?"
-# with boxes in the model family's own coordinate convention, train on the answer tokens only, and
-# measure the result before and after training on held-out images.
+# Fine-tune a Qwen-VL model (Qwen2-VL, Qwen2.5-VL, Qwen3-VL, Qwen3.5, or their mixture-of-experts
+# variants) to answer "where is every object?" in its own box convention, train on the answer tokens
+# only, and measure mAP before and after training on held-out images.
 #
-# **Hardware.** The default parameters run the *offline profile* (a tiny random-initialised
-# Qwen-VL built locally and a synthetic dataset) on any CPU in minutes. A real model
-# (`model_id="Qwen/Qwen2-VL-2B-Instruct"`) needs a CUDA GPU; `quantization="4bit"` with LoRA
-# (QLoRA) keeps the memory of a 2B model small.
-# Every knob is in the next cell, with the values it allows; papermill overrides them (`-p name value`
-# or `-f preset.yaml`).
+# The defaults run the *offline profile*, a tiny random Qwen-VL and synthetic data, on a CPU in
+# minutes; a real model (`model_id="Qwen/Qwen2-VL-2B-Instruct"`) needs a GPU. Every knob is in the
+# next cell with the values it allows; papermill overrides them (`-p name value`, `-f preset.yaml`).
 
 # %% tags=["parameters"]
 from typing import Annotated  # each knob: name: Annotated[type, the values it allows] = default
@@ -93,234 +89,180 @@ n_plot_images: Annotated[int, AT_LEAST_1] = 8  # images in each picture grid
 n_scaling_check_images: Annotated[int, AT_LEAST_1] = 3  # images in the coordinate-scaling check of section 2
 
 # %% [markdown]
-# The next cell checks every parameter against the type and values declared beside it, so a typo in
-# a papermill call (`-p learning_rate 2e-4x`, `-p per_device_train_batch_size 0`) stops here with a
-# message naming the parameter instead of deep inside training (`helpers.run_notebook` checks the same
-# before a kernel starts), and derives the values that depend on them (papermill does not recompute
-# derived values).
+# The parameters are checked against the values declared beside them, so a typo stops here with the
+# parameter's name rather than deep inside training.
 
 # %%
-from helpers.parameters import check_parameters
+from helpers.parameters import notebook_parameters, parameter_table
 
-params = check_parameters({name: globals()[name] for name in __annotations__}, __annotations__)
-split_names = {"train": train_split, "eval": eval_split, "test": test_split}
-split_sizes = {"train": train_size, "eval": eval_size, "test": test_size}
-params
+params = notebook_parameters(globals())
+print(parameter_table(params))
 
 # %% [markdown]
 # ## 1. Set-up
 #
-# Seed everything, pick the device and dtype (bf16 on a modern GPU, fp32 on CPU), create the run
-# folder (every file this run writes goes under it) and point the logging backend at it. W&B
-# reads its key from the environment (`WANDB_API_KEY`); without one, online mode falls back to
-# offline instead of failing. Secrets are never printed or saved.
-#
-# Then read the **model family** from the checkpoint's config (`model_type`), never from the id's
-# spelling, because the family decides how boxes are written, and load the model and processor:
-# the class comes from the config, weights from safetensors, no remote code. `quantization`
-# `4bit` (NF4, double quantisation, bf16 compute) is QLoRA's setting and needs CUDA; `8bit` also
-# runs on CPU; the vision tower and `lm_head` always stay unquantised. The processor is the family's
-# stock one (it needs torchvision, for its video processor), and the resolution bounds go to its
-# image processor's `size`, the supported knob.
+# Seed everything, pick the device (bf16 on a modern GPU, fp32 on CPU) and make the run folder:
+# every file this run writes goes under it. W&B reads its key from the environment and falls back to
+# offline mode without one. Under `accelerate launch` or `torchrun` only the main process prints and
+# writes (README, "Many GPUs").
 
 # %%
-import torch
 from transformers import set_seed
 
 from helpers.distributed import main_process_first, quiet_unless_main, start_process_group
-from helpers.modeling import load_model_and_processor, pick_device_and_dtype, weights_dtype
-from helpers.processing import read_family
-from helpers.run import environment_report, prepare_run_dir, resolve_model_path, write_json
+from helpers.modeling import pick_device_and_dtype
+from helpers.run import environment_report, prepare_run_dir, write_json
 from helpers.tracking import configure_reporting
 
 set_seed(seed)
 device, dtype = pick_device_and_dtype()  # under a launcher: the GPU of this process's LOCAL_RANK
-start_process_group(device)  # one process (papermill, Jupyter): nothing; under a launcher: gloo on CPU, NCCL on GPUs
-quiet_unless_main()  # under a launcher only the main process prints, writes files and draws
-with main_process_first():  # built once by the main process, then read by the others
+start_process_group(device)  # one process: nothing; under a launcher: gloo on CPU, NCCL on GPUs
+quiet_unless_main()
+with main_process_first():
     run_dir = prepare_run_dir(output_root, run_name)
-    model_path = resolve_model_path(model_id, offline_model_dir)
 reporting = configure_reporting(report_to, run_dir)
 environment = environment_report(device, dtype)
 write_json(run_dir / "params.json", {"parameters": params, "environment": environment})
+print(f"run folder: {run_dir}; reporting: {reporting}")
+environment
+
+# %% [markdown]
+# The **model family** comes from the checkpoint's config (`model_type`), never from the id's spelling:
+# it decides how boxes are written. The model class comes from the config too, weights from
+# safetensors, no remote code; the processor is the family's stock one, with the pixel bounds set.
+
+# %%
+from helpers.modeling import count_parameters, load_model_and_processor, weights_dtype
+from helpers.processing import read_family
+from helpers.run import resolve_model_path
+
+with main_process_first():  # an offline checkpoint is built once
+    model_path = resolve_model_path(model_id, offline_model_dir)
 family = read_family(model_path)
 model, processor = load_model_and_processor(
     model_path, quantization, attn_implementation, weights_dtype(dtype, use_lora), device, min_pixels, max_pixels
 )
-print(f"run folder: {run_dir}; reporting: {reporting}")
-print(f"{type(model).__name__} (family {family}), attention {model.config._attn_implementation}, quantization {quantization}")
+print(f"{type(model).__name__} ({family}): {count_parameters(model)[1]:,} parameters, attention {model.config._attn_implementation}")
 print(f"{type(processor).__name__}: {type(processor.image_processor).__name__}, {type(processor.video_processor).__name__}")
-environment
 
 # %% [markdown]
 # ## 2. Data
 #
-# Every source is loaded into one schema: a reference to the image (its file, or the hub's encoded
-# bytes, decoded only when a batch needs it) and a list of objects, each a `label` and a
-# `bbox_xyxy_px` box (`[x1, y1, x2, y2]` in pixels of the upright image, EXIF orientation applied).
-# With `image_cache`, each image is also saved once, downscaled to the size the model sees, so a
-# folder of 12-megapixel photos trains as fast as one of small ones. COCO crowd regions are kept
-# aside for the metrics, never trained on. Bad records are never silently lost: a missing,
-# unreadable or non-file image, a path leaving the dataset folder, a size that disagrees with the
-# annotations, a box that is inverted, empty or outside the image, an unknown class, or a label
-# holding markup is skipped (a box partly outside is clipped), and each is counted below and
-# saved in `data_report.json`. With `data_strict=True` the first one stops the run instead,
-# naming the record. The synthetic images vary in size (and, unless
-# `synthetic_square_images`, in aspect ratio) on purpose: the processor resizes each one
-# differently, which is exactly where coordinate bugs hide. The faint red/green background tint
-# (`synthetic_position_tint`) tells a vision tower that starts from random weights where in the
-# image a patch lies; pretrained towers learnt that from their data.
+# Every source becomes one schema: an image reference, decoded only when a batch needs it, and
+# objects with a `label` and a `bbox_xyxy_px` box in pixels of the upright image. Bad records are
+# fixed or skipped and counted, never silently lost (README, "Your own data").
 
 # %%
-from helpers.data import IMAGE_CACHE_FOLDER, ImageLoading, dataset_class_names, format_data_report, image_cache_for, load_detection_splits
+from helpers.data import IMAGE_CACHE_FOLDER, ImageLoading, image_cache_for, load_detection_splits
 from helpers.parameters import expand_path
-from helpers.plotting import plot_samples
+from helpers.synthetic import synthetic_options
 
-synthetic_options = {
-    "class_names": synthetic_classes,
-    "min_side_px": synthetic_min_side_px,
-    "max_side_px": synthetic_max_side_px,
-    "max_objects": synthetic_max_objects,
-    "position_tint": synthetic_position_tint,
-    "square": synthetic_square_images,
-    "empty_fraction": synthetic_empty_fraction,
-}
 cache = image_cache_for(expand_path(output_root) / IMAGE_CACHE_FOLDER, dataset_source, family, min_pixels, max_pixels) if image_cache else None
 with main_process_first():  # the image cache is built once
     splits, load_reports = load_detection_splits(
         dataset_source,
-        split_names,
-        split_sizes,
+        {"train": train_split, "eval": eval_split, "test": test_split},
+        {"train": train_size, "eval": eval_size, "test": test_size},
         dataset_bbox_format,
         seed,
-        synthetic_options=synthetic_options,
+        synthetic_options=synthetic_options(params),
         known_classes=dataset_classes,
         strict=data_strict,
         loading=ImageLoading(cache=cache),
     )
+
+# %% [markdown]
+# What was kept, fixed and skipped per split, with the first messages naming records:
+
+# %%
+from helpers.data import dataset_class_names, format_data_report
+
 class_names = dataset_class_names(splits["train"])
 write_json(run_dir / "data_report.json", {name: report.as_dict() for name, report in load_reports.items()})
 print({name: len(ds) for name, ds in splits.items()}, "classes:", class_names)
 print(format_data_report(load_reports))
-for report in load_reports.values():
-    for message in report.examples[:5]:
-        print("  ", message)
+print("\n".join(message for report in load_reports.values() for message in report.examples[:5]))
 
 # %%
+from helpers.plotting import plot_samples
+
 plot_samples(splits["train"], n_plot_images, run_dir / "plots" / "samples.png");
 
 # %% [markdown]
-# **Coordinate-scaling check.** Each family writes boxes in its own frame: Qwen2-VL as
-# `<|box_start|>(x1,y1),(x2,y2)<|box_end|>` in 0..1000 of the image side, Qwen2.5-VL as JSON in
-# pixels *of the resized image the model sees* (sides rounded to multiples of 28 within the
-# min/max pixel bounds), Qwen3-VL as JSON in 0..1000. Left: the original image with its ground
-# truth. Right: the image rebuilt from the processor's own pixel values, with the boxes decoded
-# from the target text. They must sit on the same objects, and the worst round-trip error must
-# stay within one unit of the format; otherwise the run stops here, before teaching wrong boxes.
+# **Coordinate-scaling check.** Qwen2-VL writes boxes in 0..1000 of the image side, Qwen2.5-VL in
+# pixels of the *resized* image the model sees, Qwen3-VL and Qwen3.5 in 0..1000. Left: the image with
+# its ground truth; right: the processor's own input with the boxes decoded from the target text.
+# They must match within one unit of the format, or the run stops here.
 
 # %%
-from helpers.scaling_check import check_coordinate_scaling
+from helpers.scaling_check import check_coordinate_scaling, scaling_summary
 
 scaling = check_coordinate_scaling(
     splits["train"], processor, family, min_pixels, max_pixels, n_scaling_check_images, run_dir / "plots" / "coordinate_check.png"
 )
-for item in scaling["examples"]:
-    print(f"image {item['image_id']}: {item['image_size']} px -> model input {item['processor_size']} px, "
-          f"worst error {item['max_error_px']:.2f} px (one format unit: {item['allowed_px']:.2f} px)")
-if not scaling["ok"]:
-    raise RuntimeError(f"coordinate-scaling check failed: {scaling['examples']}")
+print(scaling_summary(scaling))
 
 # %% [markdown]
 # ## 3. Formatting as chat messages
 #
-# Each example becomes a user turn (the image and an instruction naming the classes and the answer
-# syntax) and the assistant's target answer, after the system turn the family's own chat template
-# writes by default (Qwen2-VL and Qwen2.5-VL: "You are a helpful assistant."; Qwen3-VL: none), or
-# `system_prompt` when you set one. Training, the baseline and the fine-tuned evaluation all use the
-# same one. `helpers.boxes` writes the targets, and the same code reads the model's answers back in
-# evaluation.
-#
-# Two tasks. `detection` asks for every object of every class in one answer. `grounding` asks for
-# one class at a time: each image becomes one record per class it holds, the prompt names that
-# class, and the answer lists only its boxes ("Locate every red circle in the image."). Each
-# record keeps its own prompt, and evaluation asks exactly the question training taught.
+# Each record becomes a user turn (the image and an instruction naming the classes and the answer
+# syntax) and the assistant's target answer. `detection` asks for every object in one answer;
+# `grounding` makes one record per (image, class present) and asks for that class alone.
 
 # %%
-from helpers.boxes import resized_size, visual_token_count
-from helpers.families import get_family
-from helpers.formatting import add_chat_columns, expand_for_grounding, format_detection_messages, task_prompts
+from helpers.formatting import add_chat_columns, expand_for_grounding, task_prompts
 
-if task == "grounding":  # one record per (image, class present), the prompt naming that class
+if task == "grounding":
     splits = {name: expand_for_grounding(ds) for name, ds in splits.items()}
 for name in splits:
     prompts = task_prompts(splits[name], family, task, class_names)
     splits[name] = add_chat_columns(splits[name], family, prompts, min_pixels, max_pixels, system_prompt)
 
+# %% [markdown]
+# One training example as the model reads it: the family's chat template, with its default system
+# turn unless `system_prompt` is set, and the size the processor resizes the image to.
+
+# %%
+from helpers.boxes import resized_size, visual_token_count
+from helpers.families import get_family
+from helpers.formatting import format_detection_messages
+
 example = splits["train"][0]
 model_size = resized_size(family, example["width"], example["height"], min_pixels, max_pixels)
 n_visual = visual_token_count(family, example["width"], example["height"], min_pixels, max_pixels)
-print(f"image {example['width']}x{example['height']}px -> model sees {model_size[0]}x{model_size[1]}px, "
-      f"{n_visual} visual tokens (min_pixels {min_pixels}, max_pixels {max_pixels})")
+print(f"image {example['width']}x{example['height']}px -> model sees {model_size[0]}x{model_size[1]}px, {n_visual} visual tokens")
 messages = format_detection_messages(example["prompt"], example["answer"], example["system_prompt"])
 print(processor.apply_chat_template(messages, tokenize=False, **get_family(family).chat_template_kwargs))
 
 # %% [markdown]
-# Generation stops after `max_new_tokens`, so an answer longer than that is cut and its last boxes
-# are lost. Count how many test answers would not fit (digits are one token each in Qwen's
-# vocabulary, so a JSON box costs about 30 tokens).
+# An answer longer than `max_new_tokens` is cut at generation and loses its last boxes (a JSON box
+# costs about 30 tokens):
 
 # %%
-answer_tokens = [len(processor.tokenizer(answer, add_special_tokens=False).input_ids) + 1 for answer in splits["test"]["answer"]]
-too_long = sum(n > max_new_tokens for n in answer_tokens)
-print(f"test answers: {min(answer_tokens)}..{max(answer_tokens)} tokens (with end-of-turn); max_new_tokens={max_new_tokens}")
-if too_long:
-    print(f"WARNING: {too_long} of {len(answer_tokens)} test answers exceed max_new_tokens and will be cut; raise it")
+from helpers.formatting import answer_budget_report
+
+print(answer_budget_report(processor.tokenizer, splits["test"]["answer"], max_new_tokens))
 
 # %% [markdown]
 # ## 4. LoRA and what trains
 #
-# On a real model, LoRA adapters on the language model's attention and MLP projections train a
-# fraction of a percent of the weights (Qwen3.5's Gated DeltaNet projections too). The targets come
-# from the family's record (`helpers.families`): regexes anchored on each block, so a projection name
-# shared with the vision tower is not adapted by accident. `lora_targets` can add the vision tower,
-# the merger that feeds its features to the language model and, in a mixture of experts, the experts
-# (fused 3-D weights that PEFT adapts by parameter name; the routers stay frozen). The offline model
-# starts from random weights, so it is fully fine-tuned instead (`use_lora=False`): adapters on a
-# random model have nothing to adapt.
+# On a real model, LoRA adapters on the language model's projections train a fraction of a percent
+# of the weights; `lora_targets` can add the vision tower, the merger and a mixture's experts
+# (`helpers.families` holds each family's module names). The offline model starts from random
+# weights, so it is fully fine-tuned (`use_lora=False`).
 
 # %%
 from helpers.modeling import lora_config, summarize_trainables, wrap_lora
 
 if use_lora:
     model = wrap_lora(model, lora_config(family, lora_targets, lora_rank, lora_alpha, lora_dropout))
-trainables = summarize_trainables(model)
+summarize_trainables(model);
 
 # %% [markdown]
 # ## 5. Data collators
 #
-# The collator turns examples into tensors and decides what the model learns: positions whose label
-# is -100 carry no loss. Three collators, each given the processor and the family's chat-template
-# options explicitly (Qwen3.5 is rendered in non-thinking mode):
-#
-# 1. `VisionAndPaddingMaskingCollator`, what most tutorials do: labels are the input ids with
-#    padding and vision tokens masked. It still trains the model to reproduce the system prompt and
-#    the instruction, which are identical in every sample: that dilutes the loss with tokens the
-#    model can predict perfectly and spends capacity on text it will never have to write.
-# 2. `AssistantOnlyCollator`, the default: only the **answer and its end-of-turn token** carry
-#    labels. The answer span is found from the tokenised chat structure: the answer starts after
-#    the last generation prompt the template writes (`<|im_start|>assistant\n`; for Qwen3.5 also
-#    the empty think block `<think>\n\n</think>\n\n`, which the prompt holds at inference) and
-#    ends at the next `<|im_end|>` (ids taken from the tokenizer). A sample without an answer, or
-#    whose answer was cut off, is an error, not a silent zero-loss row.
-# 3. `PaddingFreeCollator`: the assistant-only batch packed into one row without padding. The
-#    model finds the sample boundaries from `position_ids` of shape (4, 1, L): a text row that
-#    restarts at 0 for each sample, plus the three M-RoPE rows (time, height, width) computed per
-#    sample by the model's own `get_rope_index`. With no attention mask and the cache off, this
-#    transformers version builds block-diagonal attention for `sdpa` and `eager`, and
-#    flash-attention uses its variable-length kernel. Only flash-attention saves compute that way;
-#    `sdpa`/`eager` attend over a dense mask of the whole packed row, so `padding_free` is off by
-#    default. Qwen3.5's Gated DeltaNet layers carry a recurrent state from token to token and get no
-#    sample boundaries, so those families refuse packing and say why.
+# The collator turns examples into tensors and decides what the model learns: a label of -100
+# carries no loss. Three collators share the chat rendering below; the tests run these cells too.
 
 # %% tags=["collators"]
 import torch
@@ -349,7 +291,11 @@ def find_subsequence_end(ids: list[int], pattern: list[int]) -> int:
             return start + len(pattern)
     return -1
 
+# %% [markdown]
+# **1. Masking vision and padding**, what most tutorials do. It still trains the system prompt and the
+# instruction, identical in every sample, which dilutes the loss with text the model never writes.
 
+# %% tags=["collators"]
 class VisionAndPaddingMaskingCollator:
     """Batch examples; labels are the input ids with padding and vision tokens set to -100."""
 
@@ -366,7 +312,21 @@ class VisionAndPaddingMaskingCollator:
         batch["labels"] = labels
         return batch
 
+# %%
+from helpers.families import get_family
 
+chat_options = get_family(family).chat_template_kwargs  # the family's template options (Qwen3.5: non-thinking mode)
+demo_examples = [splits["train"][i] for i in range(4)]
+vision_masking = VisionAndPaddingMaskingCollator(processor, chat_options)
+demo_batch = vision_masking(demo_examples)
+print(f"input_ids {tuple(demo_batch['input_ids'].shape)}, {int((demo_batch['labels'] != IGNORE_INDEX).sum())} trained tokens")
+
+# %% [markdown]
+# **2. Assistant-only**, the default: only the answer and its end-of-turn token carry labels. The
+# answer starts after the last generation prompt the template writes (Qwen3.5's includes an empty
+# think block) and ends at the next `<|im_end|>`; a sample without one is an error.
+
+# %% tags=["collators"]
 class AssistantOnlyCollator:
     """Batch examples; labels only on the assistant's answer and its end-of-turn token."""
 
@@ -396,7 +356,24 @@ class AssistantOnlyCollator:
         batch["labels"] = labels
         return batch
 
+# %% [markdown]
+# Its labelled tokens, decoded back to text, read as exactly the target answer and `<|im_end|>`:
 
+# %%
+from helpers.collator_debug import VerboseCollator
+
+assistant_only = AssistantOnlyCollator(processor, chat_options)
+demo_batch = assistant_only(demo_examples)
+print(f"input_ids {tuple(demo_batch['input_ids'].shape)}, {int((demo_batch['labels'] != IGNORE_INDEX).sum())} trained tokens")
+VerboseCollator(assistant_only, processor, max_samples=1)(demo_examples[:2]);
+
+# %% [markdown]
+# **3. Padding-free**: the assistant-only batch packed into one row. Sample boundaries come from
+# `position_ids` of shape (4, 1, L): a text row restarting at 0 per sample plus the model's own M-RoPE
+# rows. Only flash-attention saves compute that way, so `padding_free` is off by default; Qwen3.5's
+# linear-attention layers would leak state across samples, so that family refuses packing.
+
+# %% tags=["collators"]
 class PaddingFreeCollator:
     """Assistant-only labels, the batch packed into one row with per-sample (4, 1, L) position ids."""
 
@@ -438,7 +415,16 @@ def rope_index_fn(model):
     base_model = model.get_base_model() if hasattr(model, "get_base_model") else model
     return base_model.model.get_rope_index
 
+# %%
+padding_free_collator = PaddingFreeCollator(processor, rope_index_fn(model), chat_options)
+demo_batch = padding_free_collator(demo_examples)
+print(f"input_ids {tuple(demo_batch['input_ids'].shape)}, {int((demo_batch['labels'] != IGNORE_INDEX).sum())} trained tokens (as many as assistant-only)")
 
+# %% [markdown]
+# Which collator trains, and where its tokens go over a few batches: image tokens dominate, and
+# padding is compute the padding-free collator saves.
+
+# %% tags=["collators"]
 def choose_training_collator(processor, model, padding_free: bool, family: Family):
     """The collator to train with, and why: assistant-only, or padding-free where the family and the attention allow it."""
     chat_options = family.chat_template_kwargs
@@ -452,121 +438,133 @@ def choose_training_collator(processor, model, padding_free: bool, family: Famil
     note = "" if attention.startswith("flash_attention") else ", correct but over a dense mask of the packed row"
     return PaddingFreeCollator(processor, rope_index_fn(model), chat_options), f"padding-free with {attention}{note}"
 
-
-# %% [markdown]
-# The three collators on the same batch: how many tokens each trains on, and the shapes they
-# produce. The assistant-only and padding-free collators must train on exactly the same tokens.
-# The labelled tokens of the assistant-only batch, decoded back to text, must read as exactly the
-# target answers followed by `<|im_end|>`.
-
 # %%
-from helpers.collator_debug import VerboseCollator, analyze_token_distribution
-from helpers.families import get_family
+from helpers.collator_debug import analyze_token_distribution
 
-chat_options = get_family(family).chat_template_kwargs  # the family's template options, e.g. Qwen3.5's non-thinking mode
-collators = {
-    "vision+padding masking": VisionAndPaddingMaskingCollator(processor, chat_options),
-    "assistant-only": AssistantOnlyCollator(processor, chat_options),
-    "padding-free": PaddingFreeCollator(processor, rope_index_fn(model), chat_options),
-}
-demo_examples = [splits["train"][i] for i in range(4)]
-for name, candidate in collators.items():
-    demo_batch = candidate(demo_examples)
-    trained = int((demo_batch["labels"] != IGNORE_INDEX).sum())
-    print(f"{name:>24}: input_ids {tuple(demo_batch['input_ids'].shape)}, {trained} trained tokens")
-VerboseCollator(collators["assistant-only"], processor, max_samples=1)(demo_examples[:2]);
-
-# %% [markdown]
-# Which collator trains, and where its tokens go over a few batches: image tokens dominate the
-# sequence, and padding is wasted compute that the padding-free collator removes.
-
-# %%
 collator, why = choose_training_collator(processor, model, padding_free, get_family(family))
 print("training collator:", why)
-token_stats = analyze_token_distribution(collator, splits["train"], processor, n=4 * per_device_train_batch_size, batch_size=per_device_train_batch_size)
+analyze_token_distribution(collator, splits["train"], processor, n=4 * per_device_train_batch_size, batch_size=per_device_train_batch_size);
 
 # %% [markdown]
 # ## 6. Baseline before training
 #
-# Generate on the held-out test images with greedy decoding, parse the answers with the same box
-# code used for the targets, and match predictions to ground truth. The untrained model is the
-# reference every later number is compared with.
-#
-# Greedy means the most probable token at every step and nothing else. A checkpoint's
-# `generation_config.json` may say otherwise (the Qwen2-VL and Qwen2.5-VL Instruct ones sample
-# and set `repetition_penalty` 1.05, which penalises every digit already written), so evaluation
-# sets its own decoding and keeps only the checkpoint's stop tokens; the saved model keeps the
-# checkpoint's config for you. Boxes are read in the grid the processor actually produced.
-#
-# Qwen-VL models can loop: the same box again and again until `max_new_tokens`. An answer stops
-# once one object has been written `loop_repeats` times, and boxes duplicating a higher-scored box
-# of their label (IoU of at least `duplicate_iou`) are dropped before scoring; the metrics count both.
+# Greedy decoding on the held-out test images, parsed with the same box code as the targets. A
+# checkpoint's `generation_config.json` may sample or penalise repeats; evaluation sets its own
+# decoding and keeps only the stop tokens. An answer that repeats one object `loop_repeats` times is
+# stopped, and near-duplicate boxes are dropped before scoring; the metrics count both.
 
 # %%
-from helpers.inference import decoding_config, evaluate_model, explicit_settings, unused_generation_settings
+from helpers.inference import decoding_config, explicit_settings, unused_generation_settings
 
 print("evaluation decodes with:", explicit_settings(decoding_config(model, processor, max_new_tokens)))
 print("not used from the checkpoint's generation config:", unused_generation_settings(model))
+
+# %%
+from helpers.inference import evaluate_model
+
 eval_settings = dict(family=family, max_new_tokens=max_new_tokens, batch_size=generation_batch_size, class_names=class_names,
                      loop_repeats=loop_repeats, duplicate_iou=duplicate_iou)
 baseline_records, baseline_metrics = evaluate_model(model, processor, splits["test"], **eval_settings)
 print("first answer:", repr(baseline_records[0]["raw_text"][:200]))
-baseline_metrics
+{key: baseline_metrics[key] for key in ("map_50", "mean_iou", "parse_failure_rate", "n_looping_answers")}
 
 # %% [markdown]
 # ## 7. Training with TRL's `SFTTrainer`
 #
-# `create_sft_config` turns the parameters into TRL's `SFTConfig`. Our collator does the
-# tokenisation, so TRL is told to leave the dataset alone (`skip_prepare_dataset`), to keep the
-# image and text columns the collator needs (`remove_unused_columns=False`), and not to truncate
-# (`max_length=None`: a cut answer would teach the model to stop early). Per device: bf16 and
-# activation checkpointing on a GPU, fp32 on CPU, pinned memory only with CUDA. Checkpoints go to
-# the run folder; `resume_from_checkpoint=True` continues the latest one after an interruption
-# (`QwenVLSFTTrainer` works around a transformers bug that would silently restart from the
-# initial weights).
-#
-# Three callbacks: `GradNormCallback` logs the gradient norm after clipping (the trainer's own
-# `grad_norm` is before clipping), `IoUEvalCallback` generates on a few held-out images at each
-# evaluation and logs their mean IoU and parse-failure rate, which the eval loss cannot show, and
-# `ConsoleLogCallback` prints one line per log so a headless run can be followed.
+# The device decides precision, pinned memory and activation checkpointing, in one place:
+
+# %%
+from helpers.training import device_defaults
+
+device_settings = device_defaults(device, dtype)
+device_settings
+
+# %% [markdown]
+# TRL's `SFTConfig`. Our collator tokenises, so TRL keeps the raw columns, leaves the dataset alone and
+# never truncates (a cut answer would teach the model to stop early).
+
+# %% tags=["sft_config"]
+from trl import SFTConfig
+
+from helpers.run import is_headless
+
+training_args = SFTConfig(
+    output_dir=str(run_dir / "checkpoints"),  # checkpoints stay in the run folder
+    max_steps=max_steps,  # optimizer steps; -1 runs num_train_epochs instead
+    num_train_epochs=num_train_epochs,
+    per_device_train_batch_size=per_device_train_batch_size,
+    per_device_eval_batch_size=per_device_eval_batch_size,
+    gradient_accumulation_steps=gradient_accumulation_steps,
+    learning_rate=learning_rate,
+    lr_scheduler_type=lr_scheduler_type,
+    warmup_steps=warmup_ratio,  # a value below 1 is a fraction of the total steps
+    weight_decay=weight_decay,
+    max_grad_norm=max_grad_norm,
+    logging_steps=logging_steps,
+    logging_first_step=True,
+    eval_strategy="steps",
+    eval_steps=eval_steps,  # eval loss on the eval split, and the IoU callback below
+    save_strategy="steps",
+    save_steps=save_steps,
+    save_total_limit=save_total_limit,
+    seed=seed,
+    data_seed=seed,
+    report_to=[] if report_to == "none" else [report_to],
+    run_name=run_name,
+    remove_unused_columns=False,  # the collator needs the image and text columns
+    dataset_kwargs={"skip_prepare_dataset": True},  # the collator tokenises
+    max_length=None,  # never truncate an answer
+    disable_tqdm=is_headless(),  # headless runs print ConsoleLogCallback's lines instead of a progress table
+    **device_settings,  # bf16/fp16, pinned memory, activation checkpointing (and gloo DDP for CPU processes)
+)
+
+# %%
+from helpers.training import print_training_config
+
+print_training_config(training_args, len(splits["train"]));
+
+# %% [markdown]
+# `QwenVLSFTTrainer` is TRL's `SFTTrainer` with a resume that restores Qwen-VL weights (a
+# transformers bug would silently restart from the initial ones; `helpers.training`). Three callbacks
+# log the gradient norm after clipping, the held-out IoU at each evaluation, and one console line per log.
 
 # %%
 from helpers.callbacks import ConsoleLogCallback, GradNormCallback, IoUEvalCallback, attach_callbacks
-from helpers.gpu import clear_memory, peak_memory_report, reset_peak_memory
-from helpers.training import QwenVLSFTTrainer, create_sft_config, print_training_config, resolve_resume
+from helpers.training import QwenVLSFTTrainer
 
-training_args = create_sft_config(params, run_dir, device, dtype)
-print_training_config(training_args, len(splits["train"]))
-trainer = QwenVLSFTTrainer(  # TRL's SFTTrainer, with a resume that restores Qwen-VL weights (see helpers.training)
-    model=model,
-    args=training_args,
-    train_dataset=splits["train"],
-    eval_dataset=splits["eval"],
-    data_collator=collator,
+trainer = QwenVLSFTTrainer(
+    model=model, args=training_args, train_dataset=splits["train"], eval_dataset=splits["eval"], data_collator=collator,
     processing_class=processor,
 )
 callbacks = [GradNormCallback(), ConsoleLogCallback()]
 if iou_eval_images > 0:
     callbacks.append(IoUEvalCallback(processor, splits["eval"], n_images=iou_eval_images, **eval_settings))
 attach_callbacks(trainer, callbacks)
-resume_from = resolve_resume(resume_from_checkpoint, training_args.output_dir)
-if resume_from:
-    print(f"resuming from {resume_from}")
+
+# %%
+from helpers.gpu import clear_memory, reset_peak_memory
+from helpers.training import resolve_resume
+
+resume_from = resolve_resume(resume_from_checkpoint, training_args.output_dir)  # None, or this run's latest whole checkpoint
+print(f"resuming from {resume_from}" if resume_from else "training from the loaded weights")
 clear_memory()
 reset_peak_memory()
+
+# %%
 train_result = trainer.train(resume_from_checkpoint=resume_from)
+
+# %%
+from helpers.gpu import peak_memory_report
+
 train_metrics = train_result.metrics | peak_memory_report()  # measured before evaluation adds its own peak
 train_metrics
 
 # %% [markdown]
 # ## 8. Evaluation after training
 #
-# The same function on the same images as the baseline, so the two columns compare like with like.
-# COCO's mAP needs a confidence per box to rank the predictions; a VLM's answer has none, so each
-# box is scored with the mean probability of the tokens that spell it (see `helpers.inference`).
-# mAP@[.5:.95] averages AP over IoU thresholds from 0.5 to 0.95, so it rewards tight boxes;
-# mean IoU, precision and recall at 0.5 come from greedy one-to-one matching within each class;
-# `accuracy_50` (images with one object: is the top box right?) is the grounding metric.
+# The same function on the same images as the baseline. Each box is scored with the mean probability
+# of the tokens that spell it, which COCO's mAP needs to rank predictions; `accuracy_50` is the
+# grounding metric (images with one object: is the top box right?).
 
 # %%
 from helpers.metrics import format_comparison
@@ -578,79 +576,80 @@ print(format_comparison(baseline_metrics, finetuned_metrics))
 # %% [markdown]
 # ## 9. Pictures
 #
-# Ground truth (solid green) against the fine-tuned model's predictions with their scores (dashed
-# magenta); the training curves from the trainer's log history (loss, gradient norm before and
-# after clipping, held-out IoU from the callback, learning rate); and the precision-recall curve
-# at IoU 0.5 before and after training.
+# The same test images before and after training: ground truth solid green, predictions dashed
+# magenta with their scores.
 
 # %%
-from helpers.plotting import plot_pr_curves, plot_predictions, plot_training_curves
+from helpers.plotting import plot_before_after
 
-plot_predictions(splits["test"], finetuned_records, n_plot_images, run_dir / "plots" / "predictions.png");
+plot_before_after(splits["test"], baseline_records, finetuned_records, n_plot_images, run_dir / "plots" / "predictions.png");
+
+# %% [markdown]
+# Loss, gradient norm before and after clipping, held-out IoU and learning rate; then precision
+# against recall at IoU 0.5, before and after.
 
 # %%
+from helpers.plotting import plot_training_curves
+
 plot_training_curves(trainer.state.log_history, run_dir / "plots" / "training_curves.png");
 
 # %%
+from helpers.plotting import plot_pr_curves
+
 plot_pr_curves({"baseline": baseline_metrics["pr_curve_50"], "fine-tuned": finetuned_metrics["pr_curve_50"]},
                run_dir / "plots" / "pr_curve.png");
 
 # %% [markdown]
 # ## 10. Saving
 #
-# The trained weights (the adapter alone when LoRA was used) and the processor go to `model/`,
-# next to the metrics and every prediction, so the run can be inspected and reused later. With
-# `merge_adapter=True`, the base model is loaded fresh, the adapter merged into it, and the result
-# saved to `model_merged/`: one checkpoint that loads with `from_pretrained`, no PEFT needed.
+# The trained weights (the adapter alone with LoRA) and the processor go to `model/`, beside the
+# metrics and every prediction.
 
 # %%
 from helpers.distributed import barrier
-from helpers.export import merge_adapter as merge_adapter_into_base
-from helpers.export import merge_refusal, save_processor
+from helpers.export import save_trained_model
 from helpers.run import write_jsonl
 
-trainer.save_model(str(run_dir / "model"))  # every rank takes part: FSDP and ZeRO-3 gather the sharded weights
-save_processor(processor, run_dir / "model")
+save_trained_model(trainer, processor, run_dir / "model")
 write_json(run_dir / "metrics.json", metrics | {"train": train_metrics})
 write_jsonl(run_dir / "predictions.jsonl", finetuned_records)
 write_jsonl(run_dir / "predictions_baseline.jsonl", baseline_records)
 write_json(run_dir / "log_history.json", trainer.state.log_history)
+barrier()  # every rank reads model/ below only once the main process has written it
+
+# %% [markdown]
+# With `merge_adapter=True`, the base is loaded fresh and the adapter merged into it: `model_merged/`
+# loads with `from_pretrained`, no PEFT needed.
+
+# %%
+from helpers.export import merge_adapter_into_base, merge_refusal
+
 if merge_adapter:
     refusal = merge_refusal(quantization, use_lora)
-    if refusal:
-        print("merge_adapter:", refusal)
-    else:
-        print("merged model:", merge_adapter_into_base(model_path, run_dir / "model", run_dir / "model_merged", dtype))
-barrier()  # every rank reads model/ below only once the main process has written it
+    print("merge_adapter:", refusal or merge_adapter_into_base(model_path, run_dir / "model", run_dir / "model_merged", dtype))
 sorted(str(path.relative_to(run_dir)) for path in run_dir.iterdir())
 
 # %% [markdown]
 # ## 11. Inference with the saved model
 #
-# What you do after training: load `model/` fresh (the adapter on its base model, or the full
-# weights), give it a new image, and read boxes with labels and scores in that image's pixels.
+# What you do after training: load `model/` fresh and read boxes, with labels and scores, in the
+# pixels of an image it has not trained on (here, a held-out test image).
 
 # %%
 from helpers.export import load_trained_model
-from helpers.images import open_image
+from helpers.gpu import release_model
+
+release_model(model)  # the training copy's memory, before a second copy loads
+saved_model, saved_processor = load_trained_model(run_dir / "model", model_path, quantization, attn_implementation, dtype, device)
+
+# %%
 from helpers.formatting import detection_prompt, grounding_prompt
 from helpers.inference import detect
 from helpers.plotting import plot_image_grid
-from helpers.synthetic import make_synthetic_dataset
 
-del trainer, model, collators, collator  # free the training copy (the collators hold its rope function) first
-clear_memory()
-saved_model, saved_processor = load_trained_model(run_dir / "model", model_path, quantization, attn_implementation, dtype, device)
-if dataset_source == "synthetic":  # an image no split has seen
-    new_record = make_synthetic_dataset(1, seed=seed + 12345, **synthetic_options)[0]
-else:
-    new_record = splits["test"][0]
-new_image = open_image(new_record["image"])
-if task == "grounding":  # ask for a class the image holds
-    new_prompt = grounding_prompt(family, new_record["objects"][0]["label"] if new_record["objects"] else class_names[0])
-else:
-    new_prompt = detection_prompt(family, class_names)
-print("prompt:", new_prompt)
+held_out = splits["test"][0]
+new_image = open_image(held_out["image"])
+new_prompt = grounding_prompt(family, held_out["query"]) if task == "grounding" else detection_prompt(family, class_names)
 boxes = detect(saved_model, saved_processor, new_image, family, new_prompt, max_new_tokens, system_prompt, loop_repeats, duplicate_iou)
-plot_image_grid([new_image], [[(boxes, "magenta", "--")]], [f"{len(boxes)} boxes"], run_dir / "plots" / "inference.png", columns=1)
+plot_image_grid([new_image], [[(boxes, "magenta", "--")]], [f"{new_prompt[:60]}: {len(boxes)} boxes"], run_dir / "plots" / "inference.png", columns=1)
 boxes

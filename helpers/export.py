@@ -7,6 +7,7 @@ from pathlib import Path
 import torch
 from peft import PeftModel
 from transformers import AutoModelForImageTextToText
+from transformers.utils import logging as transformers_logging
 
 from helpers.distributed import is_main_process
 from helpers.modeling import load_model
@@ -26,14 +27,25 @@ def merge_refusal(quantization: str, use_lora: bool) -> str | None:
     return None
 
 
-def save_processor(processor, out_dir: str | Path) -> Path:
-    """Save the processor beside the model (the main process only: under a launcher every rank holds the same one)."""
+def save_trained_model(trainer, processor, out_dir: str | Path) -> Path:
+    """Save the trained weights (the adapter alone with LoRA) and the processor to ``out_dir``, quietly.
+
+    Every rank takes part in ``trainer.save_model`` (FSDP and ZeRO-3 gather the sharded weights there);
+    the processor, the same on every rank, is saved by the main process.
+    """
+    progress_bars = transformers_logging.is_progress_bar_enabled()
+    transformers_logging.disable_progress_bar()  # a "Writing model shards" bar per save says nothing a reader can act on
+    try:
+        trainer.save_model(str(out_dir))
+    finally:
+        if progress_bars:
+            transformers_logging.enable_progress_bar()
     if is_main_process():
         processor.save_pretrained(str(out_dir))
     return Path(out_dir)
 
 
-def merge_adapter(base_model: str | Path, adapter_dir: str | Path, out_dir: str | Path, dtype: torch.dtype) -> Path:
+def merge_adapter_into_base(base_model: str | Path, adapter_dir: str | Path, out_dir: str | Path, dtype: torch.dtype) -> Path:
     """Load the base fresh, apply the adapter, merge it in, and save model + processor to ``out_dir`` (the main process only)."""
     out_dir = Path(out_dir)
     if not is_main_process():

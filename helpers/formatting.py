@@ -111,3 +111,13 @@ def add_chat_columns(
         answers.append(to_model_answer(objects, family, (width, height), model_size))
     dataset = dataset.add_column("system_prompt", [system_prompt] * len(dataset))
     return dataset.add_column("prompt", prompts).add_column("answer", answers)
+
+
+def answer_budget_report(tokenizer, answers: list[str], max_new_tokens: int) -> str:
+    """How many tokens the answers take (with the end-of-turn token) against ``max_new_tokens``, and how many would be cut."""
+    lengths = [len(tokenizer(answer, add_special_tokens=False).input_ids) + 1 for answer in answers]
+    report = f"answers: {min(lengths)}..{max(lengths)} tokens (with end-of-turn); max_new_tokens={max_new_tokens}"
+    too_long = sum(n > max_new_tokens for n in lengths)
+    if too_long:
+        report += f"\nWARNING: {too_long} of {len(lengths)} answers exceed max_new_tokens and will be cut; raise it"
+    return report

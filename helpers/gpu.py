@@ -29,6 +29,15 @@ def clear_memory() -> None:
         torch.cuda.empty_cache()
 
 
+def release_model(model) -> None:
+    """Free a model's weights now, even while other names (a trainer, a collator) still refer to it, and return the memory."""
+    try:
+        model.to_empty(device="meta")  # every parameter and buffer becomes a shapeless meta tensor
+    except (RuntimeError, TypeError, NotImplementedError):  # a quantised tensor subclass may refuse; collection still helps
+        pass
+    clear_memory()
+
+
 def reset_peak_memory() -> None:
     """Start a new peak-memory measurement on CUDA (the CPU figure is the process's lifetime peak)."""
     if torch.cuda.is_available():

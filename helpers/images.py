@@ -27,7 +27,7 @@ from typing import Callable, Iterable, Iterator
 
 import numpy as np
 from PIL import ExifTags, Image, ImageOps
-from tqdm.auto import tqdm
+from tqdm import tqdm  # text bars: they render in Jupyter and in papermill logs alike
 
 MAX_IMAGE_BYTES = 512 * 2**20  # a larger "image" file is refused before it is read (a device or a mistake)
 ROTATED_ORIENTATIONS = range(2, 9)  # EXIF orientations that move pixels; 0 (unset) and 1 mean upright

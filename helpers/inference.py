@@ -30,7 +30,7 @@ from typing import Callable, Sequence
 import torch
 from datasets import Dataset
 from PIL import Image
-from tqdm.auto import tqdm
+from tqdm import tqdm  # text bars: they render in Jupyter and in papermill logs alike
 from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
 from transformers.image_utils import load_image
 

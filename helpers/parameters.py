@@ -170,3 +170,18 @@ def check_parameters(values: dict, annotations: dict) -> dict:
 def expand_path(value: str | Path) -> Path:
     """A path parameter as the user meant it: ``~`` expanded, made absolute (relative to the working directory)."""
     return Path(value).expanduser().resolve()
+
+
+def notebook_parameters(namespace: dict) -> dict:
+    """The notebook's parameters, read from its namespace by their declarations and checked (``check_parameters``)."""
+    annotations = namespace["__annotations__"]
+    return check_parameters({name: namespace[name] for name in annotations}, annotations)
+
+
+def parameter_table(params: dict, columns: int = 2, value_chars: int = 28) -> str:
+    """The parameters as a compact table of ``name  value`` pairs, ``columns`` to a line, long values cut."""
+    cells = [(name, repr(value) if len(repr(value)) <= value_chars else repr(value)[: value_chars - 3] + "...") for name, value in params.items()]
+    name_width = max(len(name) for name, _ in cells)
+    texts = [f"{name:<{name_width}}  {value:<{value_chars}}" for name, value in cells]
+    rows = -(-len(texts) // columns)
+    return "\n".join("   ".join(texts[row::rows]).rstrip() for row in range(rows))

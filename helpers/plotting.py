@@ -75,17 +75,19 @@ def plot_samples(dataset, n: int, path: str | Path) -> Figure:
     )
 
 
-def plot_predictions(dataset, records: list[dict], n: int, path: str | Path) -> Figure:
-    """Ground truth (solid) against predictions with scores (dashed) for the first ``n`` evaluated images."""
-    n = min(n, len(records))
+def plot_before_after(dataset, baseline_records: list[dict], finetuned_records: list[dict], n: int, path: str | Path) -> Figure:
+    """The same ``n`` test images twice, side by side: the baseline's predictions, then the fine-tuned model's (dashed), over the ground truth."""
+    n = min(n, len(baseline_records), len(finetuned_records))
     subset = dataset.select(range(n))
-    return plot_image_grid(
-        [open_image(value) for value in subset["image"]],
-        [[(r["ground_truth"], GROUND_TRUTH_COLOR, "-"), (r["predictions"], PREDICTION_COLOR, "--")] for r in records[:n]],
-        [f"#{r['image_id']}: {len(r['predictions'])} pred / {len(r['ground_truth'])} gt" for r in records[:n]],
-        path,
-        frames=list(zip(subset["width"], subset["height"])),
-    )
+    images, box_sets, titles, frames = [], [], [], []
+    for image, width, height, before, after in zip(subset["image"], subset["width"], subset["height"], baseline_records, finetuned_records):
+        decoded = open_image(image)
+        for stage, record in (("baseline", before), ("fine-tuned", after)):
+            images.append(decoded)
+            box_sets.append([(record["ground_truth"], GROUND_TRUTH_COLOR, "-"), (record["predictions"], PREDICTION_COLOR, "--")])
+            titles.append(f"#{record['image_id']} {stage}: {len(record['predictions'])} pred / {len(record['ground_truth'])} gt")
+            frames.append((width, height))
+    return plot_image_grid(images, box_sets, titles, path, frames=frames)
 
 
 # Panels of the training-curve figure: (title, [(log key, legend)]).

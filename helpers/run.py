@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import platform
 import shutil
 from pathlib import Path
@@ -80,6 +81,14 @@ def remove_run_dir(output_root: str | Path, run_name: str) -> Path:
         )
     shutil.rmtree(run_dir)
     return run_dir
+
+
+HEADLESS_ENV = "QWENVL_HEADLESS"  # set by helpers.run_notebook for the kernel it starts
+
+
+def is_headless() -> bool:
+    """True in a run started by ``helpers.run_notebook`` (papermill or a launcher), where no one watches HTML widgets."""
+    return os.environ.get(HEADLESS_ENV) == "1"
 
 
 def environment_report(device: str, dtype: torch.dtype) -> dict:

@@ -32,7 +32,7 @@ from papermill.iorw import NoDatesSafeLoader
 
 from helpers.metrics import format_comparison
 from helpers.parameters import check_parameters, expand_path
-from helpers.run import prepare_run_dir, remove_run_dir, run_folder
+from helpers.run import HEADLESS_ENV, prepare_run_dir, remove_run_dir, run_folder
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOK_PATH = REPO_ROOT / "fine_tuning_vlm_for_object_detection_trl.py"
@@ -162,8 +162,10 @@ def main(argv: list[str] | None = None) -> Path:
     for variable, folder in (("MPLCONFIGDIR", "matplotlib"), ("IPYTHONDIR", "ipython")):
         os.environ.setdefault(variable, str(tool_cache / folder))
     if args.launch:
+        headless_environment()
         launch_script(notebook, preset | overrides, run_dir, args.launch)
         return report_run(run_dir)
+    headless_environment()  # the kernel inherits it
     # papermill logs the cells' printed output at INFO; show it so a headless run reads like the notebook.
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     partial = run_dir / ".notebook.ipynb.partial"  # papermill saves as it goes; the final name only ever holds a whole file
@@ -180,6 +182,13 @@ def main(argv: list[str] | None = None) -> Path:
     finally:
         keep_whole_notebook(partial, run_dir / "notebook.ipynb")
     return report_run(run_dir)
+
+
+def headless_environment() -> None:
+    """Mark the run headless: the trainer prints console lines instead of an HTML table, and hub progress bars stay off."""
+    os.environ[HEADLESS_ENV] = "1"
+    # Loading and saving bars ("Loading weights", "Writing model shards") repeat in a log with every checkpoint.
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
 
 def report_run(run_dir: Path) -> Path:

@@ -88,3 +88,15 @@ def check_coordinate_scaling(
         for e in examples
     )
     return {"worst_error_px": max((e["max_error_px"] for e in examples), default=0.0), "ok": ok, "examples": examples}
+
+
+def scaling_summary(scaling: dict) -> str:
+    """One line per checked image; raises ``RuntimeError`` when a box does not survive the round trip, before wrong boxes are taught."""
+    lines = [
+        f"image {item['image_id']}: {item['image_size']} px -> model input {item['processor_size']} px, "
+        f"worst error {item['max_error_px']:.2f} px (one format unit: {item['allowed_px']:.2f} px)"
+        for item in scaling["examples"]
+    ]
+    if not scaling["ok"]:
+        raise RuntimeError("coordinate-scaling check failed:\n" + "\n".join(lines))
+    return "\n".join(lines)

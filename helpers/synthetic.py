@@ -139,3 +139,20 @@ def make_synthetic_dataset(
         records.append({"image_id": str(image_id), "image": image, "width": image.width, "height": image.height, "objects": objects,
                         "crowd_regions": []})
     return Dataset.from_list(records, features=DETECTION_FEATURES)
+
+
+# notebook parameter -> make_synthetic_dataset argument
+SYNTHETIC_PARAMETERS = {
+    "synthetic_classes": "class_names",
+    "synthetic_min_side_px": "min_side_px",
+    "synthetic_max_side_px": "max_side_px",
+    "synthetic_max_objects": "max_objects",
+    "synthetic_position_tint": "position_tint",
+    "synthetic_square_images": "square",
+    "synthetic_empty_fraction": "empty_fraction",
+}
+
+
+def synthetic_options(params: dict) -> dict:
+    """The ``make_synthetic_dataset`` arguments set by the notebook's ``synthetic_*`` parameters."""
+    return {argument: params[name] for name, argument in SYNTHETIC_PARAMETERS.items()}

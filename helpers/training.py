@@ -13,7 +13,7 @@ from transformers.trainer import SAFE_WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_NAME
 from trl import SFTConfig, SFTTrainer
 
 from helpers.distributed import is_distributed, weights_are_sharded_by_fsdp
-from helpers.parameters import REPORT_TO_CHOICES, SCHEDULES, expand_path
+from helpers.parameters import expand_path
 
 
 def device_defaults(device: str, dtype: torch.dtype) -> dict:
@@ -30,46 +30,6 @@ def device_defaults(device: str, dtype: torch.dtype) -> dict:
         # each process trains alone (shared/ENVIRONMENT.md); with it, DDP over gloo. One process: unchanged.
         **({"use_cpu": True} if device == "cpu" and is_distributed() else {}),
     }
-
-
-def create_sft_config(params: dict, run_dir: str | Path, device: str, dtype: torch.dtype) -> SFTConfig:
-    """TRL's ``SFTConfig`` for a VLM with our own collator, with safe defaults for the device."""
-    if params["lr_scheduler_type"] not in SCHEDULES:
-        raise ValueError(f"lr_scheduler_type={params['lr_scheduler_type']!r}; expected one of {SCHEDULES}")
-    if params["report_to"] not in REPORT_TO_CHOICES:
-        raise ValueError(f"report_to={params['report_to']!r}; expected one of {REPORT_TO_CHOICES}")
-    if not 0 <= params["warmup_ratio"] < 1:
-        raise ValueError(f"warmup_ratio={params['warmup_ratio']} must be in [0, 1)")
-    return SFTConfig(
-        output_dir=str(Path(run_dir) / "checkpoints"),
-        max_steps=params["max_steps"],
-        num_train_epochs=params["num_train_epochs"],
-        per_device_train_batch_size=params["per_device_train_batch_size"],
-        per_device_eval_batch_size=params["per_device_eval_batch_size"],
-        gradient_accumulation_steps=params["gradient_accumulation_steps"],
-        learning_rate=params["learning_rate"],
-        lr_scheduler_type=params["lr_scheduler_type"],
-        warmup_steps=params["warmup_ratio"],  # SFTConfig reads a value below 1 as a fraction of the total steps
-        weight_decay=params["weight_decay"],
-        max_grad_norm=params["max_grad_norm"],
-        logging_steps=params["logging_steps"],
-        logging_first_step=True,
-        eval_strategy="steps",
-        eval_steps=params["eval_steps"],
-        save_strategy="steps",
-        save_steps=params["save_steps"],
-        save_total_limit=params["save_total_limit"],
-        seed=params["seed"],
-        data_seed=params["seed"],
-        **device_defaults(device, dtype),
-        report_to=[] if params["report_to"] == "none" else [params["report_to"]],
-        run_name=params["run_name"],
-        # Our collator tokenises, so TRL must keep the raw columns, not prepare the dataset, and not
-        # truncate (a cut answer would teach the model to stop early).
-        remove_unused_columns=False,
-        dataset_kwargs={"skip_prepare_dataset": True},
-        max_length=None,
-    )
 
 
 def training_arithmetic(config: SFTConfig, n_train_examples: int) -> dict:

@@ -18,7 +18,7 @@ from helpers.formatting import add_chat_columns, detection_prompt
 from helpers.modeling import load_model_and_processor, lora_config, wrap_lora
 from helpers.notebook_cells import run_tagged_cells
 from helpers.synthetic import make_synthetic_dataset
-from helpers.training import create_sft_config
+from helpers.notebook_cells import notebook_sft_config
 from tests.test_training import DEFAULTS
 
 CLASSES = ["red circle", "green square", "blue triangle"]
@@ -44,7 +44,7 @@ def tiny_run(checkpoint, tmp_path, max_grad_norm: float, use_lora: bool):
     splits = [add_chat_columns(make_synthetic_dataset(n, seed=s), "qwen2_vl", prompt, MIN_PIXELS, MAX_PIXELS) for n, s in ((16, 1), (4, 2))]
     params = DEFAULTS | {"max_steps": 6, "logging_steps": 1, "eval_steps": 3, "save_steps": 100, "per_device_train_batch_size": 4,
                          "per_device_eval_batch_size": 4, "max_grad_norm": max_grad_norm, "learning_rate": 1e-3}
-    trainer = SFTTrainer(model=model, args=create_sft_config(params, tmp_path, "cpu", torch.float32), train_dataset=splits[0],
+    trainer = SFTTrainer(model=model, args=notebook_sft_config(params, tmp_path, "cpu", torch.float32), train_dataset=splits[0],
                          eval_dataset=splits[1], data_collator=run_tagged_cells("collators")["AssistantOnlyCollator"](processor),
                          processing_class=processor)
     recorder, printed = RecordingCallback(), []
@@ -115,7 +115,7 @@ def test_tensorboard_backend_gets_the_added_values_inside_the_run_folder(tiny_ch
     data = add_chat_columns(make_synthetic_dataset(8, seed=1), "qwen2_vl", prompt, MIN_PIXELS, MAX_PIXELS)
     params = DEFAULTS | {"max_steps": 2, "logging_steps": 1, "eval_steps": 100, "save_steps": 100, "per_device_train_batch_size": 4,
                          "report_to": "tensorboard"}
-    trainer = SFTTrainer(model=model, args=create_sft_config(params, tmp_path, "cpu", torch.float32), train_dataset=data,
+    trainer = SFTTrainer(model=model, args=notebook_sft_config(params, tmp_path, "cpu", torch.float32), train_dataset=data,
                          eval_dataset=data, data_collator=run_tagged_cells("collators")["AssistantOnlyCollator"](processor),
                          processing_class=processor)
     attach_callbacks(trainer, [GradNormCallback()])

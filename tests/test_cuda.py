@@ -47,14 +47,15 @@ def test_qlora_4bit_training_step_updates_the_adapters(tiny_checkpoints, family)
 
 
 def test_bf16_training_with_activation_checkpointing(tiny_checkpoints, tmp_path):
-    from helpers.training import QwenVLSFTTrainer, create_sft_config
+    from helpers.notebook_cells import notebook_sft_config
+    from helpers.training import QwenVLSFTTrainer
     from tests.test_training import DEFAULTS
 
     device, dtype = pick_device_and_dtype()
     assert dtype == torch.bfloat16, "an H100/H200-class GPU supports bf16"
     model, processor = load_model_and_processor(tiny_checkpoints["qwen2_5_vl"], "none", "sdpa", dtype, device, MIN_PIXELS, MAX_PIXELS)
     params = DEFAULTS | {"max_steps": 20, "logging_steps": 1, "eval_steps": 20, "save_steps": 100, "learning_rate": 1e-3}
-    config = create_sft_config(params, tmp_path, device, dtype)
+    config = notebook_sft_config(params, tmp_path, device, dtype)
     assert config.bf16 and config.activation_checkpointing
     data = chat_dataset("qwen2_5_vl", 64)
     trainer = QwenVLSFTTrainer(model=model, args=config, train_dataset=data, eval_dataset=data.select(range(8)),

@@ -84,7 +84,7 @@ def test_the_script_is_the_notebook_with_the_parameters_injected():
     script = notebook_script(notebook, {"max_steps": 3, "run_name": "x"})
     parameters_cell = script.index("model_id: Annotated[str, NON_EMPTY]")
     injected = script.index("# Parameters\nmax_steps = 3\nrun_name = \"x\"")
-    assert parameters_cell < injected < script.index("check_parameters(")
+    assert parameters_cell < injected < script.index("notebook_parameters(globals())")
     compile(script, SCRIPT_NAME, "exec")  # plain Python: no magics
 
 

@@ -8,7 +8,7 @@ from peft import PeftModel
 from PIL import Image
 from transformers import AutoModelForImageTextToText
 
-from helpers.export import merge_adapter, merge_refusal
+from helpers.export import merge_adapter_into_base, merge_refusal
 from helpers.formatting import detection_prompt
 from helpers.inference import generate_answers
 from helpers.modeling import load_model_and_processor, lora_config, wrap_lora
@@ -30,7 +30,7 @@ def test_merged_model_generates_like_base_plus_adapter(tiny_checkpoints, tmp_pat
     model.save_pretrained(adapter_dir)
     processor.save_pretrained(adapter_dir)
 
-    merged_dir = merge_adapter(tiny_checkpoints[family], adapter_dir, tmp_path / "model_merged", torch.float32)
+    merged_dir = merge_adapter_into_base(tiny_checkpoints[family], adapter_dir, tmp_path / "model_merged", torch.float32)
     merged = AutoModelForImageTextToText.from_pretrained(merged_dir)
     assert not any("lora_" in name for name, _ in merged.named_parameters())
     merged_processor = load_saved_processor(merged_dir, family)

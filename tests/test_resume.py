@@ -13,7 +13,8 @@ from helpers.formatting import add_chat_columns, detection_prompt
 from helpers.modeling import load_model_and_processor, lora_config, wrap_lora
 from helpers.notebook_cells import run_tagged_cells
 from helpers.synthetic import make_synthetic_dataset
-from helpers.training import QwenVLSFTTrainer, checkpoint_problems, create_sft_config, resolve_resume
+from helpers.notebook_cells import notebook_sft_config
+from helpers.training import QwenVLSFTTrainer, checkpoint_problems, resolve_resume
 from tests.test_training import DEFAULTS
 
 MIN_PIXELS, MAX_PIXELS = 3136, 50176
@@ -29,7 +30,7 @@ def train(checkpoint, out_dir, trainer_class=QwenVLSFTTrainer, use_lora=False, r
     data = add_chat_columns(make_synthetic_dataset(32, seed=1), "qwen2_vl", prompt, MIN_PIXELS, MAX_PIXELS)
     params = DEFAULTS | {"max_steps": 8, "save_steps": 4, "logging_steps": 1, "eval_steps": 100, "per_device_train_batch_size": 4,
                          "learning_rate": 3e-3}
-    config = create_sft_config(params, out_dir, "cpu", torch.float32)
+    config = notebook_sft_config(params, out_dir, "cpu", torch.float32)
     trainer = trainer_class(model=model, args=config, train_dataset=data, eval_dataset=data.select(range(2)),
                             data_collator=run_tagged_cells("collators")["AssistantOnlyCollator"](processor), processing_class=processor)
     trainer.train(resume_from_checkpoint=resolve_resume(resume, config.output_dir))
@@ -66,7 +67,7 @@ def test_padding_free_training_counts_every_token(tiny_checkpoints, tmp_path):
     data = add_chat_columns(make_synthetic_dataset(8, seed=1), "qwen2_vl", "Detect.", MIN_PIXELS, MAX_PIXELS)
     collator = run_tagged_cells("collators")["PaddingFreeCollator"](processor, model.model.get_rope_index)
     params = DEFAULTS | {"max_steps": 2, "logging_steps": 1, "eval_steps": 100, "save_steps": 100, "per_device_train_batch_size": 4}
-    trainer = QwenVLSFTTrainer(model=model, args=create_sft_config(params, tmp_path, "cpu", torch.float32), train_dataset=data,
+    trainer = QwenVLSFTTrainer(model=model, args=notebook_sft_config(params, tmp_path, "cpu", torch.float32), train_dataset=data,
                                eval_dataset=data, data_collator=collator, processing_class=processor)
     trainer.train()
     expected = sum(collator([data[i] for i in range(start, start + 4)])["input_ids"].numel() for start in (0, 4))

@@ -6,9 +6,9 @@ import jupytext
 import pytest
 import torch
 
+from helpers.notebook_cells import notebook_sft_config
 from helpers.run_notebook import NOTEBOOK_PATH, notebook_defaults
 from helpers.training import (
-    create_sft_config,
     device_defaults,
     latest_complete_checkpoint,
     print_training_config,
@@ -20,7 +20,7 @@ DEFAULTS = notebook_defaults(jupytext.read(NOTEBOOK_PATH))
 
 
 def test_config_from_notebook_defaults_on_cpu(tmp_path):
-    config = create_sft_config(DEFAULTS, tmp_path / "run", "cpu", torch.float32)
+    config = notebook_sft_config(DEFAULTS, tmp_path / "run", "cpu", torch.float32)
     assert config.output_dir == str(tmp_path / "run" / "checkpoints")
     assert (config.bf16, config.fp16, config.dataloader_pin_memory, config.activation_checkpointing) == (False, False, False, False)
     assert config.remove_unused_columns is False and config.max_length is None
@@ -44,16 +44,6 @@ def test_device_defaults(device, dtype, expected):
 
 
 @pytest.mark.parametrize(
-    "change,message",
-    [({"lr_scheduler_type": "cosine_with_restarts"}, "lr_scheduler_type"), ({"report_to": "mlflow"}, "report_to"),
-     ({"warmup_ratio": 1.5}, "warmup_ratio")],
-)
-def test_bad_training_parameters_are_named(tmp_path, change, message):
-    with pytest.raises(ValueError, match=message):
-        create_sft_config(DEFAULTS | change, tmp_path, "cpu", torch.float32)
-
-
-@pytest.mark.parametrize(
     "n_train,batch,accumulation,max_steps,epochs,expected",
     [
         (2048, 8, 1, 1500, 1.0, {"effective_batch": 8, "steps_per_epoch": 256, "total_steps": 1500, "warmup_steps": 75}),
@@ -65,14 +55,14 @@ def test_bad_training_parameters_are_named(tmp_path, change, message):
 def test_training_arithmetic(tmp_path, n_train, batch, accumulation, max_steps, epochs, expected):
     params = DEFAULTS | {"per_device_train_batch_size": batch, "gradient_accumulation_steps": accumulation,
                          "max_steps": max_steps, "num_train_epochs": epochs}
-    arithmetic = training_arithmetic(create_sft_config(params, tmp_path, "cpu", torch.float32), n_train)
+    arithmetic = training_arithmetic(notebook_sft_config(params, tmp_path, "cpu", torch.float32), n_train)
     assert {k: arithmetic[k] for k in expected} == expected
     assert arithmetic["epochs"] == pytest.approx(expected["total_steps"] * expected["effective_batch"] / n_train)
 
 
 def test_printed_training_config_shows_the_arithmetic(tmp_path):
     printed = []
-    print_training_config(create_sft_config(DEFAULTS, tmp_path, "cpu", torch.float32), 2048, print_fn=printed.append)
+    print_training_config(notebook_sft_config(DEFAULTS, tmp_path, "cpu", torch.float32), 2048, print_fn=printed.append)
     text = printed[0]
     assert "effective batch   8 = 8 per device x 1 accumulation x 1 process(es)" in text
     assert "75 warm-up steps then cosine" in text and "5.86 epochs" in text and "precision         fp32" in text
