@@ -15,6 +15,7 @@ from helpers.callbacks import (
     gradient_l2_norm,
 )
 from helpers.formatting import add_chat_columns, detection_prompt
+from helpers.metrics import EVAL_MEAN_IOU, EVAL_PARSE_FAILURE_RATE
 from helpers.modeling import load_model_and_processor, lora_config, wrap_lora
 from helpers.notebook_cells import run_tagged_cells
 from helpers.synthetic import make_synthetic_dataset
@@ -69,11 +70,11 @@ def test_callbacks_log_into_every_record_and_backend(tiny_checkpoints, tmp_path,
     eval_logs = [entry for entry in history if "eval_loss" in entry]
     assert [entry["step"] for entry in eval_logs] == [3, 6]
     for entry in eval_logs:
-        assert 0 <= entry["eval_mean_iou"] <= 1 and 0 <= entry["eval_parse_failure_rate"] <= 1
+        assert 0 <= entry[EVAL_MEAN_IOU] <= 1 and 0 <= entry[EVAL_PARSE_FAILURE_RATE] <= 1
     # A backend registered before ours still sees the added values, and so does the console line.
     assert sum("grad_norm_clipped" in logs for logs in recorder.logs) == 6
-    assert sum("eval_mean_iou" in logs for logs in recorder.logs) == 2
-    assert sum("eval_mean_iou" in line for line in printed) == 2
+    assert sum(EVAL_MEAN_IOU in logs for logs in recorder.logs) == 2
+    assert sum(EVAL_MEAN_IOU in line for line in printed) == 2
     assert printed[0].startswith("step 1/6 | loss ")
 
 
@@ -101,7 +102,7 @@ def test_iou_callback_leaves_the_model_mode_as_found(tiny_checkpoints, training)
     logs = {"eval_loss": 1.0}
     callback.on_log(None, State, None, logs=logs, model=model)
     assert model.training is training
-    assert set(logs) == {"eval_loss", "eval_mean_iou", "eval_parse_failure_rate"} and State.log_history[-1] == logs | {"step": 3}
+    assert set(logs) == {"eval_loss", EVAL_MEAN_IOU, EVAL_PARSE_FAILURE_RATE} and State.log_history[-1] == logs | {"step": 3}
 
 
 def test_tensorboard_backend_gets_the_added_values_inside_the_run_folder(tiny_checkpoints, tmp_path, monkeypatch):

@@ -12,6 +12,7 @@ from transformers import AutoModelForImageTextToText
 from transformers.utils import is_flash_attn_2_available
 
 from helpers.formatting import add_chat_columns, detection_prompt
+from helpers.metrics import MAP_50, MEAN_IOU, PARSE_FAILURE_RATE
 from helpers.modeling import load_model_and_processor, lora_config, pick_device_and_dtype, wrap_lora
 from helpers.notebook_cells import run_tagged_cells
 from helpers.synthetic import make_synthetic_dataset
@@ -92,4 +93,4 @@ def test_offline_notebook_runs_on_the_gpu(tmp_path):
     assert environment["device"] == "cuda" and environment["dtype"] == "bfloat16"
     metrics = json.loads((tmp_path / "gpu" / "metrics.json").read_text())
     assert metrics["train"]["gpu_peak_allocated_gib"] > 0
-    print("gpu notebook:", {k: metrics["finetuned"][k] for k in ("map_50", "mean_iou", "parse_failure_rate")}, metrics["train"])
+    print("gpu notebook:", {k: metrics["finetuned"][k] for k in (MAP_50, MEAN_IOU, PARSE_FAILURE_RATE)}, metrics["train"])

@@ -16,6 +16,7 @@ from helpers.processing import load_processor
 from tests.cases import FAMILIES
 from helpers.synthetic import make_synthetic_dataset
 from helpers.images import open_image, open_images
+from helpers.metrics import N_DUPLICATE_BOXES_DROPPED, N_LOOPING_ANSWERS
 
 MIN_PIXELS, MAX_PIXELS = 3136, 50176
 
@@ -340,10 +341,10 @@ def test_evaluation_counts_looping_answers_and_dropped_duplicates(tiny_checkpoin
     dataset = add_chat_columns(make_synthetic_dataset(3, seed=5), family, detection_prompt(family, ["red circle"]), MIN_PIXELS, MAX_PIXELS)
     settings = dict(family=family, max_new_tokens=120, batch_size=3, batch_logits_processors=loop)
     records, metrics = evaluate_model(model, processor, dataset, **settings)  # the defaults: both controls on
-    assert metrics["n_looping_answers"] == 3 and metrics["n_duplicate_boxes_dropped"] == 3 * (LOOP_REPEATS - 1)
+    assert metrics[N_LOOPING_ANSWERS] == 3 and metrics[N_DUPLICATE_BOXES_DROPPED] == 3 * (LOOP_REPEATS - 1)
     assert all(r["loop_stopped"] and r["duplicates_dropped"] == LOOP_REPEATS - 1 and len(r["predictions"]) == 1 for r in records)
     records_off, metrics_off = evaluate_model(model, processor, dataset, **settings, loop_repeats=0, duplicate_iou=0)
-    assert metrics_off["n_looping_answers"] == metrics_off["n_duplicate_boxes_dropped"] == 0
+    assert metrics_off[N_LOOPING_ANSWERS] == metrics_off[N_DUPLICATE_BOXES_DROPPED] == 0
     assert all(len(r["predictions"]) > LOOP_REPEATS for r in records_off)
 
 

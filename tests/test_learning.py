@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 
+from helpers.metrics import ACCURACY_50
 from tests.test_benchmarks import load_script
 
 
@@ -20,7 +21,7 @@ def test_grounding_preset_learns_to_locate_the_named_shape(tmp_path, capsys):
     )
     print(capsys.readouterr().out)  # the benchmark's table, shown with -s or on failure
     assert row["task"] == "grounding" and row["test_images"] >= 64
-    assert row["baseline_accuracy_50"] <= 0.1, "the random model must not already find the shapes"
-    assert row["finetuned_accuracy_50"] >= 0.5, f"accuracy@0.5 {row['finetuned_accuracy_50']:.3f}"
+    assert row[f"baseline_{ACCURACY_50}"] <= 0.1, "the random model must not already find the shapes"
+    assert row[f"finetuned_{ACCURACY_50}"] >= 0.5, f"accuracy@0.5 {row[f'finetuned_{ACCURACY_50}']:.3f}"
     saved = json.loads((tmp_path / "learning_benchmark.json").read_text())
     assert saved == [row]

@@ -22,6 +22,10 @@ from helpers.parameters import check_parameters
 from helpers.synthetic import make_synthetic_dataset
 from helpers.data import IMAGE_CACHE_FOLDER
 from helpers.run_notebook import NOTEBOOK_PATH, REPO_ROOT, TOOL_CACHE, notebook_declarations, notebook_defaults, resolve_parameters
+from helpers.metrics import (
+    AP_50_PER_CLASS, EVAL_MEAN_IOU, MAP_50, MAP_50_95, MAP_75, MEAN_IOU, N_DUPLICATE_BOXES_DROPPED, N_IMAGES, N_LOOPING_ANSWERS,
+    PARSE_FAILURE_RATE, PRECISION_50, RECALL_50,
+)
 from tests.cases import write_coco_split
 
 NOTEBOOK = jupytext.read(NOTEBOOK_PATH)
@@ -136,19 +140,19 @@ def test_offline_run_end_to_end(tmp_path, model_id, source):
 
     metrics = json.loads((run_dir / "metrics.json").read_text())
     for stage in ("baseline", "finetuned"):
-        assert metrics[stage]["n_images"] == 8
-        assert math.isfinite(metrics[stage]["mean_iou"]) and 0 <= metrics[stage]["mean_iou"] <= 1
-        for key in ("map_50_95", "map_50", "map_75", "precision_50", "recall_50", "parse_failure_rate"):
+        assert metrics[stage][N_IMAGES] == 8
+        assert math.isfinite(metrics[stage][MEAN_IOU]) and 0 <= metrics[stage][MEAN_IOU] <= 1
+        for key in (MAP_50_95, MAP_50, MAP_75, PRECISION_50, RECALL_50, PARSE_FAILURE_RATE):
             assert metrics[stage][key] is not None and 0 <= metrics[stage][key] <= 1, (stage, key)
-        assert set(metrics[stage]["ap_50_per_class"]) >= {"blue triangle", "green square", "red circle"}
-        assert metrics[stage]["n_looping_answers"] <= 8 and metrics[stage]["n_duplicate_boxes_dropped"] >= 0
+        assert set(metrics[stage][AP_50_PER_CLASS]) >= {"blue triangle", "green square", "red circle"}
+        assert metrics[stage][N_LOOPING_ANSWERS] <= 8 and metrics[stage][N_DUPLICATE_BOXES_DROPPED] >= 0
     for name in ("predictions.jsonl", "predictions_baseline.jsonl"):
         rows = [json.loads(line) for line in (run_dir / name).read_text().splitlines()]
         assert len(rows) == 8 and all(set(row) == {"image_id", "ground_truth", "crowd_regions", "raw_text", "predictions", "loop_stopped", "duplicates_dropped"} for row in rows)
         for prediction in (p for row in rows for p in row["predictions"]):
             assert set(prediction) == {"label", "bbox_xyxy_px", "score"} and 0 <= prediction["score"] <= 1
     history = json.loads((run_dir / "log_history.json").read_text())
-    assert any("eval_mean_iou" in entry for entry in history) and any("grad_norm_clipped" in entry for entry in history)
+    assert any(EVAL_MEAN_IOU in entry for entry in history) and any("grad_norm_clipped" in entry for entry in history)
 
     checkpoints = sorted((run_dir / "checkpoints").glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
     assert [p.name for p in checkpoints] == ["checkpoint-6", "checkpoint-12"]
@@ -281,7 +285,7 @@ def test_newest_families_run_the_notebook(tmp_path, family, overrides, collator_
     notebook_text = (run_dir / "notebook.ipynb").read_text()
     assert f"training collator: {collator_line}" in notebook_text
     metrics = json.loads((run_dir / "metrics.json").read_text())
-    assert metrics["finetuned"]["n_images"] == 2
+    assert metrics["finetuned"][N_IMAGES] == 2
     if "merge_adapter=true" in overrides:
         from transformers import AutoModelForImageTextToText
 
