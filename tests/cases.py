@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from helpers.defaults import DEFAULT_MAX_PIXELS, DEFAULT_MIN_PIXELS, QWEN2_VL_MAX_PIXELS, QWEN2_VL_MIN_PIXELS
 from helpers.families import FAMILY_NAMES as FAMILIES  # every supported family, from its record
 from helpers.images import open_image
 
@@ -26,7 +27,7 @@ IMAGE_SIZES: list[tuple[int, int]] = [
 ] + _random_sizes(16, seed=0)
 
 # (min_pixels, max_pixels): the notebook's defaults, the offline demo's one-grid bounds and Qwen2-VL's defaults.
-PIXEL_BOUNDS = [(3136, 50176), (12544, 12544), (3136, 1003520)]
+PIXEL_BOUNDS = [(DEFAULT_MIN_PIXELS, DEFAULT_MAX_PIXELS), (12544, 12544), (QWEN2_VL_MIN_PIXELS, QWEN2_VL_MAX_PIXELS)]
 
 
 def write_coco_split(dataset, folder, split: str, missing_images: int = 0) -> None:

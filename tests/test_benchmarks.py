@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from helpers.boxes import visual_token_count
+from helpers.defaults import DEFAULT_MAX_PIXELS, DEFAULT_MIN_PIXELS
 from helpers.formatting import add_chat_columns, detection_prompt
 from helpers.notebook_cells import run_tagged_cells
 from helpers.real_vocab import real_processor
@@ -93,16 +94,17 @@ def test_layouts_and_token_shares_add_up():
 @pytest.mark.parametrize("family", ["qwen2_vl", "qwen2_5_vl", "qwen3_vl"])
 def test_sample_counts_equal_what_the_collator_builds_on_the_real_vocabulary(family):
     acc, train = load_script("speed_accounting"), load_script("train_throughput")
-    processor = real_processor(family, 3136, 50176)
+    processor = real_processor(family, DEFAULT_MIN_PIXELS, DEFAULT_MAX_PIXELS)
     cells = run_tagged_cells("collators")
-    examples = list(add_chat_columns(make_synthetic_dataset(3, seed=5, max_objects=4), family, detection_prompt(family, ["red circle"]), 3136, 50176))
+    dataset = make_synthetic_dataset(3, seed=5, max_objects=4)
+    examples = list(add_chat_columns(dataset, family, detection_prompt(family, ["red circle"]), DEFAULT_MIN_PIXELS, DEFAULT_MAX_PIXELS))
     span = train.answer_span_fn(processor, cells, {})
     for example in examples:
-        counted = acc.sample_tokens(processor, example, family, 3136, 50176, span)
+        counted = acc.sample_tokens(processor, example, family, DEFAULT_MIN_PIXELS, DEFAULT_MAX_PIXELS, span)
         batch = cells["AssistantOnlyCollator"](processor)([example])
         assert counted.length == batch["input_ids"].shape[1]
         assert counted.answer == int((batch["labels"] != -100).sum())
-        assert counted.vision == visual_token_count(family, example["width"], example["height"], 3136, 50176) + 2
+        assert counted.vision == visual_token_count(family, example["width"], example["height"], DEFAULT_MIN_PIXELS, DEFAULT_MAX_PIXELS) + 2
         assert counted.patches == int(batch["image_grid_thw"].prod())
 
 

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from helpers.boxes import box_iou, drop_duplicate_boxes, object_texts, parse_model_answer, resized_size, sort_objects, to_model_answer
+from helpers.defaults import DEFAULT_MAX_PIXELS, DEFAULT_MIN_PIXELS
 from helpers.families import get_family
 from tests.cases import FAMILIES, IMAGE_SIZES, PIXEL_BOUNDS
 
@@ -164,7 +165,7 @@ def test_unknown_family_is_an_error():
 @pytest.mark.parametrize("family", FAMILIES)
 def test_every_truncation_keeps_the_complete_boxes_before_the_cut(family):
     objects = [{"label": f"obj {i}", "bbox_xyxy_px": [10 * i, 5 * i, 10 * i + 30, 5 * i + 20]} for i in range(4)]
-    model_size = resized_size(family, 120, 90, 3136, 50176)
+    model_size = resized_size(family, 120, 90, DEFAULT_MIN_PIXELS, DEFAULT_MAX_PIXELS)
     answer = to_model_answer(objects, family, (120, 90), model_size)
     full = parse_model_answer(answer, family, (120, 90), model_size)
     previous = 0

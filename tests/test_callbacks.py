@@ -14,6 +14,7 @@ from helpers.callbacks import (
     attach_callbacks,
     gradient_l2_norm,
 )
+from helpers.defaults import DEFAULT_MAX_PIXELS, DEFAULT_MIN_PIXELS
 from helpers.formatting import add_chat_columns, detection_prompt
 from helpers.metrics import EVAL_MEAN_IOU, EVAL_PARSE_FAILURE_RATE
 from helpers.modeling import load_model_and_processor, lora_config, wrap_lora
@@ -23,7 +24,6 @@ from helpers.training import create_sft_config
 from tests.test_training import DEFAULTS
 
 CLASSES = ["red circle", "green square", "blue triangle"]
-MIN_PIXELS, MAX_PIXELS = 3136, 50176
 
 
 class RecordingCallback(TrainerCallback):
@@ -38,11 +38,12 @@ class RecordingCallback(TrainerCallback):
 
 def tiny_run(checkpoint, tmp_path, max_grad_norm: float, use_lora: bool):
     """Six optimizer steps with logging every step and evaluation at steps 3 and 6; returns trainer and recorder."""
-    model, processor = load_model_and_processor(checkpoint, "none", "sdpa", torch.float32, "cpu", MIN_PIXELS, MAX_PIXELS)
+    model, processor = load_model_and_processor(checkpoint, "none", "sdpa", torch.float32, "cpu", DEFAULT_MIN_PIXELS, DEFAULT_MAX_PIXELS)
     if use_lora:
         model = wrap_lora(model, lora_config("qwen2_vl", ["language"], 4, 8, 0.0))
     prompt = detection_prompt("qwen2_vl", CLASSES)
-    splits = [add_chat_columns(make_synthetic_dataset(n, seed=s), "qwen2_vl", prompt, MIN_PIXELS, MAX_PIXELS) for n, s in ((16, 1), (4, 2))]
+    splits = [add_chat_columns(make_synthetic_dataset(n, seed=s), "qwen2_vl", prompt, DEFAULT_MIN_PIXELS, DEFAULT_MAX_PIXELS)
+              for n, s in ((16, 1), (4, 2))]
     params = DEFAULTS | {"max_steps": 6, "logging_steps": 1, "eval_steps": 3, "save_steps": 100, "per_device_train_batch_size": 4,
                          "per_device_eval_batch_size": 4, "max_grad_norm": max_grad_norm, "learning_rate": 1e-3}
     trainer = SFTTrainer(model=model, args=create_sft_config(params, tmp_path, "cpu", torch.float32), train_dataset=splits[0],
@@ -88,10 +89,12 @@ def test_grad_norm_matches_an_independent_computation():
 
 @pytest.mark.parametrize("training", [True, False])
 def test_iou_callback_leaves_the_model_mode_as_found(tiny_checkpoints, training):
-    model, processor = load_model_and_processor(tiny_checkpoints["qwen2_vl"], "none", "sdpa", torch.float32, "cpu", MIN_PIXELS, MAX_PIXELS)
+    model, processor = load_model_and_processor(
+        tiny_checkpoints["qwen2_vl"], "none", "sdpa", torch.float32, "cpu", DEFAULT_MIN_PIXELS, DEFAULT_MAX_PIXELS
+    )
     model = wrap_lora(model, lora_config("qwen2_vl", ["language"], 4, 8, 0.0))  # a PEFT-wrapped model
     prompt = detection_prompt("qwen2_vl", CLASSES)
-    data = add_chat_columns(make_synthetic_dataset(2, seed=3), "qwen2_vl", prompt, MIN_PIXELS, MAX_PIXELS)
+    data = add_chat_columns(make_synthetic_dataset(2, seed=3), "qwen2_vl", prompt, DEFAULT_MIN_PIXELS, DEFAULT_MAX_PIXELS)
     callback = IoUEvalCallback(processor, data, n_images=2, family="qwen2_vl", max_new_tokens=4, batch_size=2)
     model.train(training)
 
@@ -111,9 +114,11 @@ def test_tensorboard_backend_gets_the_added_values_inside_the_run_folder(tiny_ch
     environ = {}
     configure_reporting("tensorboard", tmp_path, environ)
     monkeypatch.setenv("TENSORBOARD_LOGGING_DIR", environ["TENSORBOARD_LOGGING_DIR"])
-    model, processor = load_model_and_processor(tiny_checkpoints["qwen2_vl"], "none", "sdpa", torch.float32, "cpu", MIN_PIXELS, MAX_PIXELS)
+    model, processor = load_model_and_processor(
+        tiny_checkpoints["qwen2_vl"], "none", "sdpa", torch.float32, "cpu", DEFAULT_MIN_PIXELS, DEFAULT_MAX_PIXELS
+    )
     prompt = detection_prompt("qwen2_vl", CLASSES)
-    data = add_chat_columns(make_synthetic_dataset(8, seed=1), "qwen2_vl", prompt, MIN_PIXELS, MAX_PIXELS)
+    data = add_chat_columns(make_synthetic_dataset(8, seed=1), "qwen2_vl", prompt, DEFAULT_MIN_PIXELS, DEFAULT_MAX_PIXELS)
     params = DEFAULTS | {"max_steps": 2, "logging_steps": 1, "eval_steps": 100, "save_steps": 100, "per_device_train_batch_size": 4,
                          "report_to": "tensorboard"}
     trainer = SFTTrainer(model=model, args=create_sft_config(params, tmp_path, "cpu", torch.float32), train_dataset=data,

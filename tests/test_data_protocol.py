@@ -16,10 +16,10 @@ from pycocotools.cocoeval import COCOeval
 
 from helpers.boxes import resized_size, to_model_answer
 from helpers.data import DataError, ImageLoading, load_coco_split, load_detection_splits
+from helpers.defaults import DEFAULT_MAX_PIXELS, DEFAULT_MIN_PIXELS
 from helpers.metrics import MAP_50, MAP_50_95, MAP_75, summarize_detections
 from helpers.synthetic import make_synthetic_dataset
 
-MIN_PIXELS, MAX_PIXELS = 3136, 50176
 
 
 def base_coco() -> dict:
@@ -245,7 +245,7 @@ def test_images_without_objects_are_kept_and_trained_with_the_empty_answer(tmp_p
     assert split["image_id"] == ["1", "2", "3"] and split[2]["objects"] == []
     assert report.counts["images_without_objects"] == 1
     # The empty answer each syntax can write: JSON's empty list, and for Qwen2-VL's tags no tag at all.
-    assert to_model_answer([], "qwen2_5_vl", (100, 80), resized_size("qwen2_5_vl", 100, 80, MIN_PIXELS, MAX_PIXELS)) == "[]"
+    assert to_model_answer([], "qwen2_5_vl", (100, 80), resized_size("qwen2_5_vl", 100, 80, DEFAULT_MIN_PIXELS, DEFAULT_MAX_PIXELS)) == "[]"
     assert to_model_answer([], "qwen2_vl", (100, 80), (100, 80)) == ""
 
 

@@ -7,6 +7,7 @@ import torch
 
 from pathlib import Path
 
+from helpers.defaults import DEFAULT_MAX_PIXELS, DEFAULT_MIN_PIXELS
 from helpers.modeling import (
     count_parameters,
     load_model,
@@ -144,9 +145,11 @@ def test_summarize_trainables_adds_up(tiny_checkpoints, family, use_lora):
 
 
 def test_model_and_processor_load_together(tiny_checkpoints):
-    model, processor = load_model_and_processor(tiny_checkpoints["qwen2_5_vl"], "none", "sdpa", torch.float32, "cpu", 3136, 50176)
+    model, processor = load_model_and_processor(
+        tiny_checkpoints["qwen2_5_vl"], "none", "sdpa", torch.float32, "cpu", DEFAULT_MIN_PIXELS, DEFAULT_MAX_PIXELS
+    )
     assert type(model).__name__ == "Qwen2_5_VLForConditionalGeneration"  # chosen from config.model_type
-    assert processor.image_processor.size == {"shortest_edge": 3136, "longest_edge": 50176}
+    assert processor.image_processor.size == {"shortest_edge": DEFAULT_MIN_PIXELS, "longest_edge": DEFAULT_MAX_PIXELS}
     assert model.config._attn_implementation == "sdpa"
 
 

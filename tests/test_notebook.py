@@ -18,6 +18,7 @@ import psutil
 import pytest
 import yaml
 
+from helpers.defaults import DEFAULT_MAX_PIXELS, DEFAULT_MIN_PIXELS
 from helpers.parameters import check_parameters
 from helpers.synthetic import make_synthetic_dataset
 from helpers.data import IMAGE_CACHE_FOLDER
@@ -47,6 +48,11 @@ def test_parameters_cell_is_first_and_only_holds_typed_commented_literals():
         assert "=" not in line.split("#", 1)[1], f"papermill cannot parse '=' in a parameter comment: {line}"
     for node in ast.parse(code_cells[0].source).body:
         assert isinstance(node, (ast.AnnAssign, ast.ImportFrom))
+
+
+def test_default_pixel_bounds_are_the_shared_constants():
+    # The parameters cell keeps literals for papermill; tests and benchmarks import helpers.defaults instead.
+    assert (DEFAULTS["min_pixels"], DEFAULTS["max_pixels"]) == (DEFAULT_MIN_PIXELS, DEFAULT_MAX_PIXELS)
 
 
 def test_sections_are_numbered_without_gaps():
@@ -180,7 +186,7 @@ def test_saved_run_model_reloads(tmp_path):
 
     model_dir = tmp_path / "reload" / "model"
     model = AutoModelForImageTextToText.from_pretrained(model_dir)
-    processor = load_processor(model_dir, 3136, 50176)
+    processor = load_processor(model_dir, DEFAULT_MIN_PIXELS, DEFAULT_MAX_PIXELS)
     assert model.config.model_type == "qwen2_vl" and processor.tokenizer.eos_token == "<|im_end|>"
 
 

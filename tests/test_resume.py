@@ -9,6 +9,7 @@ import torch
 from transformers import set_seed
 from trl import SFTTrainer
 
+from helpers.defaults import DEFAULT_MAX_PIXELS, DEFAULT_MIN_PIXELS
 from helpers.formatting import add_chat_columns, detection_prompt
 from helpers.modeling import load_model_and_processor, lora_config, wrap_lora
 from helpers.notebook_cells import run_tagged_cells
@@ -16,17 +17,16 @@ from helpers.synthetic import make_synthetic_dataset
 from helpers.training import QwenVLSFTTrainer, checkpoint_problems, create_sft_config, resolve_resume
 from tests.test_training import DEFAULTS
 
-MIN_PIXELS, MAX_PIXELS = 3136, 50176
 
 
 def train(checkpoint, out_dir, trainer_class=QwenVLSFTTrainer, use_lora=False, resume=False) -> dict[int, float]:
     """Eight steps (checkpoint every four) of a seeded tiny run; returns the loss at each step."""
     set_seed(0)
-    model, processor = load_model_and_processor(checkpoint, "none", "sdpa", torch.float32, "cpu", MIN_PIXELS, MAX_PIXELS)
+    model, processor = load_model_and_processor(checkpoint, "none", "sdpa", torch.float32, "cpu", DEFAULT_MIN_PIXELS, DEFAULT_MAX_PIXELS)
     if use_lora:
         model = wrap_lora(model, lora_config("qwen2_vl", ["language"], 4, 8, 0.0))
     prompt = detection_prompt("qwen2_vl", ["red circle", "green square", "blue triangle"])
-    data = add_chat_columns(make_synthetic_dataset(32, seed=1), "qwen2_vl", prompt, MIN_PIXELS, MAX_PIXELS)
+    data = add_chat_columns(make_synthetic_dataset(32, seed=1), "qwen2_vl", prompt, DEFAULT_MIN_PIXELS, DEFAULT_MAX_PIXELS)
     params = DEFAULTS | {"max_steps": 8, "save_steps": 4, "logging_steps": 1, "eval_steps": 100, "per_device_train_batch_size": 4,
                          "learning_rate": 3e-3}
     config = create_sft_config(params, out_dir, "cpu", torch.float32)
@@ -62,8 +62,10 @@ def test_stock_trainer_still_loses_qwen_vl_weights_on_resume(tiny_checkpoints, t
 def test_padding_free_training_counts_every_token(tiny_checkpoints, tmp_path):
     # TRL counts a batch without attention mask as position_ids.size(1) tokens: 1 for (4, 1, L) positions.
     set_seed(0)
-    model, processor = load_model_and_processor(tiny_checkpoints["qwen2_vl"], "none", "sdpa", torch.float32, "cpu", MIN_PIXELS, MAX_PIXELS)
-    data = add_chat_columns(make_synthetic_dataset(8, seed=1), "qwen2_vl", "Detect.", MIN_PIXELS, MAX_PIXELS)
+    model, processor = load_model_and_processor(
+        tiny_checkpoints["qwen2_vl"], "none", "sdpa", torch.float32, "cpu", DEFAULT_MIN_PIXELS, DEFAULT_MAX_PIXELS
+    )
+    data = add_chat_columns(make_synthetic_dataset(8, seed=1), "qwen2_vl", "Detect.", DEFAULT_MIN_PIXELS, DEFAULT_MAX_PIXELS)
     collator = run_tagged_cells("collators")["PaddingFreeCollator"](processor, model.model.get_rope_index)
     params = DEFAULTS | {"max_steps": 2, "logging_steps": 1, "eval_steps": 100, "save_steps": 100, "per_device_train_batch_size": 4}
     trainer = QwenVLSFTTrainer(model=model, args=create_sft_config(params, tmp_path, "cpu", torch.float32), train_dataset=data,
