@@ -22,7 +22,7 @@ import numpy as np
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from helpers.boxes import box_iou
+from helpers.boxes import box_iou, xyxy_to_xywh
 
 # Keys of ``summarize_detections`` (metrics.json) that other code reads, each spelled once here.
 MAP_50_95 = "map_50_95"  # COCO mAP@[.5:.95]
@@ -71,12 +71,6 @@ def is_parse_failure(raw_text: str, predictions: list[dict]) -> bool:
     return not predictions and stripped not in ("", "[]")
 
 
-def _xywh(bbox_xyxy_px: list[float]) -> list[float]:
-    """COCO's ``[x, y, width, height]`` from ``[x1, y1, x2, y2]``."""
-    x1, y1, x2, y2 = bbox_xyxy_px
-    return [x1, y1, x2 - x1, y2 - y1]
-
-
 def coco_metrics(records: list[dict], class_names: list[str]) -> dict:
     """COCO AP and AR with pycocotools, per-class AP@.5 and the precision-recall curve at IoU 0.5.
 
@@ -93,14 +87,14 @@ def coco_metrics(records: list[dict], class_names: list[str]) -> dict:
         images.append({"id": image_id})
         crowds = [(crowd, 1) for crowd in record.get("crowd_regions", [])]
         for gt, is_crowd in [*((gt, 0) for gt in record["ground_truth"]), *crowds]:
-            box = _xywh(gt["bbox_xyxy_px"])
+            box = xyxy_to_xywh(gt["bbox_xyxy_px"])
             annotations.append({"id": len(annotations) + 1, "image_id": image_id, "category_id": category[gt["label"]],
                                 "bbox": box, "area": box[2] * box[3], "iscrowd": is_crowd})
         for pred in record["predictions"]:
             if pred["label"] not in category:
                 n_unknown += 1
                 continue
-            detections.append({"image_id": image_id, "category_id": category[pred["label"]], "bbox": _xywh(pred["bbox_xyxy_px"]),
+            detections.append({"image_id": image_id, "category_id": category[pred["label"]], "bbox": xyxy_to_xywh(pred["bbox_xyxy_px"]),
                                "score": float(pred["score"])})
     nan = math.nan
     result = {MAP_50_95: nan, MAP_50: nan, MAP_75: nan, AR_100: nan, AP_50_PER_CLASS: dict.fromkeys(names, nan),
