@@ -101,7 +101,7 @@ def main(argv: list[str] | None = None) -> dict[str, dict]:
     for looping in (False, True):
         for controls in (False, True):
             start = time.perf_counter()
-            records, metrics = evaluate_model(
+            _, metrics = evaluate_model(
                 model, processor, test, **settings,
                 loop_repeats=LOOP_REPEATS if controls else 0, duplicate_iou=DUPLICATE_IOU if controls else 0.0,
                 batch_logits_processors=(lambda prompt_length: [ForcedLoop(processor.tokenizer, stops, prompt_length)]) if looping else None,

@@ -11,7 +11,7 @@ from transformers import AutoModelForImageTextToText
 from helpers.defaults import DEFAULT_MAX_PIXELS, DEFAULT_MIN_PIXELS
 from helpers.export import merge_adapter, merge_refusal
 from helpers.formatting import detection_prompt
-from helpers.inference import generate_answers
+from helpers.inference import generate
 from helpers.modeling import load_model_and_processor, lora_config, wrap_lora
 from helpers.processing import load_saved_processor
 from tests.cases import FAMILIES
@@ -40,7 +40,7 @@ def test_merged_model_generates_like_base_plus_adapter(tiny_checkpoints, tmp_pat
     plain = AutoModelForImageTextToText.from_pretrained(tiny_checkpoints[family])
     image = Image.new("RGB", (120, 90), (200, 40, 40))
     prompt = detection_prompt(family, ["red circle"])
-    answers = {name: generate_answers(m, merged_processor, [image], [prompt], max_new_tokens=12, batch_size=1)[0]
+    answers = {name: generate(m, merged_processor, [image], [prompt], max_new_tokens=12, batch_size=1)[0].text
                for name, m in (("merged", merged), ("adapter", fresh), ("base", plain))}
     assert answers["merged"] == answers["adapter"]
     assert answers["merged"] != answers["base"]  # the adapter really changed something

@@ -10,7 +10,7 @@ from helpers.defaults import DEFAULT_MAX_PIXELS, DEFAULT_MIN_PIXELS
 from helpers.families import get_family
 from helpers.formatting import add_chat_columns, detection_prompt, format_detection_messages
 from helpers.inference import (
-    DUPLICATE_IOU, LOOP_REPEATS, Generation, evaluate_model, generate, generate_answers, span_score, token_char_ends,
+    DUPLICATE_IOU, LOOP_REPEATS, Generation, evaluate_model, generate, span_score, token_char_ends,
 )
 from helpers.notebook_cells import run_tagged_cells
 from helpers.processing import load_processor
@@ -34,7 +34,8 @@ def test_batched_equals_one_by_one(tiny_checkpoints, family):
     for b, s in zip(batched, single):
         assert b.token_probs == pytest.approx(s.token_probs, abs=1e-4) and b.token_ends == s.token_ends
     assert all(isinstance(g.text, str) and "<|im_end|>" not in g.text for g in batched)
-    assert generate_answers(model, processor, images, prompts, max_new_tokens=12, batch_size=2) == [g.text for g in single]
+    in_pairs = generate(model, processor, images, prompts, max_new_tokens=12, batch_size=2)
+    assert [g.text for g in in_pairs] == [g.text for g in single]
 
 
 @pytest.mark.parametrize("family", FAMILIES)
