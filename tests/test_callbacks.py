@@ -21,7 +21,6 @@ from helpers.modeling import load_model_and_processor, lora_config, wrap_lora
 from helpers.notebook_cells import run_tagged_cells
 from helpers.synthetic import make_synthetic_dataset
 from helpers.training import create_sft_config
-from tests.test_training import DEFAULTS
 
 CLASSES = ["red circle", "green square", "blue triangle"]
 
@@ -36,7 +35,7 @@ class RecordingCallback(TrainerCallback):
         self.logs.append(dict(logs))
 
 
-def tiny_run(checkpoint, tmp_path, max_grad_norm: float, use_lora: bool):
+def tiny_run(defaults: dict, checkpoint, tmp_path, max_grad_norm: float, use_lora: bool):
     """Six optimizer steps with logging every step and evaluation at steps 3 and 6; returns trainer and recorder."""
     model, processor = load_model_and_processor(checkpoint, "none", "sdpa", torch.float32, "cpu", DEFAULT_MIN_PIXELS, DEFAULT_MAX_PIXELS)
     if use_lora:
@@ -44,7 +43,7 @@ def tiny_run(checkpoint, tmp_path, max_grad_norm: float, use_lora: bool):
     prompt = detection_prompt("qwen2_vl", CLASSES)
     splits = [add_chat_columns(make_synthetic_dataset(n, seed=s), "qwen2_vl", prompt, DEFAULT_MIN_PIXELS, DEFAULT_MAX_PIXELS)
               for n, s in ((16, 1), (4, 2))]
-    params = DEFAULTS | {"max_steps": 6, "logging_steps": 1, "eval_steps": 3, "save_steps": 100, "per_device_train_batch_size": 4,
+    params = defaults | {"max_steps": 6, "logging_steps": 1, "eval_steps": 3, "save_steps": 100, "per_device_train_batch_size": 4,
                          "per_device_eval_batch_size": 4, "max_grad_norm": max_grad_norm, "learning_rate": 1e-3}
     trainer = SFTTrainer(model=model, args=create_sft_config(params, tmp_path, "cpu", torch.float32), train_dataset=splits[0],
                          eval_dataset=splits[1], data_collator=run_tagged_cells("collators")["AssistantOnlyCollator"](processor),
@@ -58,8 +57,8 @@ def tiny_run(checkpoint, tmp_path, max_grad_norm: float, use_lora: bool):
 
 
 @pytest.mark.parametrize("max_grad_norm,use_lora", [(0.01, False), (1e9, False), (0.01, True)])
-def test_callbacks_log_into_every_record_and_backend(tiny_checkpoints, tmp_path, max_grad_norm, use_lora):
-    trainer, recorder, printed = tiny_run(tiny_checkpoints["qwen2_vl"], tmp_path, max_grad_norm, use_lora)
+def test_callbacks_log_into_every_record_and_backend(tiny_checkpoints, default_params, tmp_path, max_grad_norm, use_lora):
+    trainer, recorder, printed = tiny_run(default_params, tiny_checkpoints["qwen2_vl"], tmp_path, max_grad_norm, use_lora)
     history = trainer.state.log_history
     train_logs = [entry for entry in history if "loss" in entry]
     assert [entry["step"] for entry in train_logs] == [1, 2, 3, 4, 5, 6]
@@ -108,7 +107,7 @@ def test_iou_callback_leaves_the_model_mode_as_found(tiny_checkpoints, training)
     assert set(logs) == {"eval_loss", EVAL_MEAN_IOU, EVAL_PARSE_FAILURE_RATE} and State.log_history[-1] == logs | {"step": 3}
 
 
-def test_tensorboard_backend_gets_the_added_values_inside_the_run_folder(tiny_checkpoints, tmp_path, monkeypatch):
+def test_tensorboard_backend_gets_the_added_values_inside_the_run_folder(tiny_checkpoints, default_params, tmp_path, monkeypatch):
     from helpers.tracking import configure_reporting
 
     environ = {}
@@ -119,7 +118,7 @@ def test_tensorboard_backend_gets_the_added_values_inside_the_run_folder(tiny_ch
     )
     prompt = detection_prompt("qwen2_vl", CLASSES)
     data = add_chat_columns(make_synthetic_dataset(8, seed=1), "qwen2_vl", prompt, DEFAULT_MIN_PIXELS, DEFAULT_MAX_PIXELS)
-    params = DEFAULTS | {"max_steps": 2, "logging_steps": 1, "eval_steps": 100, "save_steps": 100, "per_device_train_batch_size": 4,
+    params = default_params | {"max_steps": 2, "logging_steps": 1, "eval_steps": 100, "save_steps": 100, "per_device_train_batch_size": 4,
                          "report_to": "tensorboard"}
     trainer = SFTTrainer(model=model, args=create_sft_config(params, tmp_path, "cpu", torch.float32), train_dataset=data,
                          eval_dataset=data, data_collator=run_tagged_cells("collators")["AssistantOnlyCollator"](processor),

@@ -12,10 +12,9 @@ from trl.trainer.sft_trainer import DataCollatorForVisionLanguageModeling
 
 from helpers.defaults import DEFAULT_MAX_PIXELS, DEFAULT_MIN_PIXELS
 from helpers.families import TAGS, get_family
-from helpers.formatting import add_chat_columns, detection_prompt, format_detection_messages, generation_prompt
+from helpers.formatting import format_detection_messages, generation_prompt
 from helpers.processing import load_processor
-from helpers.synthetic import make_synthetic_dataset
-from tests.cases import FAMILIES
+from tests.cases import FAMILIES, chat_examples
 from helpers.notebook_cells import run_tagged_cells
 from helpers.images import open_image
 
@@ -23,13 +22,6 @@ CELLS = run_tagged_cells("collators")
 IGNORE = CELLS["IGNORE_INDEX"]
 VISION_TOKENS = ("<|image_pad|>", "<|video_pad|>", "<|vision_start|>", "<|vision_end|>")
 COLLATORS = ("VisionAndPaddingMaskingCollator", "AssistantOnlyCollator", "PaddingFreeCollator")
-
-
-def chat_examples(family: str, n: int = 4, seed: int = 11, system_prompt: str = "", empty_fraction: float = 0.0) -> list[dict]:
-    """``n`` examples with different image sizes and answer lengths, as the notebook formats them."""
-    ds = make_synthetic_dataset(n, seed=seed, max_objects=4, min_side_px=60, max_side_px=260, empty_fraction=empty_fraction)
-    ds = add_chat_columns(ds, family, detection_prompt(family, ["red circle", "green square"]), DEFAULT_MIN_PIXELS, DEFAULT_MAX_PIXELS, system_prompt)
-    return [ds[i] for i in range(n)]
 
 
 @pytest.fixture(scope="module")

@@ -16,8 +16,11 @@ from helpers.collator_debug import (
 )
 from helpers.defaults import DEFAULT_MAX_PIXELS, DEFAULT_MIN_PIXELS
 from helpers.formatting import vision_token_ids
+from helpers.notebook_cells import run_tagged_cells
 from helpers.processing import load_processor
-from tests.test_collator import CELLS, chat_examples
+from tests.cases import chat_examples
+
+CELLS = run_tagged_cells("collators")
 
 
 @pytest.fixture(scope="module")

@@ -47,14 +47,13 @@ def test_qlora_4bit_training_step_updates_the_adapters(tiny_checkpoints, family)
     assert any(p.abs().sum() > 0 for n, p in model.named_parameters() if "lora_B" in n)  # B starts at 0
 
 
-def test_bf16_training_with_activation_checkpointing(tiny_checkpoints, tmp_path):
+def test_bf16_training_with_activation_checkpointing(tiny_checkpoints, default_params, tmp_path):
     from helpers.training import QwenVLSFTTrainer, create_sft_config
-    from tests.test_training import DEFAULTS
 
     device, dtype = pick_device_and_dtype()
     assert dtype == torch.bfloat16, "an H100/H200-class GPU supports bf16"
     model, processor = load_model_and_processor(tiny_checkpoints["qwen2_5_vl"], "none", "sdpa", dtype, device, DEFAULT_MIN_PIXELS, DEFAULT_MAX_PIXELS)
-    params = DEFAULTS | {"max_steps": 20, "logging_steps": 1, "eval_steps": 20, "save_steps": 100, "learning_rate": 1e-3}
+    params = default_params | {"max_steps": 20, "logging_steps": 1, "eval_steps": 20, "save_steps": 100, "learning_rate": 1e-3}
     config = create_sft_config(params, tmp_path, device, dtype)
     assert config.bf16 and config.activation_checkpointing
     data = chat_dataset("qwen2_5_vl", 64)
@@ -84,9 +83,8 @@ def test_padding_free_loss_equals_padded_loss_on_the_gpu(tiny_checkpoints, famil
     assert packed_loss == pytest.approx(padded_loss, rel=2e-2)
 
 
-def test_offline_notebook_runs_on_the_gpu(tmp_path):
-    from tests.test_notebook import run_notebook
-
+@pytest.mark.slow
+def test_offline_notebook_runs_on_the_gpu(tmp_path, run_notebook):
     result = run_notebook(tmp_path, "run_name=gpu", "max_steps=20", "eval_steps=10", "save_steps=10")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     environment = json.loads((tmp_path / "gpu" / "params.json").read_text())["environment"]

@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from helpers.metrics import ACCURACY_50
-from tests.test_benchmarks import load_script
 
 
-def test_grounding_preset_learns_to_locate_the_named_shape(tmp_path, capsys):
-    (row,) = load_script("learning").main(
+@pytest.mark.slow
+def test_grounding_preset_learns_to_locate_the_named_shape(tmp_path, capsys, load_benchmark):
+    (row,) = load_benchmark("learning").main(
         ["--presets", "offline_grounding", "--families", "qwen2_5_vl", "--output-root", str(tmp_path),
          "-p", "offline_model_dir", str(tmp_path / "models"), "-p", "max_steps", "3500"]
     )

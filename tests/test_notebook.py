@@ -8,7 +8,6 @@ import math
 import os
 import re
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -22,7 +21,7 @@ from helpers.defaults import DEFAULT_MAX_PIXELS, DEFAULT_MIN_PIXELS
 from helpers.parameters import check_parameters
 from helpers.synthetic import make_synthetic_dataset
 from helpers.data import IMAGE_CACHE_FOLDER
-from helpers.run_notebook import NOTEBOOK_PATH, REPO_ROOT, TOOL_CACHE, notebook_declarations, notebook_defaults, resolve_parameters
+from helpers.run_notebook import NOTEBOOK_PATH, REPO_ROOT, TOOL_CACHE, notebook_declarations, resolve_parameters
 from helpers.metrics import (
     AP_50_PER_CLASS, EVAL_MEAN_IOU, MAP_50, MAP_50_95, MAP_75, MEAN_IOU, N_DUPLICATE_BOXES_DROPPED, N_IMAGES, N_LOOPING_ANSWERS,
     PARSE_FAILURE_RATE, PRECISION_50, RECALL_50,
@@ -30,7 +29,6 @@ from helpers.metrics import (
 from tests.cases import write_coco_split
 
 NOTEBOOK = jupytext.read(NOTEBOOK_PATH)
-DEFAULTS = notebook_defaults(NOTEBOOK)
 
 
 def parameter_annotations() -> dict:
@@ -50,9 +48,9 @@ def test_parameters_cell_is_first_and_only_holds_typed_commented_literals():
         assert isinstance(node, (ast.AnnAssign, ast.ImportFrom))
 
 
-def test_default_pixel_bounds_are_the_shared_constants():
+def test_default_pixel_bounds_are_the_shared_constants(default_params):
     # The parameters cell keeps literals for papermill; tests and benchmarks import helpers.defaults instead.
-    assert (DEFAULTS["min_pixels"], DEFAULTS["max_pixels"]) == (DEFAULT_MIN_PIXELS, DEFAULT_MAX_PIXELS)
+    assert (default_params["min_pixels"], default_params["max_pixels"]) == (DEFAULT_MIN_PIXELS, DEFAULT_MAX_PIXELS)
 
 
 def test_sections_are_numbered_without_gaps():
@@ -62,31 +60,18 @@ def test_sections_are_numbered_without_gaps():
 
 
 @pytest.mark.parametrize("preset", sorted((REPO_ROOT / "params").glob("*.yaml")), ids=lambda p: p.name)
-def test_presets_use_known_names_and_types(preset):
-    values = resolve_parameters(DEFAULTS, yaml.safe_load(preset.read_text()), {})
+def test_presets_use_known_names_and_types(preset, default_params):
+    values = resolve_parameters(default_params, yaml.safe_load(preset.read_text()), {})
     check_parameters(values, parameter_annotations())
 
 
-def test_runner_rejects_unknown_names_before_starting_a_kernel():
+def test_runner_rejects_unknown_names_before_starting_a_kernel(default_params):
     with pytest.raises(SystemExit, match=r"unknown parameters \['lerning_rate'\]"):
-        resolve_parameters(DEFAULTS, {}, {"lerning_rate": 0.1})
+        resolve_parameters(default_params, {}, {"lerning_rate": 0.1})
 
 
-def runner_command(tmp_path: Path, *overrides: str) -> list[str]:
-    """The runner's command line for the smoke preset writing into ``tmp_path``, with ``name=value`` overrides."""
-    args = ["--preset", "params/offline_smoke.yaml", "-p", "output_root", str(tmp_path), "-p", "offline_model_dir", str(tmp_path / "models")]
-    for name_value in overrides:
-        name, value = name_value.split("=", 1)
-        args += ["-y", f"{name}: {value}"]
-    return [sys.executable, "-m", "helpers.run_notebook", *args]
-
-
-def run_notebook(tmp_path: Path, *overrides: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    """Run the smoke preset through papermill into ``tmp_path``; returns the finished process."""
-    return subprocess.run(runner_command(tmp_path, *overrides), cwd=REPO_ROOT, capture_output=True, text=True, timeout=600, env=env)
-
-
-def test_wrong_parameter_type_stops_in_the_check_cell(tmp_path):
+@pytest.mark.slow
+def test_wrong_parameter_type_stops_in_the_check_cell(tmp_path, run_notebook):
     result = run_notebook(tmp_path, "max_steps=ten")
     assert result.returncode != 0
     assert "parameter max_steps='ten' is str" in result.stdout + result.stderr
@@ -100,12 +85,13 @@ def synthetic_coco_folder(root: Path) -> Path:
     return root
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "model_id,source",
     [("offline:qwen2_vl", "synthetic"), ("offline:qwen2_5_vl", "coco")],
     ids=["qwen2_vl-synthetic", "qwen2_5_vl-coco"],
 )
-def test_offline_run_end_to_end(tmp_path, model_id, source):
+def test_offline_run_end_to_end(tmp_path, model_id, source, run_notebook):
     repo_entries_before = sorted(p.name for p in REPO_ROOT.iterdir())
     data_dir = tmp_path.parent / f"{tmp_path.name}-data"  # outside tmp_path, which must hold only the run
     overrides = [f"model_id={model_id}"]
@@ -169,7 +155,8 @@ def test_offline_run_end_to_end(tmp_path, model_id, source):
     assert any("eval_loss" in entry for entry in state["log_history"])
 
 
-def test_strict_data_stops_the_run_naming_the_record(tmp_path):
+@pytest.mark.slow
+def test_strict_data_stops_the_run_naming_the_record(tmp_path, run_notebook):
     data_dir = synthetic_coco_folder(tmp_path.parent / f"{tmp_path.name}-data")
     result = run_notebook(tmp_path, f"dataset_source={data_dir}", "eval_split=valid", "data_strict=true")
     assert result.returncode != 0
@@ -177,7 +164,8 @@ def test_strict_data_stops_the_run_naming_the_record(tmp_path):
     assert "Fix: add the image file or remove the record" in result.stdout + result.stderr
 
 
-def test_saved_run_model_reloads(tmp_path):
+@pytest.mark.slow
+def test_saved_run_model_reloads(tmp_path, run_notebook):
     result = run_notebook(tmp_path, "max_steps=2", "eval_steps=2", "save_steps=2", "test_size=2", "run_name=reload")
     assert result.returncode == 0, result.stderr[-3000:]
     from transformers import AutoModelForImageTextToText
@@ -190,7 +178,8 @@ def test_saved_run_model_reloads(tmp_path):
     assert model.config.model_type == "qwen2_vl" and processor.tokenizer.eos_token == "<|im_end|>"
 
 
-def test_lora_run_saves_the_adapter_and_a_merged_model(tmp_path):
+@pytest.mark.slow
+def test_lora_run_saves_the_adapter_and_a_merged_model(tmp_path, run_notebook):
     # Also trains padding-free, through the PEFT wrapper, to prove that path end to end.
     result = run_notebook(
         tmp_path, "use_lora=true", "padding_free=true", "merge_adapter=true", "lora_targets=[language, merger]",
@@ -216,7 +205,8 @@ def files_written_since(root: Path, since: float) -> list[Path]:
     return written
 
 
-def test_wandb_offline_run_logs_callbacks_and_keeps_secrets_out(tmp_path):
+@pytest.mark.slow
+def test_wandb_offline_run_logs_callbacks_and_keeps_secrets_out(tmp_path, run_notebook):
     secrets = {"WANDB_API_KEY": "wandbsecret" + "0" * 29, "HF_TOKEN": "hf_secrettoken0123456789"}
     home = tmp_path / "home"  # a fresh home folder: W&B's own logs would land in ~/.cache/wandb
     home.mkdir()
@@ -238,7 +228,8 @@ def test_wandb_offline_run_logs_callbacks_and_keeps_secrets_out(tmp_path):
     assert not any(secret in result.stdout + result.stderr for secret in secrets.values())
 
 
-def test_interrupted_run_resumes_to_the_same_losses(tmp_path):
+@pytest.mark.slow
+def test_interrupted_run_resumes_to_the_same_losses(tmp_path, run_notebook, runner_command):
     settings = ["max_steps=40", "save_steps=5", "save_total_limit=20", "logging_steps=1", "eval_steps=40", "iou_eval_images=0",
                 "train_size=64", "test_size=2"]
     reference = run_notebook(tmp_path, *settings, "run_name=reference")
@@ -273,6 +264,7 @@ def test_interrupted_run_resumes_to_the_same_losses(tmp_path):
         assert resumed_losses[step] == pytest.approx(reference_losses[step], rel=1e-4, abs=1e-5), step
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "family,overrides,collator_line",
     [
@@ -281,7 +273,7 @@ def test_interrupted_run_resumes_to_the_same_losses(tmp_path):
         ("qwen3_vl_moe", ["padding_free=true", "use_lora=true", "lora_targets=[experts]", "lora_dropout=0.0"], "padding-free with sdpa"),
     ],
 )
-def test_newest_families_run_the_notebook(tmp_path, family, overrides, collator_line):
+def test_newest_families_run_the_notebook(tmp_path, family, overrides, collator_line, run_notebook):
     # The hybrid linear-attention and mixture-of-experts families end to end: Qwen3.5's think block and
     # refused packing, LoRA on fused experts (and merged), Qwen3-VL-MoE packed.
     result = run_notebook(tmp_path, f"model_id=offline:{family}", "max_steps=2", "eval_steps=2", "save_steps=2", "test_size=2",
