@@ -461,12 +461,13 @@ print("not used from the checkpoint's generation config:", unused_generation_set
 
 # %%
 from helpers.inference import evaluate_model
+from helpers.metrics import MAP_50, MEAN_IOU, N_LOOPING_ANSWERS, PARSE_FAILURE_RATE
 
 eval_settings = dict(family=family, max_new_tokens=max_new_tokens, batch_size=generation_batch_size, class_names=class_names,
                      loop_repeats=loop_repeats, duplicate_iou=duplicate_iou)
 baseline_records, baseline_metrics = evaluate_model(model, processor, splits["test"], **eval_settings)
 print("first answer:", repr(baseline_records[0]["raw_text"][:200]))
-{key: baseline_metrics[key] for key in ("map_50", "mean_iou", "parse_failure_rate", "n_looping_answers")}
+{key: baseline_metrics[key] for key in (MAP_50, MEAN_IOU, PARSE_FAILURE_RATE, N_LOOPING_ANSWERS)}
 
 # %% [markdown]
 # ## 7. Training with TRL's `SFTTrainer`
@@ -594,9 +595,10 @@ from helpers.plotting import plot_training_curves
 plot_training_curves(trainer.state.log_history, run_dir / "plots" / "training_curves.png");
 
 # %%
+from helpers.metrics import PR_CURVE_50
 from helpers.plotting import plot_pr_curves
 
-plot_pr_curves({"baseline": baseline_metrics["pr_curve_50"], "fine-tuned": finetuned_metrics["pr_curve_50"]},
+plot_pr_curves({"baseline": baseline_metrics[PR_CURVE_50], "fine-tuned": finetuned_metrics[PR_CURVE_50]},
                run_dir / "plots" / "pr_curve.png");
 
 # %% [markdown]

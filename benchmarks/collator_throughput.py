@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import time
 
-from offline_setup import MAX_PIXELS, MIN_PIXELS, benchmark_parser, offline_model  # noqa: I001 (sets sys.path first)
+from offline_setup import benchmark_parser, offline_model  # noqa: I001 (sets sys.path first)
 
 import torch
 
+from helpers.defaults import DEFAULT_MAX_PIXELS, DEFAULT_MIN_PIXELS
 from helpers.formatting import add_chat_columns
 from helpers.notebook_cells import run_tagged_cells
 from helpers.synthetic import make_synthetic_dataset
@@ -39,7 +40,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
 
     model, processor, prompt = offline_model(args.family, args.model_dir)
     model.train()
-    dataset = add_chat_columns(make_synthetic_dataset(args.batch_size * args.batches, seed=1), args.family, prompt, MIN_PIXELS, MAX_PIXELS)
+    images = make_synthetic_dataset(args.batch_size * args.batches, seed=1)
+    dataset = add_chat_columns(images, args.family, prompt, DEFAULT_MIN_PIXELS, DEFAULT_MAX_PIXELS)
     examples = [dataset[i] for i in range(len(dataset))]
     batches = [examples[i : i + args.batch_size] for i in range(0, len(examples), args.batch_size)]
 

@@ -27,6 +27,7 @@ import numpy as np
 from PIL import Image
 
 from helpers.data import IMAGE_CACHE_FOLDER, ImageLoading, image_cache_for, load_detection_splits
+from helpers.defaults import QWEN2_VL_MAX_PIXELS, QWEN2_VL_MIN_PIXELS
 from helpers.formatting import add_chat_columns, detection_prompt
 from helpers.images import open_image
 from helpers.notebook_cells import run_tagged_cells
@@ -35,7 +36,6 @@ from helpers.processing import load_processor
 
 PHOTO_SIZE_PX = (4000, 3000)  # a 12 MP phone photo as stored
 ORIENTATIONS = (0, 1, 6)  # 0: a tag some phones write that means upright; 6: stored sideways
-REAL_MIN_PIXELS, REAL_MAX_PIXELS = 3136, 1003520  # Qwen2-VL's published processor bounds (preprocessor_config.json)
 
 
 def write_photo(path: Path, index: int, orientation: int, size_px: tuple[int, int] = PHOTO_SIZE_PX) -> tuple[int, int]:
@@ -73,10 +73,10 @@ def write_coco_folder(folder: Path, n_images: int, size_px: tuple[int, int] = PH
 
 def measure(source: Path, cache_root: Path, model_dir: Path, family: str, batch_size: int) -> dict:
     """Load twice (cache built, then read), time a cached photo's decode, collate one batch; figures for this process."""
-    processor = load_processor(build_tiny_checkpoint(family, model_dir / family), REAL_MIN_PIXELS, REAL_MAX_PIXELS)
+    processor = load_processor(build_tiny_checkpoint(family, model_dir / family), QWEN2_VL_MIN_PIXELS, QWEN2_VL_MAX_PIXELS)
     figures = {}
     for name in ("first_load", "second_load"):
-        cache = image_cache_for(cache_root, str(source), family, REAL_MIN_PIXELS, REAL_MAX_PIXELS)
+        cache = image_cache_for(cache_root, str(source), family, QWEN2_VL_MIN_PIXELS, QWEN2_VL_MAX_PIXELS)
         start = time.perf_counter()
         splits, reports = load_detection_splits(str(source), {"train": "train"}, {"train": 0}, "xywh", 0, {},
                                                 loading=ImageLoading(cache=cache))
@@ -90,7 +90,8 @@ def measure(source: Path, cache_root: Path, model_dir: Path, family: str, batch_
         decode_ms.append(1000 * (time.perf_counter() - start))
     figures["cached_photo_ready_ms"] = float(np.median(decode_ms))
     collator = run_tagged_cells("collators")["AssistantOnlyCollator"](processor)
-    batch = add_chat_columns(train.select(range(batch_size)), family, detection_prompt(family, CLASSES[:2]), REAL_MIN_PIXELS, REAL_MAX_PIXELS)
+    prompt = detection_prompt(family, CLASSES[:2])
+    batch = add_chat_columns(train.select(range(batch_size)), family, prompt, QWEN2_VL_MIN_PIXELS, QWEN2_VL_MAX_PIXELS)
     start = time.perf_counter()
     collated = collator([batch[i] for i in range(batch_size)])
     figures["collate_batch_s"] = time.perf_counter() - start
@@ -123,7 +124,7 @@ def main(argv: list[str] | None = None) -> dict:
         results[n_images] = json.loads(output.strip().splitlines()[-1])
     small, large = results[args.n], results[4 * args.n]
     ratio = large["peak_rss_mib"] / small["peak_rss_mib"]
-    print(f"{size_px[0]}x{size_px[1]} JPEG photos (EXIF {ORIENTATIONS}), {args.family}, max_pixels {REAL_MAX_PIXELS}")
+    print(f"{size_px[0]}x{size_px[1]} JPEG photos (EXIF {ORIENTATIONS}), {args.family}, max_pixels {QWEN2_VL_MAX_PIXELS}")
     print(f"{'photos':>8}{'1st load img/s':>16}{'2nd load img/s':>16}{'peak RSS MiB':>14}{'cached ready ms':>17}{'collate s':>11}")
     for n_images, r in results.items():
         print(f"{n_images:>8}{r['first_load_images_per_s']:>16.1f}{r['second_load_images_per_s']:>16.1f}{r['peak_rss_mib']:>14.0f}"

@@ -24,8 +24,9 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))  # the benchmarks run as scripts from anywhere
 
 from helpers.families import FAMILY_NAMES  # noqa: E402
+from helpers.metrics import ACCURACY_50, MAP_50, MAP_50_95, MEAN_IOU, N_IMAGES, PARSE_FAILURE_RATE  # noqa: E402
 
-HEADLINE = {"grounding": "accuracy_50", "detection": "map_50"}  # the figure each task's goal is stated in
+HEADLINE = {"grounding": ACCURACY_50, "detection": MAP_50}  # the figure each task's goal is stated in
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -54,9 +55,9 @@ def run_one(preset: str, family: str, output_root: str, overrides: list[list[str
     metrics = json.loads((run_dir / "metrics.json").read_text())
     task = json.loads((run_dir / "params.json").read_text())["parameters"]["task"]
     figures = {"preset": preset, "family": family, "task": task, "headline": HEADLINE[task], "wall_s": wall_s,
-               "train_s": metrics["train"]["train_runtime"], "test_images": metrics["finetuned"]["n_images"], "run_dir": str(run_dir)}
+               "train_s": metrics["train"]["train_runtime"], "test_images": metrics["finetuned"][N_IMAGES], "run_dir": str(run_dir)}
     for stage in ("baseline", "finetuned"):
-        for key in ("accuracy_50", "map_50", "map_50_95", "mean_iou", "parse_failure_rate"):
+        for key in (ACCURACY_50, MAP_50, MAP_50_95, MEAN_IOU, PARSE_FAILURE_RATE):
             figures[f"{stage}_{key}"] = metrics[stage][key]
     return figures
 
@@ -68,7 +69,7 @@ def format_table(rows: list[dict]) -> str:
     for r in rows:
         metric = r["headline"]
         lines.append(f"| {r['preset']} | {r['family']} | {r['task']} | {metric} | {r[f'baseline_{metric}']:.3f} | "
-                     f"{r[f'finetuned_{metric}']:.3f} | {r['finetuned_map_50_95']:.3f} | {r['finetuned_mean_iou']:.3f} | "
+                     f"{r[f'finetuned_{metric}']:.3f} | {r[f'finetuned_{MAP_50_95}']:.3f} | {r[f'finetuned_{MEAN_IOU}']:.3f} | "
                      f"{r['test_images']} | {r['train_s']:.0f} s | {r['wall_s']:.0f} s |")
     return "\n".join(lines)
 

@@ -27,6 +27,7 @@ from helpers.data import dataset_class_names, load_detection_splits  # noqa: E40
 from helpers.export import load_trained_model  # noqa: E402
 from helpers.formatting import add_chat_columns, expand_for_grounding, task_prompts  # noqa: E402
 from helpers.inference import DUPLICATE_IOU, LOOP_REPEATS, evaluate_model, stop_token_ids  # noqa: E402
+from helpers.metrics import MAP_50, N_DUPLICATE_BOXES_DROPPED, N_LOOPING_ANSWERS, N_PREDICTIONS, PRECISION_50, RECALL_50  # noqa: E402
 from helpers.modeling import pick_device_and_dtype  # noqa: E402
 from helpers.processing import read_family  # noqa: E402
 from helpers.run import resolve_model_path  # noqa: E402
@@ -100,19 +101,19 @@ def main(argv: list[str] | None = None) -> dict[str, dict]:
     for looping in (False, True):
         for controls in (False, True):
             start = time.perf_counter()
-            records, metrics = evaluate_model(
+            _, metrics = evaluate_model(
                 model, processor, test, **settings,
                 loop_repeats=LOOP_REPEATS if controls else 0, duplicate_iou=DUPLICATE_IOU if controls else 0.0,
                 batch_logits_processors=(lambda prompt_length: [ForcedLoop(processor.tokenizer, stops, prompt_length)]) if looping else None,
             )
             name = f"{'looping' if looping else 'as trained'}, controls {'on' if controls else 'off'}"
             results[name] = {"generation_s": time.perf_counter() - start, **{k: metrics[k] for k in (
-                "map_50", "precision_50", "recall_50", "n_predictions", "n_looping_answers", "n_duplicate_boxes_dropped")}}
+                MAP_50, PRECISION_50, RECALL_50, N_PREDICTIONS, N_LOOPING_ANSWERS, N_DUPLICATE_BOXES_DROPPED)}}
     print(f"{args.run_dir}: {family}, {len(test)} test images, max_new_tokens {max_new_tokens}")
     print(f"{'model':34s} {'mAP@.5':>7s} {'P@.5':>6s} {'R@.5':>6s} {'boxes':>6s} {'looping':>8s} {'dropped':>8s} {'seconds':>8s}")
     for name, r in results.items():
-        print(f"{name:34s} {r['map_50']:7.3f} {r['precision_50']:6.3f} {r['recall_50']:6.3f} {r['n_predictions']:6d} "
-              f"{r['n_looping_answers']:8d} {r['n_duplicate_boxes_dropped']:8d} {r['generation_s']:8.1f}")
+        print(f"{name:34s} {r[MAP_50]:7.3f} {r[PRECISION_50]:6.3f} {r[RECALL_50]:6.3f} {r[N_PREDICTIONS]:6d} "
+              f"{r[N_LOOPING_ANSWERS]:8d} {r[N_DUPLICATE_BOXES_DROPPED]:8d} {r['generation_s']:8.1f}")
     return results
 
 

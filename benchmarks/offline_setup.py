@@ -20,13 +20,13 @@ import torch  # noqa: E402
 import yaml  # noqa: E402
 from transformers import AutoModelForImageTextToText, GenerationConfig, set_seed  # noqa: E402
 
+from helpers.defaults import DEFAULT_MAX_PIXELS, DEFAULT_MIN_PIXELS  # noqa: E402
 from helpers.formatting import detection_prompt  # noqa: E402
 from helpers.offline import HUB_CONFIGS_DIR, build_tiny_checkpoint  # noqa: E402
 from helpers.families import FAMILY_NAMES  # noqa: E402
 from helpers.processing import load_processor  # noqa: E402
 from speed_accounting import real_size_config  # noqa: E402 (beside this file)
 
-MIN_PIXELS, MAX_PIXELS = 3136, 50176  # the offline demo's bounds
 CLASSES = ["red circle", "green square", "blue triangle"]  # the offline demo's classes
 # Real-size images get the bounds of the Qwen2-VL-2B GPU preset (448*448 .. 28*28*1280 pixels).
 GPU_PRESET = yaml.safe_load((REPO_ROOT / "params" / "qwen2_vl_2b_gpu.yaml").read_text())
@@ -47,7 +47,7 @@ def offline_model(family: str, model_dir: str):
     set_seed(0)
     checkpoint = build_tiny_checkpoint(family, Path(model_dir) / family)
     model = AutoModelForImageTextToText.from_pretrained(checkpoint, attn_implementation="sdpa")
-    return model, load_processor(checkpoint, MIN_PIXELS, MAX_PIXELS), detection_prompt(family, CLASSES)
+    return model, load_processor(checkpoint, DEFAULT_MIN_PIXELS, DEFAULT_MAX_PIXELS), detection_prompt(family, CLASSES)
 
 
 def real_size_checkpoint(family: str, folder: str | Path, device: str) -> Path:

@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from offline_setup import (  # noqa: I001 (sets sys.path first)
-    CLASSES, MAX_PIXELS, MIN_PIXELS, REAL_MAX_PIXELS, REAL_MIN_PIXELS, REAL_SIDES_PX, benchmark_parser, real_size_checkpoint,
+    CLASSES, REAL_MAX_PIXELS, REAL_MIN_PIXELS, REAL_SIDES_PX, benchmark_parser, real_size_checkpoint,
 )
 import speed_accounting as acc
 
@@ -47,6 +47,7 @@ from peft import LoraConfig
 from transformers import AutoConfig, AutoModelForImageTextToText, BitsAndBytesConfig
 from transformers.utils import is_flash_attn_2_available
 
+from helpers.defaults import DEFAULT_MAX_PIXELS, DEFAULT_MIN_PIXELS
 from helpers.families import get_family
 from helpers.formatting import add_chat_columns, detection_prompt
 from helpers.gpu import clear_memory, peak_memory_report, reset_peak_memory
@@ -117,7 +118,7 @@ def make_recipes(family: str, packing: str, on_gpu: bool, liger: str, notebook: 
 def make_examples(family: str, n: int, tiny: bool, seed: int = 3) -> list[dict]:
     """``n`` synthetic detection examples with their chat columns: real-size images (or small ones with ``--tiny``), 1..8 objects each."""
     low, high = TINY_SIDES_PX if tiny else REAL_SIDES_PX
-    bounds = (MIN_PIXELS, MAX_PIXELS) if tiny else (REAL_MIN_PIXELS, REAL_MAX_PIXELS)
+    bounds = (DEFAULT_MIN_PIXELS, DEFAULT_MAX_PIXELS) if tiny else (REAL_MIN_PIXELS, REAL_MAX_PIXELS)
     dataset = make_synthetic_dataset(n, seed=seed, min_side_px=low, max_side_px=high, max_objects=MAX_OBJECTS)
     return list(add_chat_columns(dataset, family, detection_prompt(family, CLASSES), *bounds))
 
@@ -316,7 +317,8 @@ def main(argv: list[str] | None = None) -> dict:
     options = get_family(args.family).chat_template_kwargs
     if args.tiny:
         checkpoint = build_tiny_checkpoint(args.family, Path(args.model_dir) / args.family)
-        config, processor, bounds = AutoConfig.from_pretrained(checkpoint), load_processor(checkpoint, MIN_PIXELS, MAX_PIXELS), (MIN_PIXELS, MAX_PIXELS)
+        bounds = (DEFAULT_MIN_PIXELS, DEFAULT_MAX_PIXELS)
+        config, processor = AutoConfig.from_pretrained(checkpoint), load_processor(checkpoint, *bounds)
     else:
         config = acc.real_size_config(args.family)
         processor, bounds = real_processor(args.family, REAL_MIN_PIXELS, REAL_MAX_PIXELS), (REAL_MIN_PIXELS, REAL_MAX_PIXELS)

@@ -15,6 +15,7 @@ from datasets import Dataset
 from transformers import TrainerCallback
 
 from helpers.inference import evaluate_model
+from helpers.metrics import EVAL_MEAN_IOU, EVAL_PARSE_FAILURE_RATE, MEAN_IOU, PARSE_FAILURE_RATE
 
 
 def add_to_log(state, logs: dict, values: dict) -> None:
@@ -74,12 +75,12 @@ class IoUEvalCallback(TrainerCallback):
             _, metrics = evaluate_model(model, self.processor, self.subset, **self.settings)
         finally:
             model.train(was_training)
-        add_to_log(state, logs, {"eval_mean_iou": metrics["mean_iou"], "eval_parse_failure_rate": metrics["parse_failure_rate"]})
+        add_to_log(state, logs, {EVAL_MEAN_IOU: metrics[MEAN_IOU], EVAL_PARSE_FAILURE_RATE: metrics[PARSE_FAILURE_RATE]})
 
 
 DEFAULT_CONSOLE_KEYS = (
     "loss", "grad_norm", "grad_norm_clipped", "learning_rate",
-    "eval_loss", "eval_mean_iou", "eval_parse_failure_rate", "train_runtime",
+    "eval_loss", EVAL_MEAN_IOU, EVAL_PARSE_FAILURE_RATE, "train_runtime",
 )
 
 

@@ -41,7 +41,7 @@ from typing import Iterable, Iterator
 from datasets import ClassLabel, Dataset, Features, concatenate_datasets, load_dataset, load_from_disk
 from datasets import Image as ImageFeature
 
-from helpers.boxes import is_box_of_numbers, resized_size
+from helpers.boxes import clip_xyxy, is_box_of_numbers, resized_size, xywh_to_xyxy
 from helpers.families import get_family
 from helpers.images import ImageCache, NotARegularFile, PreparedImage, cache_key, prepare_images
 from helpers.labels import LABEL_PROBLEMS, label_problem, normalize_label
@@ -128,8 +128,7 @@ def image_cache_for(cache_root: str | Path, source: str, family: str, min_pixels
 def to_xyxy_px(bbox: list[float], bbox_format: str) -> list[float]:
     """Convert one pixel box from ``bbox_format`` to ``[x1, y1, x2, y2]``."""
     if bbox_format == "xywh":
-        x, y, w, h = bbox
-        return [x, y, x + w, y + h]
+        return xywh_to_xyxy(bbox)
     if bbox_format == "xyxy":
         return list(bbox)
     raise ValueError(f"unknown bbox_format {bbox_format!r}; expected one of {BBOX_FORMATS}")
@@ -142,7 +141,7 @@ def clean_box(bbox_xyxy_px: list[float], width: int, height: int) -> tuple[list[
         return None, "inverted_box"
     if x1 >= width or y1 >= height or x2 <= 0 or y2 <= 0:
         return None, "outside_box"
-    clipped = [min(max(x1, 0.0), width), min(max(y1, 0.0), height), min(max(x2, 0.0), width), min(max(y2, 0.0), height)]
+    clipped = clip_xyxy([x1, y1, x2, y2], width, height)
     if clipped[2] - clipped[0] < 1 or clipped[3] - clipped[1] < 1:
         return None, "degenerate_box"
     overshoot = max(abs(a - b) for a, b in zip(clipped, (x1, y1, x2, y2)))

@@ -109,8 +109,8 @@ def _explicit_head_dim(sizes: dict) -> dict:
 QWEN2_VL = Family(
     model_type="qwen2_vl", name="Qwen2-VL", processor_class="Qwen2VLProcessor", video_processor_class="Qwen2VLVideoProcessor",
     patch_size=14, merge_size=2, coordinates=NORM1000, answer_syntax=TAGS, default_system_prompt=QWEN_DEFAULT_SYSTEM_PROMPT,
-    # Its 0..1000 boxes need three digits of precision where pixel boxes of about 112 px need two: a third
-    # text layer lifted detection mAP@.5 from 0.23 to 0.48 (offline_demo, 9000 steps) for 15% more time per step.
+    # Its 0..1000 boxes need three digits of precision where pixel boxes of about 112 px need two, hence a
+    # third text layer in its tiny model (README, Does it learn?).
     tiny=TinyRecipe("Qwen2VLConfig", sizes={"num_hidden_layers": 3}, vision=_qwen2_vl_vision),
     model_class="Qwen2VLForConditionalGeneration",
 )

@@ -243,11 +243,6 @@ def generate(
     return generations
 
 
-def generate_answers(model, processor, images: list, prompts: list[str], max_new_tokens: int, batch_size: int) -> list[str]:
-    """Greedy answer texts, batched with left padding."""
-    return [g.text for g in generate(model, processor, images, prompts, max_new_tokens, batch_size)]
-
-
 def scored_predictions(generation: Generation, family: str, image_size: tuple[int, int]) -> list[dict]:
     """Parse an answer into ``{"label", "bbox_xyxy_px", "score"}`` in original-image pixels."""
     return [

@@ -22,7 +22,27 @@ import numpy as np
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from helpers.boxes import box_iou
+from helpers.boxes import box_iou, xyxy_to_xywh
+
+# Keys of ``summarize_detections`` (metrics.json) that other code reads, each spelled once here.
+MAP_50_95 = "map_50_95"  # COCO mAP@[.5:.95]
+MAP_50 = "map_50"
+MAP_75 = "map_75"
+AR_100 = "ar_100"  # COCO average recall, at most 100 detections per image
+MEAN_IOU = "mean_iou"
+PRECISION_50 = "precision_50"
+RECALL_50 = "recall_50"
+ACCURACY_50 = "accuracy_50"  # grounding: the top box of a single-object image at IoU >= 0.5
+PARSE_FAILURE_RATE = "parse_failure_rate"
+N_IMAGES = "n_images"
+N_PREDICTIONS = "n_predictions"
+N_LOOPING_ANSWERS = "n_looping_answers"
+N_DUPLICATE_BOXES_DROPPED = "n_duplicate_boxes_dropped"
+AP_50_PER_CLASS = "ap_50_per_class"
+PR_CURVE_50 = "pr_curve_50"
+# The Trainer prefixes what it logs at an evaluation with "eval_" (metric_key_prefix); IoUEvalCallback follows it.
+EVAL_MEAN_IOU = f"eval_{MEAN_IOU}"
+EVAL_PARSE_FAILURE_RATE = f"eval_{PARSE_FAILURE_RATE}"
 
 
 def match_boxes(ground_truth: list[dict], predictions: list[dict]) -> list[tuple[int, int, float]]:
@@ -51,12 +71,6 @@ def is_parse_failure(raw_text: str, predictions: list[dict]) -> bool:
     return not predictions and stripped not in ("", "[]")
 
 
-def _xywh(bbox_xyxy_px: list[float]) -> list[float]:
-    """COCO's ``[x, y, width, height]`` from ``[x1, y1, x2, y2]``."""
-    x1, y1, x2, y2 = bbox_xyxy_px
-    return [x1, y1, x2 - x1, y2 - y1]
-
-
 def coco_metrics(records: list[dict], class_names: list[str]) -> dict:
     """COCO AP and AR with pycocotools, per-class AP@.5 and the precision-recall curve at IoU 0.5.
 
@@ -73,24 +87,24 @@ def coco_metrics(records: list[dict], class_names: list[str]) -> dict:
         images.append({"id": image_id})
         crowds = [(crowd, 1) for crowd in record.get("crowd_regions", [])]
         for gt, is_crowd in [*((gt, 0) for gt in record["ground_truth"]), *crowds]:
-            box = _xywh(gt["bbox_xyxy_px"])
+            box = xyxy_to_xywh(gt["bbox_xyxy_px"])
             annotations.append({"id": len(annotations) + 1, "image_id": image_id, "category_id": category[gt["label"]],
                                 "bbox": box, "area": box[2] * box[3], "iscrowd": is_crowd})
         for pred in record["predictions"]:
             if pred["label"] not in category:
                 n_unknown += 1
                 continue
-            detections.append({"image_id": image_id, "category_id": category[pred["label"]], "bbox": _xywh(pred["bbox_xyxy_px"]),
+            detections.append({"image_id": image_id, "category_id": category[pred["label"]], "bbox": xyxy_to_xywh(pred["bbox_xyxy_px"]),
                                "score": float(pred["score"])})
     nan = math.nan
-    result = {"map_50_95": nan, "map_50": nan, "map_75": nan, "ar_100": nan, "ap_50_per_class": dict.fromkeys(names, nan),
-              "pr_curve_50": {"recall": [], "precision": []}, "n_unknown_label_predictions": n_unknown}
+    result = {MAP_50_95: nan, MAP_50: nan, MAP_75: nan, AR_100: nan, AP_50_PER_CLASS: dict.fromkeys(names, nan),
+              PR_CURVE_50: {"recall": [], "precision": []}, "n_unknown_label_predictions": n_unknown}
     if not any(a["iscrowd"] == 0 for a in annotations):
         return result
     if not detections:
         with_gt = {names[a["category_id"] - 1] for a in annotations if a["iscrowd"] == 0}
-        return result | {"map_50_95": 0.0, "map_50": 0.0, "map_75": 0.0, "ar_100": 0.0,
-                         "ap_50_per_class": {name: (0.0 if name in with_gt else nan) for name in names}}
+        return result | {MAP_50_95: 0.0, MAP_50: 0.0, MAP_75: 0.0, AR_100: 0.0,
+                         AP_50_PER_CLASS: {name: (0.0 if name in with_gt else nan) for name in names}}
     with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress
         ground_truth = COCO()
         ground_truth.dataset = {"images": images, "annotations": annotations, "categories": [{"id": i, "name": n} for n, i in category.items()]}
@@ -106,10 +120,10 @@ def coco_metrics(records: list[dict], class_names: list[str]) -> dict:
                  for k, name in enumerate(names)}
     scored = precision[:, (precision > -1).all(axis=0)]  # classes with ground truth
     curve = scored.mean(axis=1) if scored.size else np.zeros(0)
-    return result | {"map_50_95": stats[0], "map_50": stats[1], "map_75": stats[2], "ar_100": stats[8],
-                     "ap_50_per_class": per_class,
-                     "pr_curve_50": {"recall": [float(r) for r in evaluation.params.recThrs][: len(curve)],
-                                     "precision": [float(p) for p in curve]}}
+    return result | {MAP_50_95: stats[0], MAP_50: stats[1], MAP_75: stats[2], AR_100: stats[8],
+                     AP_50_PER_CLASS: per_class,
+                     PR_CURVE_50: {"recall": [float(r) for r in evaluation.params.recThrs][: len(curve)],
+                                   "precision": [float(p) for p in curve]}}
 
 
 def grounding_accuracy(records: list[dict], iou_threshold: float = 0.5) -> tuple[float, int]:
@@ -140,26 +154,26 @@ def summarize_detections(records: list[dict], class_names: list[str] | None = No
     accuracy, n_single = grounding_accuracy(records, iou_threshold)
     coco = coco_metrics(records, class_names)
     return {
-        "n_images": len(records),
+        N_IMAGES: len(records),
         "n_ground_truth": n_gt,
-        "n_predictions": n_pred,
+        N_PREDICTIONS: n_pred,
         "n_images_without_ground_truth": sum(not r["ground_truth"] for r in records),
         "n_images_without_predictions": sum(not r["predictions"] for r in records),
-        "map_50_95": coco["map_50_95"],
-        "map_50": coco["map_50"],
-        "map_75": coco["map_75"],
-        "ar_100": coco["ar_100"],
-        "mean_iou": iou_sum / n_gt if n_gt else math.nan,
-        "precision_50": true_positives / n_pred if n_pred else 0.0,
-        "recall_50": true_positives / n_gt if n_gt else math.nan,
-        "accuracy_50": accuracy,
+        MAP_50_95: coco[MAP_50_95],
+        MAP_50: coco[MAP_50],
+        MAP_75: coco[MAP_75],
+        AR_100: coco[AR_100],
+        MEAN_IOU: iou_sum / n_gt if n_gt else math.nan,
+        PRECISION_50: true_positives / n_pred if n_pred else 0.0,
+        RECALL_50: true_positives / n_gt if n_gt else math.nan,
+        ACCURACY_50: accuracy,
         "n_single_object_images": n_single,
-        "parse_failure_rate": failures / len(records) if records else math.nan,
-        "n_looping_answers": sum(bool(r.get("loop_stopped")) for r in records),
-        "n_duplicate_boxes_dropped": sum(r.get("duplicates_dropped", 0) for r in records),
+        PARSE_FAILURE_RATE: failures / len(records) if records else math.nan,
+        N_LOOPING_ANSWERS: sum(bool(r.get("loop_stopped")) for r in records),
+        N_DUPLICATE_BOXES_DROPPED: sum(r.get("duplicates_dropped", 0) for r in records),
         "n_unknown_label_predictions": coco["n_unknown_label_predictions"],
-        "ap_50_per_class": coco["ap_50_per_class"],
-        "pr_curve_50": coco["pr_curve_50"],
+        AP_50_PER_CLASS: coco[AP_50_PER_CLASS],
+        PR_CURVE_50: coco[PR_CURVE_50],
     }
 
 
@@ -174,6 +188,6 @@ def format_comparison(before: dict, after: dict) -> str:
     for key, value in after.items():
         if isinstance(value, (int, float)) or value is None:
             lines.append(row(key, before.get(key), value))
-    for name, value in after.get("ap_50_per_class", {}).items():
-        lines.append(row(f"ap_50 {name}", before.get("ap_50_per_class", {}).get(name), value))
+    for name, value in after.get(AP_50_PER_CLASS, {}).items():
+        lines.append(row(f"ap_50 {name}", before.get(AP_50_PER_CLASS, {}).get(name), value))
     return "\n".join(lines)

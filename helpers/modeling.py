@@ -45,8 +45,8 @@ def quantization_config(quantization: str, compute_dtype: torch.dtype) -> BitsAn
     if quantization == "none":
         return None
     # Names match from the start of the module path (transformers' should_convert_module), so the
-    # vision tower is "model.visual", not "visual". Narrow vision layers break 4-bit kernels on
-    # CPU (shared/ENVIRONMENT.md) and the head stays exact.
+    # vision tower is "model.visual", not "visual". Layers narrower than 64 break bitsandbytes' 4-bit
+    # forward on CPU (measured with bitsandbytes 0.50.2), and the head stays exact.
     skip = ["model.visual", "lm_head"]
     if quantization == "4bit":
         if not torch.cuda.is_available():

@@ -11,6 +11,7 @@ from PIL import Image
 
 from helpers.distributed import is_main_process
 from helpers.images import open_image
+from helpers.metrics import EVAL_MEAN_IOU, EVAL_PARSE_FAILURE_RATE
 
 GROUND_TRUTH_COLOR = "lime"
 PREDICTION_COLOR = "magenta"
@@ -94,7 +95,7 @@ def plot_before_after(dataset, baseline_records: list[dict], finetuned_records: 
 TRAINING_PANELS = (
     ("loss (answer tokens)", [("loss", "train"), ("eval_loss", "eval")]),
     ("gradient norm", [("grad_norm", "before clipping"), ("grad_norm_clipped", "after clipping")]),
-    ("held-out detection", [("eval_mean_iou", "mean IoU"), ("eval_parse_failure_rate", "parse failures")]),
+    ("held-out detection", [(EVAL_MEAN_IOU, "mean IoU"), (EVAL_PARSE_FAILURE_RATE, "parse failures")]),
     ("learning rate", [("learning_rate", "learning rate")]),
 )
 

@@ -78,11 +78,6 @@ def notebook_declarations(notebook) -> tuple[dict, dict]:
     return {name: namespace[name] for name in annotations}, annotations
 
 
-def notebook_defaults(notebook) -> dict:
-    """Names and default values of the notebook's parameters."""
-    return notebook_declarations(notebook)[0]
-
-
 def resolve_parameters(defaults: dict, preset: dict, overrides: dict) -> dict:
     """Defaults, then the preset, then the command line's overrides; unknown names are an error."""
     for origin, values in (("preset", preset), ("command line", overrides)):

@@ -74,7 +74,7 @@ def make_synthetic_example(
         # image's grid. The tint is the data's stand-in for those: each background pixel's red and
         # green levels say how far across and down the image it lies (a fraction of the side, which is
         # what Qwen2-VL and Qwen3-VL boxes are written in). Pretrained towers learnt this from data.
-        # Tiny Qwen2-VL, grounding preset, same seed: accuracy@0.5 0.547 without, 0.891 with it.
+        # What it is worth: README, Does it learn?
         # The noise squeezed to TINT_NOISE_LEVELS, under a ceiling that leaves room for the tint: nothing clips.
         noise = (background.astype(int) - low) * TINT_NOISE_LEVELS // (high - low)
         tinted = 255 - TINT_LEVELS - TINT_NOISE_LEVELS + noise

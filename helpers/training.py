@@ -27,7 +27,7 @@ def device_defaults(device: str, dtype: torch.dtype) -> dict:
         # (configs/fsdp2.yaml) and the Trainer refuses to do it a second time.
         "activation_checkpointing": on_gpu and not weights_are_sharded_by_fsdp(),
         # Several CPU processes under a launcher: without use_cpu the Trainer starts no process group and
-        # each process trains alone (shared/ENVIRONMENT.md); with it, DDP over gloo. One process: unchanged.
+        # each process trains alone (measured with torchrun); with it, DDP over gloo. One process: unchanged.
         **({"use_cpu": True} if device == "cpu" and is_distributed() else {}),
     }
 

@@ -1,11 +1,14 @@
-"""Tables shared by several test modules."""
+"""Tables and example data shared by several test modules."""
 
 from __future__ import annotations
 
 import numpy as np
 
+from helpers.defaults import DEFAULT_MAX_PIXELS, DEFAULT_MIN_PIXELS, QWEN2_VL_MAX_PIXELS, QWEN2_VL_MIN_PIXELS
 from helpers.families import FAMILY_NAMES as FAMILIES  # every supported family, from its record
+from helpers.formatting import add_chat_columns, detection_prompt
 from helpers.images import open_image
+from helpers.synthetic import make_synthetic_dataset
 
 
 def _random_sizes(n: int, seed: int) -> list[tuple[int, int]]:
@@ -26,7 +29,15 @@ IMAGE_SIZES: list[tuple[int, int]] = [
 ] + _random_sizes(16, seed=0)
 
 # (min_pixels, max_pixels): the notebook's defaults, the offline demo's one-grid bounds and Qwen2-VL's defaults.
-PIXEL_BOUNDS = [(3136, 50176), (12544, 12544), (3136, 1003520)]
+PIXEL_BOUNDS = [(DEFAULT_MIN_PIXELS, DEFAULT_MAX_PIXELS), (12544, 12544), (QWEN2_VL_MIN_PIXELS, QWEN2_VL_MAX_PIXELS)]
+
+
+def chat_examples(family: str, n: int = 4, seed: int = 11, system_prompt: str = "", empty_fraction: float = 0.0) -> list[dict]:
+    """``n`` examples with different image sizes and answer lengths, as the notebook formats them."""
+    ds = make_synthetic_dataset(n, seed=seed, max_objects=4, min_side_px=60, max_side_px=260, empty_fraction=empty_fraction)
+    prompt = detection_prompt(family, ["red circle", "green square"])
+    ds = add_chat_columns(ds, family, prompt, DEFAULT_MIN_PIXELS, DEFAULT_MAX_PIXELS, system_prompt)
+    return [ds[i] for i in range(n)]
 
 
 def write_coco_split(dataset, folder, split: str, missing_images: int = 0) -> None:

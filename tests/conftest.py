@@ -1,11 +1,21 @@
-"""Shared fixtures: tiny offline checkpoints, built once per test session."""
+"""Shared fixtures: tiny offline checkpoints (built once per test session), the notebook's defaults, and runners."""
 
 from __future__ import annotations
 
+import importlib.util
+import subprocess
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import jupytext
 import pytest
 
-from helpers.offline import build_tiny_checkpoint
 from helpers.families import FAMILY_NAMES
+from helpers.offline import build_tiny_checkpoint
+from helpers.run_notebook import NOTEBOOK_PATH, REPO_ROOT, notebook_declarations
+
+BENCHMARKS = REPO_ROOT / "benchmarks"
 
 
 @pytest.fixture(scope="session")
@@ -13,3 +23,52 @@ def tiny_checkpoints(tmp_path_factory) -> dict[str, str]:
     """Family -> path of a tiny random checkpoint for every supported Qwen-VL family."""
     root = tmp_path_factory.mktemp("offline_models")
     return {family: str(build_tiny_checkpoint(family, root / family)) for family in FAMILY_NAMES}
+
+
+@pytest.fixture(scope="session")
+def default_params() -> dict:
+    """The notebook's parameters at their defaults, as its parameters cell declares them."""
+    return notebook_declarations(jupytext.read(NOTEBOOK_PATH))[0]
+
+
+def load_benchmark_script(name: str) -> ModuleType:
+    """Import a benchmark script as a module (its folder on the path, as when it runs as a script)."""
+    if str(BENCHMARKS) not in sys.path:
+        sys.path.insert(0, str(BENCHMARKS))
+    spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # as an import does: dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="session")
+def load_benchmark():
+    """``load_benchmark("learning")``: a benchmark script imported as a module."""
+    return load_benchmark_script
+
+
+def smoke_run_command(folder: Path, *overrides: str) -> list[str]:
+    """The runner's command line for the smoke preset writing into ``folder``, with ``name=value`` overrides."""
+    args = ["--preset", "params/offline_smoke.yaml", "-p", "output_root", str(folder), "-p", "offline_model_dir", str(folder / "models")]
+    for name_value in overrides:
+        name, value = name_value.split("=", 1)
+        args += ["-y", f"{name}: {value}"]
+    return [sys.executable, "-m", "helpers.run_notebook", *args]
+
+
+def run_smoke_notebook(folder: Path, *overrides: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run the smoke preset through papermill into ``folder``; returns the finished process."""
+    return subprocess.run(smoke_run_command(folder, *overrides), cwd=REPO_ROOT, capture_output=True, text=True, timeout=600, env=env)
+
+
+@pytest.fixture(scope="session")
+def runner_command():
+    """``runner_command(folder, "name=value", ...)``: the smoke preset's command line, to start it yourself."""
+    return smoke_run_command
+
+
+@pytest.fixture(scope="session")
+def run_notebook():
+    """``run_notebook(folder, "name=value", ..., env=None)``: the smoke preset run through papermill, finished."""
+    return run_smoke_notebook

@@ -2,42 +2,27 @@
 
 from __future__ import annotations
 
-import importlib.util
 import re
-import sys
-from pathlib import Path
 
 import pytest
 
 from helpers.boxes import visual_token_count
+from helpers.defaults import DEFAULT_MAX_PIXELS, DEFAULT_MIN_PIXELS
 from helpers.formatting import add_chat_columns, detection_prompt
 from helpers.notebook_cells import run_tagged_cells
 from helpers.real_vocab import real_processor
 from helpers.synthetic import make_synthetic_dataset
 
-BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 
-
-def load_script(name: str):
-    """Import a benchmark script as a module (its folder on the path, as when it runs as a script)."""
-    if str(BENCHMARKS) not in sys.path:
-        sys.path.insert(0, str(BENCHMARKS))
-    spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # as an import does: dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_collator_throughput_reports_each_collator_and_the_training_step(tmp_path, capsys):
-    results = load_script("collator_throughput").main(["--batches", "2", "--batch-size", "2", "--model-dir", str(tmp_path)])
+def test_collator_throughput_reports_each_collator_and_the_training_step(tmp_path, capsys, load_benchmark):
+    results = load_benchmark("collator_throughput").main(["--batches", "2", "--batch-size", "2", "--model-dir", str(tmp_path)])
     assert set(results) == {"vision+padding masking", "assistant-only", "padding-free", "training step"}
     assert all(rate > 0 for rate in results.values())
     assert "vs training" in capsys.readouterr().out
 
 
-def test_eval_throughput_generates_the_same_answers_both_ways_and_prints_their_rates(tmp_path, capsys):
-    results = load_script("eval_throughput").main(["--tiny", "--model-dir", str(tmp_path)])
+def test_eval_throughput_generates_the_same_answers_both_ways_and_prints_their_rates(tmp_path, capsys, load_benchmark):
+    results = load_benchmark("eval_throughput").main(["--tiny", "--model-dir", str(tmp_path)])
     batched, single = results["batched"], results["one-by-one"]
     assert results["identical_answers"] == 1.0
     assert batched["images"] == single["images"] == results["images"] == 4
@@ -57,8 +42,8 @@ def small_architecture(acc, windows=(0, 0)):
                             lm_params=100, head_params=20, lm_layers=2, lm_width=8)
 
 
-def test_flops_formulas_match_a_hand_computation():
-    acc = load_script("speed_accounting")
+def test_flops_formulas_match_a_hand_computation(load_benchmark):
+    acc = load_benchmark("speed_accounting")
     arch = small_architecture(acc)
     # Vision, 16 patches (4 merged tokens), two full-attention blocks: 2*10*16 + 2*6*4 + 2 * 4*4*16*16
     assert acc.vision_flops(arch, 16) == 320 + 48 + 8192
@@ -71,8 +56,8 @@ def test_flops_formulas_match_a_hand_computation():
     assert acc.language_flops(arch, span, lora_params=3, checkpointing=True) == 5 * (704 + 1280)
 
 
-def test_layouts_and_token_shares_add_up():
-    acc = load_script("speed_accounting")
+def test_layouts_and_token_shares_add_up(load_benchmark):
+    acc = load_benchmark("speed_accounting")
     samples = [acc.SampleTokens(vision=10, prompt=3, answer=2, patches=40), acc.SampleTokens(vision=4, prompt=3, answer=1, patches=16),
                acc.SampleTokens(vision=12, prompt=3, answer=5, patches=48)]
     batches = [samples[:2], samples[2:]]
@@ -91,23 +76,24 @@ def test_layouts_and_token_shares_add_up():
 
 
 @pytest.mark.parametrize("family", ["qwen2_vl", "qwen2_5_vl", "qwen3_vl"])
-def test_sample_counts_equal_what_the_collator_builds_on_the_real_vocabulary(family):
-    acc, train = load_script("speed_accounting"), load_script("train_throughput")
-    processor = real_processor(family, 3136, 50176)
+def test_sample_counts_equal_what_the_collator_builds_on_the_real_vocabulary(family, load_benchmark):
+    acc, train = load_benchmark("speed_accounting"), load_benchmark("train_throughput")
+    processor = real_processor(family, DEFAULT_MIN_PIXELS, DEFAULT_MAX_PIXELS)
     cells = run_tagged_cells("collators")
-    examples = list(add_chat_columns(make_synthetic_dataset(3, seed=5, max_objects=4), family, detection_prompt(family, ["red circle"]), 3136, 50176))
+    dataset = make_synthetic_dataset(3, seed=5, max_objects=4)
+    examples = list(add_chat_columns(dataset, family, detection_prompt(family, ["red circle"]), DEFAULT_MIN_PIXELS, DEFAULT_MAX_PIXELS))
     span = train.answer_span_fn(processor, cells, {})
     for example in examples:
-        counted = acc.sample_tokens(processor, example, family, 3136, 50176, span)
+        counted = acc.sample_tokens(processor, example, family, DEFAULT_MIN_PIXELS, DEFAULT_MAX_PIXELS, span)
         batch = cells["AssistantOnlyCollator"](processor)([example])
         assert counted.length == batch["input_ids"].shape[1]
         assert counted.answer == int((batch["labels"] != -100).sum())
-        assert counted.vision == visual_token_count(family, example["width"], example["height"], 3136, 50176) + 2
+        assert counted.vision == visual_token_count(family, example["width"], example["height"], DEFAULT_MIN_PIXELS, DEFAULT_MAX_PIXELS) + 2
         assert counted.patches == int(batch["image_grid_thw"].prod())
 
 
-def test_real_size_architectures_are_read_from_the_published_configs():
-    acc = load_script("speed_accounting")
+def test_real_size_architectures_are_read_from_the_published_configs(load_benchmark):
+    acc = load_benchmark("speed_accounting")
     qwen2 = acc.architecture(acc.meta_model(acc.real_size_config("qwen2_vl")))
     assert (qwen2.lm_layers, qwen2.lm_width, qwen2.head_params, qwen2.vision_width) == (28, 1536, 151936 * 1536, 1280)
     assert qwen2.vision_windows == (0,) * 32  # full attention in every block
@@ -117,8 +103,8 @@ def test_real_size_architectures_are_read_from_the_published_configs():
         acc.real_size_config("qwen3_5")
 
 
-def test_train_throughput_count_only_at_real_size(capsys):
-    results = load_script("train_throughput").main(["--family", "qwen2_vl", "--count-only", "--batch-size", "2", "--steps", "2", "--warmup-steps", "0"])
+def test_train_throughput_count_only_at_real_size(capsys, load_benchmark):
+    results = load_benchmark("train_throughput").main(["--family", "qwen2_vl", "--count-only", "--batch-size", "2", "--steps", "2", "--warmup-steps", "0"])
     accounting = results["accounting"]
     assert "speed" not in results
     for figures in accounting.values():
@@ -133,8 +119,8 @@ def test_train_throughput_count_only_at_real_size(capsys):
     assert "2.209 B parameters" in capsys.readouterr().out
 
 
-def test_train_throughput_tiny_trains_both_recipes_and_prints_consistent_ratios(tmp_path, capsys):
-    results = load_script("train_throughput").main(
+def test_train_throughput_tiny_trains_both_recipes_and_prints_consistent_ratios(tmp_path, capsys, load_benchmark):
+    results = load_benchmark("train_throughput").main(
         ["--tiny", "--batch-size", "2", "--steps", "1", "--warmup-steps", "1", "--packing", "on", "--model-dir", str(tmp_path), "--json", str(tmp_path / "f.json")]
     )
     accounting, speed = results["accounting"], results["speed"]
@@ -155,8 +141,8 @@ def test_train_throughput_tiny_trains_both_recipes_and_prints_consistent_ratios(
 
 
 @pytest.mark.slow
-def test_data_loading_builds_the_cache_once_and_reads_it_back(tmp_path, capsys):
-    figures = load_script("data_loading").main(["--n", "1", "--photo-size", "640x480", "--batch-size", "1",
+def test_data_loading_builds_the_cache_once_and_reads_it_back(tmp_path, capsys, load_benchmark):
+    figures = load_benchmark("data_loading").main(["--n", "1", "--photo-size", "640x480", "--batch-size", "1",
                                                 "--folder", str(tmp_path / "photos"), "--model-dir", str(tmp_path / "models")])
     for n_images, result in figures["results"].items():
         assert result["images"] == n_images

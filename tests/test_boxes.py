@@ -7,7 +7,19 @@ import json
 import numpy as np
 import pytest
 
-from helpers.boxes import box_iou, drop_duplicate_boxes, object_texts, parse_model_answer, resized_size, sort_objects, to_model_answer
+from helpers.boxes import (
+    box_iou,
+    clip_xyxy,
+    drop_duplicate_boxes,
+    object_texts,
+    parse_model_answer,
+    resized_size,
+    sort_objects,
+    to_model_answer,
+    xywh_to_xyxy,
+    xyxy_to_xywh,
+)
+from helpers.defaults import DEFAULT_MAX_PIXELS, DEFAULT_MIN_PIXELS
 from helpers.families import get_family
 from tests.cases import FAMILIES, IMAGE_SIZES, PIXEL_BOUNDS
 
@@ -156,6 +168,23 @@ def test_box_iou(a, b, iou):
     assert box_iou(a, b) == pytest.approx(iou)
 
 
+@pytest.mark.parametrize(
+    "xywh,xyxy",
+    [([10, 20, 30, 40], [10, 20, 40, 60]), ([0.5, 0, 0, 2.25], [0.5, 0, 0.5, 2.25]), ([-4, -4, 8, 8], [-4, -4, 4, 4])],
+)
+def test_xywh_and_xyxy_convert_both_ways(xywh, xyxy):
+    assert xywh_to_xyxy(xywh) == xyxy and xyxy_to_xywh(xyxy) == xywh
+
+
+@pytest.mark.parametrize(
+    "box,clipped",
+    [([1.5, 2, 3, 4], [1.5, 2, 3, 4]), ([-3, -1, 50, 40], [0.0, 0.0, 20, 10]), ([25, 12, 30, 15], [20, 10, 20, 10]),
+     ([-5, 3, -1, 4], [0.0, 3, 0.0, 4])],
+)
+def test_clip_xyxy_keeps_each_corner_inside_a_20x10_image(box, clipped):
+    assert clip_xyxy(box, 20, 10) == clipped
+
+
 def test_unknown_family_is_an_error():
     with pytest.raises(ValueError, match="unknown family"):
         resized_size("qwen_vl", 10, 10, 100, 1000)
@@ -164,7 +193,7 @@ def test_unknown_family_is_an_error():
 @pytest.mark.parametrize("family", FAMILIES)
 def test_every_truncation_keeps_the_complete_boxes_before_the_cut(family):
     objects = [{"label": f"obj {i}", "bbox_xyxy_px": [10 * i, 5 * i, 10 * i + 30, 5 * i + 20]} for i in range(4)]
-    model_size = resized_size(family, 120, 90, 3136, 50176)
+    model_size = resized_size(family, 120, 90, DEFAULT_MIN_PIXELS, DEFAULT_MAX_PIXELS)
     answer = to_model_answer(objects, family, (120, 90), model_size)
     full = parse_model_answer(answer, family, (120, 90), model_size)
     previous = 0

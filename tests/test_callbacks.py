@@ -14,15 +14,15 @@ from helpers.callbacks import (
     attach_callbacks,
     gradient_l2_norm,
 )
+from helpers.defaults import DEFAULT_MAX_PIXELS, DEFAULT_MIN_PIXELS
 from helpers.formatting import add_chat_columns, detection_prompt
+from helpers.metrics import EVAL_MEAN_IOU, EVAL_PARSE_FAILURE_RATE
 from helpers.modeling import load_model_and_processor, lora_config, wrap_lora
 from helpers.notebook_cells import run_tagged_cells
 from helpers.synthetic import make_synthetic_dataset
 from helpers.notebook_cells import notebook_sft_config
-from tests.test_training import DEFAULTS
 
 CLASSES = ["red circle", "green square", "blue triangle"]
-MIN_PIXELS, MAX_PIXELS = 3136, 50176
 
 
 class RecordingCallback(TrainerCallback):
@@ -35,14 +35,15 @@ class RecordingCallback(TrainerCallback):
         self.logs.append(dict(logs))
 
 
-def tiny_run(checkpoint, tmp_path, max_grad_norm: float, use_lora: bool):
+def tiny_run(defaults: dict, checkpoint, tmp_path, max_grad_norm: float, use_lora: bool):
     """Six optimizer steps with logging every step and evaluation at steps 3 and 6; returns trainer and recorder."""
-    model, processor = load_model_and_processor(checkpoint, "none", "sdpa", torch.float32, "cpu", MIN_PIXELS, MAX_PIXELS)
+    model, processor = load_model_and_processor(checkpoint, "none", "sdpa", torch.float32, "cpu", DEFAULT_MIN_PIXELS, DEFAULT_MAX_PIXELS)
     if use_lora:
         model = wrap_lora(model, lora_config("qwen2_vl", ["language"], 4, 8, 0.0))
     prompt = detection_prompt("qwen2_vl", CLASSES)
-    splits = [add_chat_columns(make_synthetic_dataset(n, seed=s), "qwen2_vl", prompt, MIN_PIXELS, MAX_PIXELS) for n, s in ((16, 1), (4, 2))]
-    params = DEFAULTS | {"max_steps": 6, "logging_steps": 1, "eval_steps": 3, "save_steps": 100, "per_device_train_batch_size": 4,
+    splits = [add_chat_columns(make_synthetic_dataset(n, seed=s), "qwen2_vl", prompt, DEFAULT_MIN_PIXELS, DEFAULT_MAX_PIXELS)
+              for n, s in ((16, 1), (4, 2))]
+    params = defaults | {"max_steps": 6, "logging_steps": 1, "eval_steps": 3, "save_steps": 100, "per_device_train_batch_size": 4,
                          "per_device_eval_batch_size": 4, "max_grad_norm": max_grad_norm, "learning_rate": 1e-3}
     trainer = SFTTrainer(model=model, args=notebook_sft_config(params, tmp_path, "cpu", torch.float32), train_dataset=splits[0],
                          eval_dataset=splits[1], data_collator=run_tagged_cells("collators")["AssistantOnlyCollator"](processor),
@@ -56,8 +57,8 @@ def tiny_run(checkpoint, tmp_path, max_grad_norm: float, use_lora: bool):
 
 
 @pytest.mark.parametrize("max_grad_norm,use_lora", [(0.01, False), (1e9, False), (0.01, True)])
-def test_callbacks_log_into_every_record_and_backend(tiny_checkpoints, tmp_path, max_grad_norm, use_lora):
-    trainer, recorder, printed = tiny_run(tiny_checkpoints["qwen2_vl"], tmp_path, max_grad_norm, use_lora)
+def test_callbacks_log_into_every_record_and_backend(tiny_checkpoints, default_params, tmp_path, max_grad_norm, use_lora):
+    trainer, recorder, printed = tiny_run(default_params, tiny_checkpoints["qwen2_vl"], tmp_path, max_grad_norm, use_lora)
     history = trainer.state.log_history
     train_logs = [entry for entry in history if "loss" in entry]
     assert [entry["step"] for entry in train_logs] == [1, 2, 3, 4, 5, 6]
@@ -69,11 +70,11 @@ def test_callbacks_log_into_every_record_and_backend(tiny_checkpoints, tmp_path,
     eval_logs = [entry for entry in history if "eval_loss" in entry]
     assert [entry["step"] for entry in eval_logs] == [3, 6]
     for entry in eval_logs:
-        assert 0 <= entry["eval_mean_iou"] <= 1 and 0 <= entry["eval_parse_failure_rate"] <= 1
+        assert 0 <= entry[EVAL_MEAN_IOU] <= 1 and 0 <= entry[EVAL_PARSE_FAILURE_RATE] <= 1
     # A backend registered before ours still sees the added values, and so does the console line.
     assert sum("grad_norm_clipped" in logs for logs in recorder.logs) == 6
-    assert sum("eval_mean_iou" in logs for logs in recorder.logs) == 2
-    assert sum("eval_mean_iou" in line for line in printed) == 2
+    assert sum(EVAL_MEAN_IOU in logs for logs in recorder.logs) == 2
+    assert sum(EVAL_MEAN_IOU in line for line in printed) == 2
     assert printed[0].startswith("step 1/6 | loss ")
 
 
@@ -87,10 +88,12 @@ def test_grad_norm_matches_an_independent_computation():
 
 @pytest.mark.parametrize("training", [True, False])
 def test_iou_callback_leaves_the_model_mode_as_found(tiny_checkpoints, training):
-    model, processor = load_model_and_processor(tiny_checkpoints["qwen2_vl"], "none", "sdpa", torch.float32, "cpu", MIN_PIXELS, MAX_PIXELS)
+    model, processor = load_model_and_processor(
+        tiny_checkpoints["qwen2_vl"], "none", "sdpa", torch.float32, "cpu", DEFAULT_MIN_PIXELS, DEFAULT_MAX_PIXELS
+    )
     model = wrap_lora(model, lora_config("qwen2_vl", ["language"], 4, 8, 0.0))  # a PEFT-wrapped model
     prompt = detection_prompt("qwen2_vl", CLASSES)
-    data = add_chat_columns(make_synthetic_dataset(2, seed=3), "qwen2_vl", prompt, MIN_PIXELS, MAX_PIXELS)
+    data = add_chat_columns(make_synthetic_dataset(2, seed=3), "qwen2_vl", prompt, DEFAULT_MIN_PIXELS, DEFAULT_MAX_PIXELS)
     callback = IoUEvalCallback(processor, data, n_images=2, family="qwen2_vl", max_new_tokens=4, batch_size=2)
     model.train(training)
 
@@ -101,19 +104,21 @@ def test_iou_callback_leaves_the_model_mode_as_found(tiny_checkpoints, training)
     logs = {"eval_loss": 1.0}
     callback.on_log(None, State, None, logs=logs, model=model)
     assert model.training is training
-    assert set(logs) == {"eval_loss", "eval_mean_iou", "eval_parse_failure_rate"} and State.log_history[-1] == logs | {"step": 3}
+    assert set(logs) == {"eval_loss", EVAL_MEAN_IOU, EVAL_PARSE_FAILURE_RATE} and State.log_history[-1] == logs | {"step": 3}
 
 
-def test_tensorboard_backend_gets_the_added_values_inside_the_run_folder(tiny_checkpoints, tmp_path, monkeypatch):
+def test_tensorboard_backend_gets_the_added_values_inside_the_run_folder(tiny_checkpoints, default_params, tmp_path, monkeypatch):
     from helpers.tracking import configure_reporting
 
     environ = {}
     configure_reporting("tensorboard", tmp_path, environ)
     monkeypatch.setenv("TENSORBOARD_LOGGING_DIR", environ["TENSORBOARD_LOGGING_DIR"])
-    model, processor = load_model_and_processor(tiny_checkpoints["qwen2_vl"], "none", "sdpa", torch.float32, "cpu", MIN_PIXELS, MAX_PIXELS)
+    model, processor = load_model_and_processor(
+        tiny_checkpoints["qwen2_vl"], "none", "sdpa", torch.float32, "cpu", DEFAULT_MIN_PIXELS, DEFAULT_MAX_PIXELS
+    )
     prompt = detection_prompt("qwen2_vl", CLASSES)
-    data = add_chat_columns(make_synthetic_dataset(8, seed=1), "qwen2_vl", prompt, MIN_PIXELS, MAX_PIXELS)
-    params = DEFAULTS | {"max_steps": 2, "logging_steps": 1, "eval_steps": 100, "save_steps": 100, "per_device_train_batch_size": 4,
+    data = add_chat_columns(make_synthetic_dataset(8, seed=1), "qwen2_vl", prompt, DEFAULT_MIN_PIXELS, DEFAULT_MAX_PIXELS)
+    params = default_params | {"max_steps": 2, "logging_steps": 1, "eval_steps": 100, "save_steps": 100, "per_device_train_batch_size": 4,
                          "report_to": "tensorboard"}
     trainer = SFTTrainer(model=model, args=notebook_sft_config(params, tmp_path, "cpu", torch.float32), train_dataset=data,
                          eval_dataset=data, data_collator=run_tagged_cells("collators")["AssistantOnlyCollator"](processor),

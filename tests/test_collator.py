@@ -10,26 +10,18 @@ import trl
 from transformers import AutoModelForImageTextToText
 from trl.trainer.sft_trainer import DataCollatorForVisionLanguageModeling
 
+from helpers.defaults import DEFAULT_MAX_PIXELS, DEFAULT_MIN_PIXELS
 from helpers.families import TAGS, get_family
-from helpers.formatting import add_chat_columns, detection_prompt, format_detection_messages, generation_prompt
+from helpers.formatting import format_detection_messages, generation_prompt
 from helpers.processing import load_processor
-from helpers.synthetic import make_synthetic_dataset
-from tests.cases import FAMILIES
+from tests.cases import FAMILIES, chat_examples
 from helpers.notebook_cells import run_tagged_cells
 from helpers.images import open_image
 
 CELLS = run_tagged_cells("collators")
 IGNORE = CELLS["IGNORE_INDEX"]
-MIN_PIXELS, MAX_PIXELS = 3136, 50176
 VISION_TOKENS = ("<|image_pad|>", "<|video_pad|>", "<|vision_start|>", "<|vision_end|>")
 COLLATORS = ("VisionAndPaddingMaskingCollator", "AssistantOnlyCollator", "PaddingFreeCollator")
-
-
-def chat_examples(family: str, n: int = 4, seed: int = 11, system_prompt: str = "", empty_fraction: float = 0.0) -> list[dict]:
-    """``n`` examples with different image sizes and answer lengths, as the notebook formats them."""
-    ds = make_synthetic_dataset(n, seed=seed, max_objects=4, min_side_px=60, max_side_px=260, empty_fraction=empty_fraction)
-    ds = add_chat_columns(ds, family, detection_prompt(family, ["red circle", "green square"]), MIN_PIXELS, MAX_PIXELS, system_prompt)
-    return [ds[i] for i in range(n)]
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +58,7 @@ def sample_spans(batch: dict) -> list[tuple[int, int, int]]:
 @pytest.mark.parametrize("collator_name", COLLATORS)
 @pytest.mark.parametrize("padding_side", ["right", "left"])
 def test_labelled_tokens_decode_exactly(tiny_checkpoints, models, family, collator_name, padding_side):
-    processor = load_processor(tiny_checkpoints[family], MIN_PIXELS, MAX_PIXELS)
+    processor = load_processor(tiny_checkpoints[family], DEFAULT_MIN_PIXELS, DEFAULT_MAX_PIXELS)
     processor.tokenizer.padding_side = padding_side
     tokenizer = processor.tokenizer
     examples = chat_examples(family)
@@ -101,7 +93,7 @@ def test_labelled_tokens_decode_exactly(tiny_checkpoints, models, family, collat
 def test_an_image_without_objects_trains_the_empty_answer(tiny_checkpoints, models, family, collator_name):
     if collator_name == "PaddingFreeCollator" and get_family(family).padding_free_refusal:
         pytest.skip(f"{family} refuses padding-free packing")
-    processor = load_processor(tiny_checkpoints[family], MIN_PIXELS, MAX_PIXELS)
+    processor = load_processor(tiny_checkpoints[family], DEFAULT_MIN_PIXELS, DEFAULT_MAX_PIXELS)
     examples = chat_examples(family, n=6, empty_fraction=0.5)
     empty = [i for i, e in enumerate(examples) if not e["objects"]]
     assert empty and len(empty) < len(examples)
@@ -116,7 +108,7 @@ def test_an_image_without_objects_trains_the_empty_answer(tiny_checkpoints, mode
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_padding_free_structure_matches_the_padded_batch(tiny_checkpoints, models, family):
-    processor = load_processor(tiny_checkpoints[family], MIN_PIXELS, MAX_PIXELS)
+    processor = load_processor(tiny_checkpoints[family], DEFAULT_MIN_PIXELS, DEFAULT_MAX_PIXELS)
     model = models[family]
     examples = chat_examples(family)
     padded = make_collator("AssistantOnlyCollator", processor, model, family)(examples)
@@ -150,7 +142,7 @@ def test_packed_loss_equals_padded_loss_or_the_family_refuses_packing(tiny_check
     # Both attention implementations available on CPU separate packed samples in this transformers
     # version, so the equivalence is proven here; flash-attention's varlen path runs in tests/test_cuda.py.
     # A family that refuses packing must really need to: its packed loss differs.
-    processor = load_processor(tiny_checkpoints[family], MIN_PIXELS, MAX_PIXELS)
+    processor = load_processor(tiny_checkpoints[family], DEFAULT_MIN_PIXELS, DEFAULT_MAX_PIXELS)
     model = AutoModelForImageTextToText.from_pretrained(tiny_checkpoints[family], attn_implementation=attention).eval()
     examples = chat_examples(family, n=3, seed=5)
     padded = make_collator("AssistantOnlyCollator", processor, model, family)(examples)
@@ -168,7 +160,7 @@ def test_packed_loss_equals_padded_loss_or_the_family_refuses_packing(tiny_check
 
 def test_packed_samples_do_not_see_each_other(tiny_checkpoints, models):
     # Changing the first sample must leave the second sample's logits untouched.
-    processor = load_processor(tiny_checkpoints["qwen2_vl"], MIN_PIXELS, MAX_PIXELS)
+    processor = load_processor(tiny_checkpoints["qwen2_vl"], DEFAULT_MIN_PIXELS, DEFAULT_MAX_PIXELS)
     model = models["qwen2_vl"]
     collator = CELLS["PaddingFreeCollator"](processor, model.model.get_rope_index)
     first, second = chat_examples("qwen2_vl", n=2, seed=5)
@@ -222,7 +214,7 @@ def trl_labels(processor, examples: list[dict], chat_template: str) -> torch.Ten
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_trl_assistant_only_path_gives_identical_labels(tiny_checkpoints, family):
-    processor = load_processor(tiny_checkpoints[family], MIN_PIXELS, MAX_PIXELS)
+    processor = load_processor(tiny_checkpoints[family], DEFAULT_MIN_PIXELS, DEFAULT_MAX_PIXELS)
     processor.tokenizer.padding_side = "right"  # TRL pads on the right
     examples = chat_examples(family, system_prompt="Find the shapes.")  # the templates differ in their default system turn
     ours = make_collator("AssistantOnlyCollator", processor, None, family)(examples)["labels"]
@@ -234,7 +226,7 @@ def test_trl_shipped_template_differs_only_by_the_newline_and_the_prompted_think
     # TRL's own training templates put the "\n" after <|im_end|> inside {% generation %}; generation stops
     # at <|im_end|>, so we do not train that newline. Its Qwen3.5 templates also train the empty think block,
     # which our generation prompt holds (enable_thinking=False), so we do not train it. Every other label is identical.
-    processor = load_processor(tiny_checkpoints[family], MIN_PIXELS, MAX_PIXELS)
+    processor = load_processor(tiny_checkpoints[family], DEFAULT_MIN_PIXELS, DEFAULT_MAX_PIXELS)
     processor.tokenizer.padding_side = "right"
     tokenizer = processor.tokenizer
     examples = chat_examples(family, system_prompt="Find the shapes.")
@@ -257,7 +249,7 @@ def test_trl_shipped_template_differs_only_by_the_newline_and_the_prompted_think
 
 
 def test_missing_assistant_turn_is_a_clear_error(tiny_checkpoints):
-    processor = load_processor(tiny_checkpoints["qwen2_vl"], MIN_PIXELS, MAX_PIXELS)
+    processor = load_processor(tiny_checkpoints["qwen2_vl"], DEFAULT_MIN_PIXELS, DEFAULT_MAX_PIXELS)
     collator = CELLS["AssistantOnlyCollator"](processor)
     # The answer text itself may not contain the marker; simulate a template without an assistant turn.
     collator.answer_prefix_ids = processor.tokenizer.encode("<|im_start|>nobody\n", add_special_tokens=False)
@@ -266,7 +258,7 @@ def test_missing_assistant_turn_is_a_clear_error(tiny_checkpoints):
 
 
 def test_truncated_answer_is_a_clear_error(tiny_checkpoints):
-    processor = load_processor(tiny_checkpoints["qwen2_vl"], MIN_PIXELS, MAX_PIXELS)
+    processor = load_processor(tiny_checkpoints["qwen2_vl"], DEFAULT_MIN_PIXELS, DEFAULT_MAX_PIXELS)
     collator = CELLS["AssistantOnlyCollator"](processor)
     collator.end_of_turn_id = processor.tokenizer.convert_tokens_to_ids("<|quad_end|>")  # never in the text
     with pytest.raises(ValueError, match="example 0: the answer has no end-of-turn token"):
@@ -291,7 +283,7 @@ def test_find_subsequence_end():
     ],
 )
 def test_training_collator_choice(tiny_checkpoints, models, padding_free, attention, expected, why):
-    processor = load_processor(tiny_checkpoints["qwen2_vl"], MIN_PIXELS, MAX_PIXELS)
+    processor = load_processor(tiny_checkpoints["qwen2_vl"], DEFAULT_MIN_PIXELS, DEFAULT_MAX_PIXELS)
     model = models["qwen2_vl"]
     original = model.config._attn_implementation
     model.config._attn_implementation = attention  # only read by the choice, never run
@@ -304,7 +296,7 @@ def test_training_collator_choice(tiny_checkpoints, models, padding_free, attent
 
 @pytest.mark.parametrize("family", [f for f in FAMILIES if get_family(f).padding_free_refusal])
 def test_a_family_that_cannot_pack_trains_assistant_only_and_says_why(tiny_checkpoints, models, family):
-    processor = load_processor(tiny_checkpoints[family], MIN_PIXELS, MAX_PIXELS)
+    processor = load_processor(tiny_checkpoints[family], DEFAULT_MIN_PIXELS, DEFAULT_MAX_PIXELS)
     collator, reason = CELLS["choose_training_collator"](processor, models[family], True, get_family(family))
     assert type(collator).__name__ == "AssistantOnlyCollator"
     assert reason == f"assistant-only: {get_family(family).name} cannot be packed: {get_family(family).padding_free_refusal}"

@@ -14,14 +14,18 @@ from helpers.collator_debug import (
     sample_segments,
     token_statuses,
 )
+from helpers.defaults import DEFAULT_MAX_PIXELS, DEFAULT_MIN_PIXELS
 from helpers.formatting import vision_token_ids
+from helpers.notebook_cells import run_tagged_cells
 from helpers.processing import load_processor
-from tests.test_collator import CELLS, MAX_PIXELS, MIN_PIXELS, chat_examples
+from tests.cases import chat_examples
+
+CELLS = run_tagged_cells("collators")
 
 
 @pytest.fixture(scope="module")
 def setup(tiny_checkpoints):
-    processor = load_processor(tiny_checkpoints["qwen2_5_vl"], MIN_PIXELS, MAX_PIXELS)
+    processor = load_processor(tiny_checkpoints["qwen2_5_vl"], DEFAULT_MIN_PIXELS, DEFAULT_MAX_PIXELS)
     model = AutoModelForImageTextToText.from_pretrained(tiny_checkpoints["qwen2_5_vl"]).eval()
     collators = {
         "masking": CELLS["VisionAndPaddingMaskingCollator"](processor),

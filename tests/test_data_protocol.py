@@ -16,10 +16,10 @@ from pycocotools.cocoeval import COCOeval
 
 from helpers.boxes import resized_size, to_model_answer
 from helpers.data import DataError, ImageLoading, load_coco_split, load_detection_splits
-from helpers.metrics import summarize_detections
+from helpers.defaults import DEFAULT_MAX_PIXELS, DEFAULT_MIN_PIXELS
+from helpers.metrics import MAP_50, MAP_50_95, MAP_75, summarize_detections
 from helpers.synthetic import make_synthetic_dataset
 
-MIN_PIXELS, MAX_PIXELS = 3136, 50176
 
 
 def base_coco() -> dict:
@@ -78,7 +78,7 @@ def our_metrics(split, keep_crowds: bool = True) -> list[float]:
         records.append({"ground_truth": record["objects"], "crowd_regions": record["crowd_regions"] if keep_crowds else [],
                         "predictions": predictions, "raw_text": "x"})
     metrics = summarize_detections(records, ["cat", "dog"])
-    return [metrics["map_50_95"], metrics["map_50"], metrics["map_75"]]
+    return [metrics[MAP_50_95], metrics[MAP_50], metrics[MAP_75]]
 
 
 def test_crowd_regions_are_ignore_regions_so_map_equals_official_cocoeval(tmp_path):
@@ -245,7 +245,7 @@ def test_images_without_objects_are_kept_and_trained_with_the_empty_answer(tmp_p
     assert split["image_id"] == ["1", "2", "3"] and split[2]["objects"] == []
     assert report.counts["images_without_objects"] == 1
     # The empty answer each syntax can write: JSON's empty list, and for Qwen2-VL's tags no tag at all.
-    assert to_model_answer([], "qwen2_5_vl", (100, 80), resized_size("qwen2_5_vl", 100, 80, MIN_PIXELS, MAX_PIXELS)) == "[]"
+    assert to_model_answer([], "qwen2_5_vl", (100, 80), resized_size("qwen2_5_vl", 100, 80, DEFAULT_MIN_PIXELS, DEFAULT_MAX_PIXELS)) == "[]"
     assert to_model_answer([], "qwen2_vl", (100, 80), (100, 80)) == ""
 
 
@@ -253,9 +253,9 @@ def test_predictions_on_an_image_without_objects_are_false_positives():
     hit = {"ground_truth": [{"label": "cat", "bbox_xyxy_px": [0, 0, 10, 10]}], "raw_text": "x",
            "predictions": [{"label": "cat", "bbox_xyxy_px": [0, 0, 10, 10], "score": 0.5}]}
     empty = {"ground_truth": [], "raw_text": "x", "predictions": [{"label": "cat", "bbox_xyxy_px": [0, 0, 10, 10], "score": 0.9}]}
-    assert summarize_detections([hit])["map_50"] == pytest.approx(1.0)
-    assert summarize_detections([hit, empty])["map_50"] < 0.6  # the higher-scored false positive comes first
-    assert summarize_detections([hit, {**empty, "predictions": []}])["map_50"] == pytest.approx(1.0)
+    assert summarize_detections([hit])[MAP_50] == pytest.approx(1.0)
+    assert summarize_detections([hit, empty])[MAP_50] < 0.6  # the higher-scored false positive comes first
+    assert summarize_detections([hit, {**empty, "predictions": []}])[MAP_50] == pytest.approx(1.0)
 
 
 def test_synthetic_empty_fraction_adds_images_without_objects_and_leaves_the_others_alone():

@@ -8,19 +8,19 @@ from peft import PeftModel
 from PIL import Image
 from transformers import AutoModelForImageTextToText
 
+from helpers.defaults import DEFAULT_MAX_PIXELS, DEFAULT_MIN_PIXELS
 from helpers.export import merge_adapter_into_base, merge_refusal
 from helpers.formatting import detection_prompt
-from helpers.inference import generate_answers
+from helpers.inference import generate
 from helpers.modeling import load_model_and_processor, lora_config, wrap_lora
 from helpers.processing import load_saved_processor
 from tests.cases import FAMILIES
 
-MIN_PIXELS, MAX_PIXELS = 3136, 50176
 
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_merged_model_generates_like_base_plus_adapter(tiny_checkpoints, tmp_path, family):
-    base, processor = load_model_and_processor(tiny_checkpoints[family], "none", "sdpa", torch.float32, "cpu", MIN_PIXELS, MAX_PIXELS)
+    base, processor = load_model_and_processor(tiny_checkpoints[family], "none", "sdpa", torch.float32, "cpu", DEFAULT_MIN_PIXELS, DEFAULT_MAX_PIXELS)
     model = wrap_lora(base, lora_config(family, ["language", "merger"], 4, 8, 0.0))
     torch.manual_seed(0)
     for name, parameter in model.named_parameters():
@@ -34,13 +34,13 @@ def test_merged_model_generates_like_base_plus_adapter(tiny_checkpoints, tmp_pat
     merged = AutoModelForImageTextToText.from_pretrained(merged_dir)
     assert not any("lora_" in name for name, _ in merged.named_parameters())
     merged_processor = load_saved_processor(merged_dir, family)
-    assert merged_processor.image_processor.size == {"shortest_edge": MIN_PIXELS, "longest_edge": MAX_PIXELS}
+    assert merged_processor.image_processor.size == {"shortest_edge": DEFAULT_MIN_PIXELS, "longest_edge": DEFAULT_MAX_PIXELS}
 
     fresh = PeftModel.from_pretrained(AutoModelForImageTextToText.from_pretrained(tiny_checkpoints[family]), adapter_dir)
     plain = AutoModelForImageTextToText.from_pretrained(tiny_checkpoints[family])
     image = Image.new("RGB", (120, 90), (200, 40, 40))
     prompt = detection_prompt(family, ["red circle"])
-    answers = {name: generate_answers(m, merged_processor, [image], [prompt], max_new_tokens=12, batch_size=1)[0]
+    answers = {name: generate(m, merged_processor, [image], [prompt], max_new_tokens=12, batch_size=1)[0].text
                for name, m in (("merged", merged), ("adapter", fresh), ("base", plain))}
     assert answers["merged"] == answers["adapter"]
     assert answers["merged"] != answers["base"]  # the adapter really changed something

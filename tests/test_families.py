@@ -7,6 +7,7 @@ import json
 import pytest
 import transformers
 
+from helpers.defaults import DEFAULT_MAX_PIXELS, DEFAULT_MIN_PIXELS
 from helpers.families import FAMILIES, FAMILY_NAMES, NORM1000, RESIZED_PX, get_family
 from helpers.offline import HUB_CONFIGS_DIR, hub_chat_template
 from tests.cases import FAMILIES as TESTED_FAMILIES
@@ -33,7 +34,7 @@ def test_record_matches_the_published_processor_config(family):
 def test_default_system_prompt_is_what_the_published_template_inserts(tiny_checkpoints, family):
     from helpers.processing import load_processor
 
-    processor = load_processor(tiny_checkpoints[family], 3136, 50176)
+    processor = load_processor(tiny_checkpoints[family], DEFAULT_MIN_PIXELS, DEFAULT_MAX_PIXELS)
     assert processor.chat_template == hub_chat_template(family)  # the tiny checkpoint carries the published template
     rendered = processor.apply_chat_template([{"role": "user", "content": [{"type": "text", "text": "hi"}]}], tokenize=False)
     default = get_family(family).default_system_prompt
@@ -52,7 +53,7 @@ def unknown_family_calls():
     from helpers.processing import stock_processor_class
 
     return {
-        "resized_size": lambda tmp: resized_size("llava", 10, 10, 3136, 50176),
+        "resized_size": lambda tmp: resized_size("llava", 10, 10, DEFAULT_MIN_PIXELS, DEFAULT_MAX_PIXELS),
         "to_model_answer": lambda tmp: to_model_answer([], "llava", (10, 10), (28, 28)),
         "parse_model_answer": lambda tmp: parse_model_answer("", "llava", (10, 10), (28, 28)),
         "answer_syntax": lambda tmp: answer_syntax("llava"),

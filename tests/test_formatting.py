@@ -6,6 +6,7 @@ import pytest
 from datasets import Dataset
 
 from helpers.boxes import parse_model_answer, resized_size
+from helpers.defaults import DEFAULT_MAX_PIXELS, DEFAULT_MIN_PIXELS
 from helpers.formatting import (
     add_chat_columns,
     detection_prompt,
@@ -18,7 +19,6 @@ from helpers.synthetic import make_synthetic_dataset
 from helpers.families import TAGS, get_family
 from tests.cases import FAMILIES
 
-MIN_PIXELS, MAX_PIXELS = 3136, 50176
 
 
 def records(objects_per_image: list[list[tuple[str, list[float]]]]) -> Dataset:
@@ -85,7 +85,8 @@ def test_task_prompts_name_the_classes_and_the_family_syntax(family):
         (lambda: task_prompts(records([[CAT]]), "qwen2_vl", "grounding", ["cat"]), ValueError, "run expand_for_grounding first"),
         (lambda: task_prompts(records([[CAT]]), "qwen2_vl", "segmentation", ["cat"]), ValueError, "unknown task 'segmentation'"),
         (lambda: grounding_prompt("llava", "cat"), ValueError, "unknown family 'llava'"),
-        (lambda: add_chat_columns(records([[CAT], [DOG]]), "qwen2_vl", ["one"], MIN_PIXELS, MAX_PIXELS), ValueError, "1 prompts for 2 records"),
+        (lambda: add_chat_columns(records([[CAT], [DOG]]), "qwen2_vl", ["one"], DEFAULT_MIN_PIXELS, DEFAULT_MAX_PIXELS),
+         ValueError, "1 prompts for 2 records"),
     ],
     ids=["grounding-without-query", "unknown-task", "unknown-family", "prompt-count"],
 )
@@ -97,8 +98,8 @@ def test_bad_formatting_input_is_a_clear_error(call, error, message):
 @pytest.mark.parametrize("family", FAMILIES)
 def test_grounding_answers_hold_only_the_named_class_in_the_family_frame(family):
     data = expand_for_grounding(records([[CAT, DOG, CAT2]]))
-    data = add_chat_columns(data, family, task_prompts(data, family, "grounding", ["cat", "dog"]), MIN_PIXELS, MAX_PIXELS)
-    model_size = resized_size(family, 100, 80, MIN_PIXELS, MAX_PIXELS)
+    data = add_chat_columns(data, family, task_prompts(data, family, "grounding", ["cat", "dog"]), DEFAULT_MIN_PIXELS, DEFAULT_MAX_PIXELS)
+    model_size = resized_size(family, 100, 80, DEFAULT_MIN_PIXELS, DEFAULT_MAX_PIXELS)
     for record in data:
         parsed = parse_model_answer(record["answer"], family, (100, 80), model_size)
         assert {box["label"] for box in parsed} == {record["query"]}

@@ -6,23 +6,24 @@ import pytest
 import torch
 from transformers import AutoModelForImageTextToText
 
+from helpers.defaults import DEFAULT_MAX_PIXELS, DEFAULT_MIN_PIXELS
 from helpers.families import get_family
 from helpers.formatting import add_chat_columns, detection_prompt, format_detection_messages
 from helpers.inference import (
-    DUPLICATE_IOU, LOOP_REPEATS, Generation, evaluate_model, generate, generate_answers, span_score, token_char_ends,
+    DUPLICATE_IOU, LOOP_REPEATS, Generation, evaluate_model, generate, span_score, token_char_ends,
 )
 from helpers.notebook_cells import run_tagged_cells
 from helpers.processing import load_processor
 from tests.cases import FAMILIES
 from helpers.synthetic import make_synthetic_dataset
 from helpers.images import open_image, open_images
+from helpers.metrics import N_DUPLICATE_BOXES_DROPPED, N_LOOPING_ANSWERS
 
-MIN_PIXELS, MAX_PIXELS = 3136, 50176
 
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_batched_equals_one_by_one(tiny_checkpoints, family):
-    processor = load_processor(tiny_checkpoints[family], MIN_PIXELS, MAX_PIXELS)
+    processor = load_processor(tiny_checkpoints[family], DEFAULT_MIN_PIXELS, DEFAULT_MAX_PIXELS)
     model = AutoModelForImageTextToText.from_pretrained(tiny_checkpoints[family])
     ds = make_synthetic_dataset(4, seed=2)  # four different image sizes: prompts of different lengths
     images = open_images(ds["image"])
@@ -33,7 +34,8 @@ def test_batched_equals_one_by_one(tiny_checkpoints, family):
     for b, s in zip(batched, single):
         assert b.token_probs == pytest.approx(s.token_probs, abs=1e-4) and b.token_ends == s.token_ends
     assert all(isinstance(g.text, str) and "<|im_end|>" not in g.text for g in batched)
-    assert generate_answers(model, processor, images, prompts, max_new_tokens=12, batch_size=2) == [g.text for g in single]
+    in_pairs = generate(model, processor, images, prompts, max_new_tokens=12, batch_size=2)
+    assert [g.text for g in in_pairs] == [g.text for g in single]
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -41,7 +43,7 @@ def test_token_probabilities_are_those_of_the_chosen_tokens(tiny_checkpoints, fa
     # Recompute each generated token's probability with a plain forward pass over prompt + answer.
     import torch
 
-    processor = load_processor(tiny_checkpoints[family], MIN_PIXELS, MAX_PIXELS)
+    processor = load_processor(tiny_checkpoints[family], DEFAULT_MIN_PIXELS, DEFAULT_MAX_PIXELS)
     model = AutoModelForImageTextToText.from_pretrained(tiny_checkpoints[family]).eval()
     image = open_image(make_synthetic_dataset(1, seed=4)[0]["image"])
     prompt = detection_prompt(family, ["red circle"])
@@ -61,7 +63,7 @@ def test_token_probabilities_are_those_of_the_chosen_tokens(tiny_checkpoints, fa
 
 
 def test_token_char_ends_cover_the_text(tiny_checkpoints):
-    tokenizer = load_processor(tiny_checkpoints["qwen2_vl"], MIN_PIXELS, MAX_PIXELS).tokenizer
+    tokenizer = load_processor(tiny_checkpoints["qwen2_vl"], DEFAULT_MIN_PIXELS, DEFAULT_MAX_PIXELS).tokenizer
     for text in ['[{"bbox_2d": [1, 2, 3, 4], "label": "red circle"}]', "<|box_start|>(1,2),(3,4)<|box_end|>", "é ü"]:
         ids = tokenizer.encode(text, add_special_tokens=False)
         ends = token_char_ends(tokenizer, ids)
@@ -78,7 +80,7 @@ def test_span_score_averages_the_overlapping_tokens(span, expected):
 
 
 def test_generation_probabilities_are_probabilities_and_deterministic(tiny_checkpoints):
-    processor = load_processor(tiny_checkpoints["qwen2_vl"], MIN_PIXELS, MAX_PIXELS)
+    processor = load_processor(tiny_checkpoints["qwen2_vl"], DEFAULT_MIN_PIXELS, DEFAULT_MAX_PIXELS)
     model = AutoModelForImageTextToText.from_pretrained(tiny_checkpoints["qwen2_vl"])
     images = open_images(make_synthetic_dataset(3, seed=9)["image"])
     prompts = ["Detect."] * len(images)
@@ -143,7 +145,7 @@ def test_decoding_is_plain_greedy_whatever_the_checkpoint_says(tiny_checkpoints,
     config_path = checkpoint / "generation_config.json"
     settings = json.loads(config_path.read_text()) | extra_settings
     config_path.write_text(json.dumps(settings))
-    processor = load_processor(checkpoint, MIN_PIXELS, MAX_PIXELS)
+    processor = load_processor(checkpoint, DEFAULT_MIN_PIXELS, DEFAULT_MAX_PIXELS)
     model = AutoModelForImageTextToText.from_pretrained(checkpoint).eval()
     assert model.generation_config.repetition_penalty == settings["repetition_penalty"]
     images = open_images(make_synthetic_dataset(3, seed=4)["image"])
@@ -162,7 +164,7 @@ def test_decoding_is_plain_greedy_whatever_the_checkpoint_says(tiny_checkpoints,
 def test_the_decoding_settings_are_greedy_and_keep_the_checkpoints_stop_tokens(tiny_checkpoints):
     from helpers.inference import GREEDY_DECODING, decoding_config, explicit_settings, unused_generation_settings
 
-    processor = load_processor(tiny_checkpoints["qwen2_vl"], MIN_PIXELS, MAX_PIXELS)
+    processor = load_processor(tiny_checkpoints["qwen2_vl"], DEFAULT_MIN_PIXELS, DEFAULT_MAX_PIXELS)
     model = AutoModelForImageTextToText.from_pretrained(tiny_checkpoints["qwen2_vl"])
     settings = explicit_settings(decoding_config(model, processor, 160))
     assert GREEDY_DECODING == {"do_sample": False, "num_beams": 1}
@@ -220,7 +222,7 @@ def test_detect_accepts_every_image_form_of_qwens_cookbooks(tiny_checkpoints, tm
     for name, image in loaded.items():
         assert np.array_equal(np.asarray(image), reference), name
 
-    processor = load_processor(tiny_checkpoints["qwen2_5_vl"], MIN_PIXELS, MAX_PIXELS)
+    processor = load_processor(tiny_checkpoints["qwen2_5_vl"], DEFAULT_MIN_PIXELS, DEFAULT_MAX_PIXELS)
     model = AutoModelForImageTextToText.from_pretrained(tiny_checkpoints["qwen2_5_vl"])
     prompt = detection_prompt("qwen2_5_vl", ["red circle"])
     answers = [detect(model, processor, inputs[name], "qwen2_5_vl", prompt, 12) for name in ("path", "file:// URL", "base64 data URI")]
@@ -287,7 +289,7 @@ def test_boxes_follow_the_processors_grid_after_a_second_resize(tiny_checkpoints
 @pytest.mark.parametrize("family", [f for f in FAMILIES if "moe" in f])
 def test_a_mixture_set_up_for_its_auxiliary_loss_still_generates(tiny_checkpoints, family):
     # TRL's trainer turns router logits on for the load-balancing loss; generation must not compute that loss.
-    processor = load_processor(tiny_checkpoints[family], MIN_PIXELS, MAX_PIXELS)
+    processor = load_processor(tiny_checkpoints[family], DEFAULT_MIN_PIXELS, DEFAULT_MAX_PIXELS)
     model = AutoModelForImageTextToText.from_pretrained(tiny_checkpoints[family])
     images = open_images(make_synthetic_dataset(3, seed=2)["image"])  # different sizes: a padded batch
     prompts = [detection_prompt(family, ["red circle"])] * 3
@@ -311,7 +313,7 @@ class ScriptedAnswer:
 
 def looping_model(tiny_checkpoints, family: str, one_object: str):
     """A tiny model and processor, and a way to make it write ``one_object`` forever."""
-    processor = load_processor(tiny_checkpoints[family], MIN_PIXELS, MAX_PIXELS)
+    processor = load_processor(tiny_checkpoints[family], DEFAULT_MIN_PIXELS, DEFAULT_MAX_PIXELS)
     model = AutoModelForImageTextToText.from_pretrained(tiny_checkpoints[family])
     loop_ids = processor.tokenizer.encode(one_object, add_special_tokens=False)
     return model, processor, lambda prompt_length: [ScriptedAnswer(loop_ids, prompt_length)]
@@ -337,13 +339,14 @@ def test_a_looping_answer_stops_after_the_object_is_repeated(tiny_checkpoints, f
 @pytest.mark.parametrize("family", list(LOOPS))
 def test_evaluation_counts_looping_answers_and_dropped_duplicates(tiny_checkpoints, family):
     model, processor, loop = looping_model(tiny_checkpoints, family, LOOPS[family])
-    dataset = add_chat_columns(make_synthetic_dataset(3, seed=5), family, detection_prompt(family, ["red circle"]), MIN_PIXELS, MAX_PIXELS)
+    prompt = detection_prompt(family, ["red circle"])
+    dataset = add_chat_columns(make_synthetic_dataset(3, seed=5), family, prompt, DEFAULT_MIN_PIXELS, DEFAULT_MAX_PIXELS)
     settings = dict(family=family, max_new_tokens=120, batch_size=3, batch_logits_processors=loop)
     records, metrics = evaluate_model(model, processor, dataset, **settings)  # the defaults: both controls on
-    assert metrics["n_looping_answers"] == 3 and metrics["n_duplicate_boxes_dropped"] == 3 * (LOOP_REPEATS - 1)
+    assert metrics[N_LOOPING_ANSWERS] == 3 and metrics[N_DUPLICATE_BOXES_DROPPED] == 3 * (LOOP_REPEATS - 1)
     assert all(r["loop_stopped"] and r["duplicates_dropped"] == LOOP_REPEATS - 1 and len(r["predictions"]) == 1 for r in records)
     records_off, metrics_off = evaluate_model(model, processor, dataset, **settings, loop_repeats=0, duplicate_iou=0)
-    assert metrics_off["n_looping_answers"] == metrics_off["n_duplicate_boxes_dropped"] == 0
+    assert metrics_off[N_LOOPING_ANSWERS] == metrics_off[N_DUPLICATE_BOXES_DROPPED] == 0
     assert all(len(r["predictions"]) > LOOP_REPEATS for r in records_off)
 
 

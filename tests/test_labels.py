@@ -10,10 +10,10 @@ from PIL import Image as PILImage
 
 from helpers.boxes import parse_model_answer, resized_size, to_model_answer
 from helpers.data import DataError, load_detection_splits
+from helpers.defaults import DEFAULT_MAX_PIXELS, DEFAULT_MIN_PIXELS
 from helpers.labels import MAX_LABEL_CHARS, label_problem, normalize_label
-from helpers.metrics import summarize_detections
+from helpers.metrics import MAP_50, summarize_detections
 
-MIN_PIXELS, MAX_PIXELS = 3136, 50176
 
 
 @pytest.mark.parametrize(
@@ -95,8 +95,8 @@ def test_a_perfect_answer_scores_1_whatever_the_spacing_of_a_coco_name(tmp_path,
     splits, _ = load_detection_splits(str(tmp_path / "src"), {"train": "train"}, {"train": 0}, "xywh", 0, {})
     record = splits["train"][0]
     size = (record["width"], record["height"])
-    model_size = resized_size(family, *size, MIN_PIXELS, MAX_PIXELS)
+    model_size = resized_size(family, *size, DEFAULT_MIN_PIXELS, DEFAULT_MAX_PIXELS)
     answer = to_model_answer(record["objects"], family, size, model_size).replace("pen", " pen ")  # a model's own spacing
     predictions = [p | {"score": 1.0} for p in parse_model_answer(answer, family, size, model_size)]
     metrics = summarize_detections([{"ground_truth": record["objects"], "predictions": predictions, "raw_text": answer}])
-    assert metrics["map_50"] == pytest.approx(1.0)
+    assert metrics[MAP_50] == pytest.approx(1.0)

@@ -6,7 +6,26 @@ import math
 
 import pytest
 
-from helpers.metrics import coco_metrics, format_comparison, grounding_accuracy, is_parse_failure, match_boxes, summarize_detections
+from helpers.metrics import (
+    AP_50_PER_CLASS,
+    AR_100,
+    MAP_50,
+    MAP_50_95,
+    MAP_75,
+    MEAN_IOU,
+    N_IMAGES,
+    N_PREDICTIONS,
+    PARSE_FAILURE_RATE,
+    PR_CURVE_50,
+    PRECISION_50,
+    RECALL_50,
+    coco_metrics,
+    format_comparison,
+    grounding_accuracy,
+    is_parse_failure,
+    match_boxes,
+    summarize_detections,
+)
 
 
 def obj(label, box, score=None):
@@ -50,16 +69,27 @@ def test_summary_numbers():
         {"raw_text": "junk", "ground_truth": [obj("a", [0, 0, 10, 10])], "predictions": []},
     ]
     summary = summarize_detections(records)
-    assert summary["n_images"] == 2 and summary["n_ground_truth"] == 3 and summary["n_predictions"] == 2
-    assert summary["mean_iou"] == pytest.approx((1 + 1 / 3 + 0) / 3)
-    assert summary["precision_50"] == pytest.approx(1 / 2)
-    assert summary["recall_50"] == pytest.approx(1 / 3)
-    assert summary["parse_failure_rate"] == pytest.approx(1 / 2)
+    assert summary[N_IMAGES] == 2 and summary["n_ground_truth"] == 3 and summary[N_PREDICTIONS] == 2
+    assert summary[MEAN_IOU] == pytest.approx((1 + 1 / 3 + 0) / 3)
+    assert summary[PRECISION_50] == pytest.approx(1 / 2)
+    assert summary[RECALL_50] == pytest.approx(1 / 3)
+    assert summary[PARSE_FAILURE_RATE] == pytest.approx(1 / 2)
+
+
+def test_metrics_json_keeps_its_keys_in_order():
+    # The key constants spell metrics.json; earlier runs' files and the README's tables use these names.
+    summary = summarize_detections([record([obj("a", [0, 0, 10, 10])], [obj("a", [0, 0, 10, 10], 0.9)])])
+    assert list(summary) == [
+        "n_images", "n_ground_truth", "n_predictions", "n_images_without_ground_truth", "n_images_without_predictions",
+        "map_50_95", "map_50", "map_75", "ar_100", "mean_iou", "precision_50", "recall_50", "accuracy_50",
+        "n_single_object_images", "parse_failure_rate", "n_looping_answers", "n_duplicate_boxes_dropped",
+        "n_unknown_label_predictions", "ap_50_per_class", "pr_curve_50",
+    ]
 
 
 def test_summary_of_nothing_is_nan_not_a_crash():
     summary = summarize_detections([{"raw_text": "[]", "ground_truth": [], "predictions": []}])
-    assert math.isnan(summary["mean_iou"]) and summary["precision_50"] == 0.0
+    assert math.isnan(summary[MEAN_IOU]) and summary[PRECISION_50] == 0.0
 
 
 def test_format_comparison():
@@ -86,22 +116,22 @@ def test_perfect_predictions_score_one_everywhere():
     records = [record([obj("a", BOX), obj("b", [200, 0, 300, 50])], [obj("a", BOX, 0.9), obj("b", [200, 0, 300, 50], 0.4)]),
                record([obj("a", [10, 10, 60, 90])], [obj("a", [10, 10, 60, 90], 0.7)])]
     metrics = coco_metrics(records, ["a", "b"])
-    assert [metrics[k] for k in ("map_50_95", "map_50", "map_75", "ar_100")] == pytest.approx([1.0] * 4)
-    assert metrics["ap_50_per_class"] == pytest.approx({"a": 1.0, "b": 1.0})
-    assert metrics["pr_curve_50"]["precision"] == pytest.approx([1.0] * 101) and len(metrics["pr_curve_50"]["recall"]) == 101
+    assert [metrics[k] for k in (MAP_50_95, MAP_50, MAP_75, AR_100)] == pytest.approx([1.0] * 4)
+    assert metrics[AP_50_PER_CLASS] == pytest.approx({"a": 1.0, "b": 1.0})
+    assert metrics[PR_CURVE_50]["precision"] == pytest.approx([1.0] * 101) and len(metrics[PR_CURVE_50]["recall"]) == 101
 
 
 def test_shifted_box_scores_by_iou_threshold():
     # IoU 0.72: a match at thresholds 0.50 ... 0.70 (5 of the 10), none from 0.75 up.
     metrics = coco_metrics([record([obj("a", BOX)], [obj("a", [0, 0, 100, 72], 0.9)])], ["a"])
-    assert metrics["map_50"] == pytest.approx(1.0) and metrics["map_75"] == 0.0
-    assert metrics["map_50_95"] == pytest.approx(0.5)
+    assert metrics[MAP_50] == pytest.approx(1.0) and metrics[MAP_75] == 0.0
+    assert metrics[MAP_50_95] == pytest.approx(0.5)
 
 
 def test_wrong_class_scores_zero_for_that_class():
     metrics = coco_metrics([record([obj("a", BOX)], [obj("b", BOX, 0.9)])], ["a", "b"])
-    assert metrics["ap_50_per_class"]["a"] == 0.0 and math.isnan(metrics["ap_50_per_class"]["b"])  # b has no ground truth
-    assert metrics["map_50"] == 0.0
+    assert metrics[AP_50_PER_CLASS]["a"] == 0.0 and math.isnan(metrics[AP_50_PER_CLASS]["b"])  # b has no ground truth
+    assert metrics[MAP_50] == 0.0
 
 
 def test_ranking_by_score_matches_an_independent_ap():
@@ -112,10 +142,10 @@ def test_ranking_by_score_matches_an_independent_ap():
                record([obj("a", BOX)], [obj("a", BOX, 0.3)])]
     expected = independent_ap([True, False, True, True], 3)
     assert expected == pytest.approx((34 + 67 * 0.75) / 101)
-    assert coco_metrics(records, ["a"])["map_50"] == pytest.approx(expected)
+    assert coco_metrics(records, ["a"])[MAP_50] == pytest.approx(expected)
     # Scores matter: the false positive ranked last instead costs nothing.
     records[0]["predictions"][1]["score"] = 0.1
-    assert coco_metrics(records, ["a"])["map_50"] == pytest.approx(independent_ap([True, True, True, False], 3)) == pytest.approx(1.0)
+    assert coco_metrics(records, ["a"])[MAP_50] == pytest.approx(independent_ap([True, True, True, False], 3)) == pytest.approx(1.0)
 
 
 def test_empty_and_unknown_cases_are_counted_not_crashed():
@@ -123,9 +153,9 @@ def test_empty_and_unknown_cases_are_counted_not_crashed():
     summary = summarize_detections(records, ["a"])
     assert summary["n_unknown_label_predictions"] == 1
     assert summary["n_images_without_ground_truth"] == 2 and summary["n_images_without_predictions"] == 1
-    assert summary["map_50"] == 0.0  # the only "a" prediction is on an image without an "a"
-    assert math.isnan(summarize_detections([record([], [])])["map_50"])  # no ground truth at all
-    assert summarize_detections([record([obj("a", BOX)], [], raw_text="[]")])["map_50"] == 0.0  # nothing predicted
+    assert summary[MAP_50] == 0.0  # the only "a" prediction is on an image without an "a"
+    assert math.isnan(summarize_detections([record([], [])])[MAP_50])  # no ground truth at all
+    assert summarize_detections([record([obj("a", BOX)], [], raw_text="[]")])[MAP_50] == 0.0  # nothing predicted
 
 
 @pytest.mark.parametrize(

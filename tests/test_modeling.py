@@ -7,6 +7,7 @@ import torch
 
 from pathlib import Path
 
+from helpers.defaults import DEFAULT_MAX_PIXELS, DEFAULT_MIN_PIXELS
 from helpers.modeling import (
     count_parameters,
     load_model,
@@ -38,22 +39,32 @@ def test_cpu_device_and_dtype():
     assert pick_device_and_dtype() == ("cpu", torch.float32)
 
 
-@pytest.mark.parametrize(
-    "quantization,expect",
-    [("none", None), ("8bit", "load_in_8bit"), ("4bit", "4bit-needs-cuda"), ("3bit", "bad")],
-)
-def test_quantization_config(quantization, expect):
-    if expect == "bad":
-        with pytest.raises(ValueError, match="quantization='3bit'; expected one of"):
-            quantization_config(quantization, torch.float32)
-    elif expect == "4bit-needs-cuda" and not torch.cuda.is_available():
+UNQUANTISED = {"model.visual", "lm_head"}  # the vision tower and the head stay exact
+
+
+def test_no_quantization_and_unknown_choices():
+    assert quantization_config("none", torch.float32) is None
+    with pytest.raises(ValueError, match="quantization='3bit'; expected one of"):
+        quantization_config("3bit", torch.float32)
+
+
+def test_8bit_config_skips_the_vision_tower_and_head():
+    config = quantization_config("8bit", torch.float32)
+    assert config.load_in_8bit and not config.load_in_4bit and set(config.llm_int8_skip_modules) == UNQUANTISED
+
+
+@pytest.mark.parametrize("cuda", [True, False], ids=["cuda", "no-cuda"])
+def test_4bit_config_is_nf4_with_double_quantisation_on_cuda_and_refused_without(monkeypatch, cuda):
+    # Whether CUDA is there is set here, so both branches run on every machine.
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+    if not cuda:
         with pytest.raises(ValueError, match="'4bit' needs a CUDA GPU"):
-            quantization_config(quantization, torch.float32)
-    elif expect is None:
-        assert quantization_config(quantization, torch.float32) is None
-    else:
-        config = quantization_config(quantization, torch.float32)
-        assert config.load_in_8bit and set(config.llm_int8_skip_modules) == {"model.visual", "lm_head"}
+            quantization_config("4bit", torch.bfloat16)
+        return
+    config = quantization_config("4bit", torch.bfloat16)
+    assert config.load_in_4bit and not config.load_in_8bit
+    assert config.bnb_4bit_quant_type == "nf4" and config.bnb_4bit_use_double_quant
+    assert config.bnb_4bit_compute_dtype == torch.bfloat16 and set(config.llm_int8_skip_modules) == UNQUANTISED
 
 
 def test_missing_flash_attention_is_a_clear_error(tiny_checkpoints):
@@ -144,9 +155,11 @@ def test_summarize_trainables_adds_up(tiny_checkpoints, family, use_lora):
 
 
 def test_model_and_processor_load_together(tiny_checkpoints):
-    model, processor = load_model_and_processor(tiny_checkpoints["qwen2_5_vl"], "none", "sdpa", torch.float32, "cpu", 3136, 50176)
+    model, processor = load_model_and_processor(
+        tiny_checkpoints["qwen2_5_vl"], "none", "sdpa", torch.float32, "cpu", DEFAULT_MIN_PIXELS, DEFAULT_MAX_PIXELS
+    )
     assert type(model).__name__ == "Qwen2_5_VLForConditionalGeneration"  # chosen from config.model_type
-    assert processor.image_processor.size == {"shortest_edge": 3136, "longest_edge": 50176}
+    assert processor.image_processor.size == {"shortest_edge": DEFAULT_MIN_PIXELS, "longest_edge": DEFAULT_MAX_PIXELS}
     assert model.config._attn_implementation == "sdpa"
 
 

@@ -8,7 +8,6 @@ import math
 import os
 import re
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -18,14 +17,18 @@ import psutil
 import pytest
 import yaml
 
+from helpers.defaults import DEFAULT_MAX_PIXELS, DEFAULT_MIN_PIXELS
 from helpers.parameters import check_parameters
 from helpers.synthetic import make_synthetic_dataset
 from helpers.data import IMAGE_CACHE_FOLDER
-from helpers.run_notebook import NOTEBOOK_PATH, REPO_ROOT, TOOL_CACHE, notebook_declarations, notebook_defaults, resolve_parameters
+from helpers.run_notebook import NOTEBOOK_PATH, REPO_ROOT, TOOL_CACHE, notebook_declarations, resolve_parameters
+from helpers.metrics import (
+    AP_50_PER_CLASS, EVAL_MEAN_IOU, MAP_50, MAP_50_95, MAP_75, MEAN_IOU, N_DUPLICATE_BOXES_DROPPED, N_IMAGES, N_LOOPING_ANSWERS,
+    PARSE_FAILURE_RATE, PRECISION_50, RECALL_50,
+)
 from tests.cases import write_coco_split
 
 NOTEBOOK = jupytext.read(NOTEBOOK_PATH)
-DEFAULTS = notebook_defaults(NOTEBOOK)
 
 
 def parameter_annotations() -> dict:
@@ -45,6 +48,11 @@ def test_parameters_cell_is_first_and_only_holds_typed_commented_literals():
         assert isinstance(node, (ast.AnnAssign, ast.ImportFrom))
 
 
+def test_default_pixel_bounds_are_the_shared_constants(default_params):
+    # The parameters cell keeps literals for papermill; tests and benchmarks import helpers.defaults instead.
+    assert (default_params["min_pixels"], default_params["max_pixels"]) == (DEFAULT_MIN_PIXELS, DEFAULT_MAX_PIXELS)
+
+
 def test_sections_are_numbered_without_gaps():
     headings = [m.group(1) for c in NOTEBOOK.cells if c.cell_type == "markdown" for m in re.finditer(r"^## (\d+)\. ", c.source, re.M)]
     assert [int(h) for h in headings] == list(range(1, len(headings) + 1))
@@ -52,31 +60,18 @@ def test_sections_are_numbered_without_gaps():
 
 
 @pytest.mark.parametrize("preset", sorted((REPO_ROOT / "params").glob("*.yaml")), ids=lambda p: p.name)
-def test_presets_use_known_names_and_types(preset):
-    values = resolve_parameters(DEFAULTS, yaml.safe_load(preset.read_text()), {})
+def test_presets_use_known_names_and_types(preset, default_params):
+    values = resolve_parameters(default_params, yaml.safe_load(preset.read_text()), {})
     check_parameters(values, parameter_annotations())
 
 
-def test_runner_rejects_unknown_names_before_starting_a_kernel():
+def test_runner_rejects_unknown_names_before_starting_a_kernel(default_params):
     with pytest.raises(SystemExit, match=r"unknown parameters \['lerning_rate'\]"):
-        resolve_parameters(DEFAULTS, {}, {"lerning_rate": 0.1})
+        resolve_parameters(default_params, {}, {"lerning_rate": 0.1})
 
 
-def runner_command(tmp_path: Path, *overrides: str) -> list[str]:
-    """The runner's command line for the smoke preset writing into ``tmp_path``, with ``name=value`` overrides."""
-    args = ["--preset", "params/offline_smoke.yaml", "-p", "output_root", str(tmp_path), "-p", "offline_model_dir", str(tmp_path / "models")]
-    for name_value in overrides:
-        name, value = name_value.split("=", 1)
-        args += ["-y", f"{name}: {value}"]
-    return [sys.executable, "-m", "helpers.run_notebook", *args]
-
-
-def run_notebook(tmp_path: Path, *overrides: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    """Run the smoke preset through papermill into ``tmp_path``; returns the finished process."""
-    return subprocess.run(runner_command(tmp_path, *overrides), cwd=REPO_ROOT, capture_output=True, text=True, timeout=600, env=env)
-
-
-def test_wrong_parameter_type_stops_in_the_check_cell(tmp_path):
+@pytest.mark.slow
+def test_wrong_parameter_type_stops_in_the_check_cell(tmp_path, run_notebook):
     result = run_notebook(tmp_path, "max_steps=ten")
     assert result.returncode != 0
     assert "parameter max_steps='ten' is str" in result.stdout + result.stderr
@@ -90,12 +85,13 @@ def synthetic_coco_folder(root: Path) -> Path:
     return root
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "model_id,source",
     [("offline:qwen2_vl", "synthetic"), ("offline:qwen2_5_vl", "coco")],
     ids=["qwen2_vl-synthetic", "qwen2_5_vl-coco"],
 )
-def test_offline_run_end_to_end(tmp_path, model_id, source):
+def test_offline_run_end_to_end(tmp_path, model_id, source, run_notebook):
     repo_entries_before = sorted(p.name for p in REPO_ROOT.iterdir())
     data_dir = tmp_path.parent / f"{tmp_path.name}-data"  # outside tmp_path, which must hold only the run
     overrides = [f"model_id={model_id}"]
@@ -136,19 +132,19 @@ def test_offline_run_end_to_end(tmp_path, model_id, source):
 
     metrics = json.loads((run_dir / "metrics.json").read_text())
     for stage in ("baseline", "finetuned"):
-        assert metrics[stage]["n_images"] == 8
-        assert math.isfinite(metrics[stage]["mean_iou"]) and 0 <= metrics[stage]["mean_iou"] <= 1
-        for key in ("map_50_95", "map_50", "map_75", "precision_50", "recall_50", "parse_failure_rate"):
+        assert metrics[stage][N_IMAGES] == 8
+        assert math.isfinite(metrics[stage][MEAN_IOU]) and 0 <= metrics[stage][MEAN_IOU] <= 1
+        for key in (MAP_50_95, MAP_50, MAP_75, PRECISION_50, RECALL_50, PARSE_FAILURE_RATE):
             assert metrics[stage][key] is not None and 0 <= metrics[stage][key] <= 1, (stage, key)
-        assert set(metrics[stage]["ap_50_per_class"]) >= {"blue triangle", "green square", "red circle"}
-        assert metrics[stage]["n_looping_answers"] <= 8 and metrics[stage]["n_duplicate_boxes_dropped"] >= 0
+        assert set(metrics[stage][AP_50_PER_CLASS]) >= {"blue triangle", "green square", "red circle"}
+        assert metrics[stage][N_LOOPING_ANSWERS] <= 8 and metrics[stage][N_DUPLICATE_BOXES_DROPPED] >= 0
     for name in ("predictions.jsonl", "predictions_baseline.jsonl"):
         rows = [json.loads(line) for line in (run_dir / name).read_text().splitlines()]
         assert len(rows) == 8 and all(set(row) == {"image_id", "ground_truth", "crowd_regions", "raw_text", "predictions", "loop_stopped", "duplicates_dropped"} for row in rows)
         for prediction in (p for row in rows for p in row["predictions"]):
             assert set(prediction) == {"label", "bbox_xyxy_px", "score"} and 0 <= prediction["score"] <= 1
     history = json.loads((run_dir / "log_history.json").read_text())
-    assert any("eval_mean_iou" in entry for entry in history) and any("grad_norm_clipped" in entry for entry in history)
+    assert any(EVAL_MEAN_IOU in entry for entry in history) and any("grad_norm_clipped" in entry for entry in history)
 
     checkpoints = sorted((run_dir / "checkpoints").glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
     assert [p.name for p in checkpoints] == ["checkpoint-6", "checkpoint-12"]
@@ -159,7 +155,8 @@ def test_offline_run_end_to_end(tmp_path, model_id, source):
     assert any("eval_loss" in entry for entry in state["log_history"])
 
 
-def test_strict_data_stops_the_run_naming_the_record(tmp_path):
+@pytest.mark.slow
+def test_strict_data_stops_the_run_naming_the_record(tmp_path, run_notebook):
     data_dir = synthetic_coco_folder(tmp_path.parent / f"{tmp_path.name}-data")
     result = run_notebook(tmp_path, f"dataset_source={data_dir}", "eval_split=valid", "data_strict=true")
     assert result.returncode != 0
@@ -167,7 +164,8 @@ def test_strict_data_stops_the_run_naming_the_record(tmp_path):
     assert "Fix: add the image file or remove the record" in result.stdout + result.stderr
 
 
-def test_saved_run_model_reloads(tmp_path):
+@pytest.mark.slow
+def test_saved_run_model_reloads(tmp_path, run_notebook):
     result = run_notebook(tmp_path, "max_steps=2", "eval_steps=2", "save_steps=2", "test_size=2", "run_name=reload")
     assert result.returncode == 0, result.stderr[-3000:]
     from transformers import AutoModelForImageTextToText
@@ -176,11 +174,12 @@ def test_saved_run_model_reloads(tmp_path):
 
     model_dir = tmp_path / "reload" / "model"
     model = AutoModelForImageTextToText.from_pretrained(model_dir)
-    processor = load_processor(model_dir, 3136, 50176)
+    processor = load_processor(model_dir, DEFAULT_MIN_PIXELS, DEFAULT_MAX_PIXELS)
     assert model.config.model_type == "qwen2_vl" and processor.tokenizer.eos_token == "<|im_end|>"
 
 
-def test_lora_run_saves_the_adapter_and_a_merged_model(tmp_path):
+@pytest.mark.slow
+def test_lora_run_saves_the_adapter_and_a_merged_model(tmp_path, run_notebook):
     # Also trains padding-free, through the PEFT wrapper, to prove that path end to end.
     result = run_notebook(
         tmp_path, "use_lora=true", "padding_free=true", "merge_adapter=true", "lora_targets=[language, merger]",
@@ -206,7 +205,8 @@ def files_written_since(root: Path, since: float) -> list[Path]:
     return written
 
 
-def test_wandb_offline_run_logs_callbacks_and_keeps_secrets_out(tmp_path):
+@pytest.mark.slow
+def test_wandb_offline_run_logs_callbacks_and_keeps_secrets_out(tmp_path, run_notebook):
     secrets = {"WANDB_API_KEY": "wandbsecret" + "0" * 29, "HF_TOKEN": "hf_secrettoken0123456789"}
     home = tmp_path / "home"  # a fresh home folder: W&B's own logs would land in ~/.cache/wandb
     home.mkdir()
@@ -228,7 +228,8 @@ def test_wandb_offline_run_logs_callbacks_and_keeps_secrets_out(tmp_path):
     assert not any(secret in result.stdout + result.stderr for secret in secrets.values())
 
 
-def test_interrupted_run_resumes_to_the_same_losses(tmp_path):
+@pytest.mark.slow
+def test_interrupted_run_resumes_to_the_same_losses(tmp_path, run_notebook, runner_command):
     settings = ["max_steps=40", "save_steps=5", "save_total_limit=20", "logging_steps=1", "eval_steps=40", "iou_eval_images=0",
                 "train_size=64", "test_size=2"]
     reference = run_notebook(tmp_path, *settings, "run_name=reference")
@@ -263,6 +264,7 @@ def test_interrupted_run_resumes_to_the_same_losses(tmp_path):
         assert resumed_losses[step] == pytest.approx(reference_losses[step], rel=1e-4, abs=1e-5), step
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "family,overrides,collator_line",
     [
@@ -271,7 +273,7 @@ def test_interrupted_run_resumes_to_the_same_losses(tmp_path):
         ("qwen3_vl_moe", ["padding_free=true", "use_lora=true", "lora_targets=[experts]", "lora_dropout=0.0"], "padding-free with sdpa"),
     ],
 )
-def test_newest_families_run_the_notebook(tmp_path, family, overrides, collator_line):
+def test_newest_families_run_the_notebook(tmp_path, family, overrides, collator_line, run_notebook):
     # The hybrid linear-attention and mixture-of-experts families end to end: Qwen3.5's think block and
     # refused packing, LoRA on fused experts (and merged), Qwen3-VL-MoE packed.
     result = run_notebook(tmp_path, f"model_id=offline:{family}", "max_steps=2", "eval_steps=2", "save_steps=2", "test_size=2",
@@ -281,7 +283,7 @@ def test_newest_families_run_the_notebook(tmp_path, family, overrides, collator_
     notebook_text = (run_dir / "notebook.ipynb").read_text()
     assert f"training collator: {collator_line}" in notebook_text
     metrics = json.loads((run_dir / "metrics.json").read_text())
-    assert metrics["finetuned"]["n_images"] == 2
+    assert metrics["finetuned"][N_IMAGES] == 2
     if "merge_adapter=true" in overrides:
         from transformers import AutoModelForImageTextToText
 

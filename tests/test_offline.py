@@ -10,6 +10,7 @@ import torch
 from PIL import Image
 from transformers import AutoConfig, AutoModelForImageTextToText
 
+from helpers.defaults import DEFAULT_MAX_PIXELS, DEFAULT_MIN_PIXELS
 from helpers.families import QWEN_DEFAULT_SYSTEM_PROMPT
 from helpers.formatting import detection_prompt, format_detection_messages, grounding_prompt
 from helpers import offline
@@ -35,7 +36,7 @@ def test_checkpoint_reloads_and_trains_one_step(tiny_checkpoints, family):
 @pytest.mark.parametrize("family", FAMILIES)
 def test_config_special_ids_match_tokenizer(tiny_checkpoints, family):
     config = AutoConfig.from_pretrained(tiny_checkpoints[family])
-    tokenizer = load_processor(tiny_checkpoints[family], 3136, 50176).tokenizer
+    tokenizer = load_processor(tiny_checkpoints[family], DEFAULT_MIN_PIXELS, DEFAULT_MAX_PIXELS).tokenizer
     assert config.image_token_id == tokenizer.convert_tokens_to_ids("<|image_pad|>")
     assert config.vision_start_token_id == tokenizer.convert_tokens_to_ids("<|vision_start|>")
     assert config.vision_end_token_id == tokenizer.convert_tokens_to_ids("<|vision_end|>")
@@ -69,7 +70,7 @@ def test_checkpoint_is_laid_out_as_the_published_one(tiny_checkpoints, family):
 def test_checkpoint_carries_the_published_generation_config(tiny_checkpoints, family, published):
     saved = json.loads((Path(tiny_checkpoints[family]) / "generation_config.json").read_text())
     assert {key: saved[key] for key in published} == published
-    tokenizer = load_processor(tiny_checkpoints[family], 3136, 50176).tokenizer
+    tokenizer = load_processor(tiny_checkpoints[family], DEFAULT_MIN_PIXELS, DEFAULT_MAX_PIXELS).tokenizer
     # The real ids 151645 and 151643 are <|im_end|> and <|endoftext|>; here they are the tiny vocabulary's.
     assert saved["eos_token_id"] == [tokenizer.convert_tokens_to_ids("<|im_end|>"), tokenizer.convert_tokens_to_ids("<|endoftext|>")]
     assert saved["pad_token_id"] == saved["bos_token_id"] == tokenizer.convert_tokens_to_ids("<|endoftext|>")

@@ -12,6 +12,7 @@ from PIL import Image
 from transformers import AutoProcessor
 
 from helpers.boxes import resized_size, visual_token_count
+from helpers.defaults import DEFAULT_MAX_PIXELS, DEFAULT_MIN_PIXELS
 from helpers.processing import (
     load_processor,
     load_saved_processor,
@@ -25,7 +26,7 @@ from tests.cases import FAMILIES, IMAGE_SIZES, PIXEL_BOUNDS
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_the_stock_processor_is_what_loads(tiny_checkpoints, family):
-    processor = load_processor(tiny_checkpoints[family], 3136, 50176)
+    processor = load_processor(tiny_checkpoints[family], DEFAULT_MIN_PIXELS, DEFAULT_MAX_PIXELS)
     assert type(processor) is stock_processor_class(family)
     assert type(AutoProcessor.from_pretrained(tiny_checkpoints[family])) is stock_processor_class(family)  # as for a hub id
     assert processor.video_processor is not None and processor.video_processor.patch_size == processor.image_processor.patch_size
@@ -65,7 +66,7 @@ def test_a_saved_processor_reloads_through_the_stock_classes(tiny_checkpoints, t
 def test_a_folder_saved_without_video_settings_still_loads(tiny_checkpoints, tmp_path, family):
     # model/ folders saved by this project's image-only processors (before torchvision was required)
     # hold an image processor and no video settings: they load, and process images as before.
-    processor = load_processor(tiny_checkpoints[family], 3136, 50176)
+    processor = load_processor(tiny_checkpoints[family], DEFAULT_MIN_PIXELS, DEFAULT_MAX_PIXELS)
     processor.save_pretrained(tmp_path)
     config = json.loads((tmp_path / "processor_config.json").read_text())
     legacy = {"image_processor": config["image_processor"], "processor_class": f"ImageOnly{stock_processor_class(family).__name__}"}
@@ -82,8 +83,9 @@ def test_without_torchvision_loading_stops_with_the_fix(tiny_checkpoints):
     # torchvision made unimportable, as on a machine with torch alone.
     script = (
         "import sys; sys.modules['torchvision'] = None\n"
+        "from helpers.defaults import DEFAULT_MAX_PIXELS, DEFAULT_MIN_PIXELS\n"
         "from helpers.processing import load_processor\n"
-        "load_processor(sys.argv[1], 3136, 50176)\n"
+        "load_processor(sys.argv[1], DEFAULT_MIN_PIXELS, DEFAULT_MAX_PIXELS)\n"
     )
     out = subprocess.run([sys.executable, "-c", script, tiny_checkpoints["qwen2_vl"]], cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
     assert out.returncode != 0
@@ -128,8 +130,8 @@ def test_read_family_rejects_other_models(tmp_path):
 @pytest.mark.parametrize("family", FAMILIES)
 @pytest.mark.parametrize("width,height", [(90, 60), (640, 480), (33, 1200)])
 def test_visual_token_count_is_the_number_of_image_tokens(tiny_checkpoints, family, width, height):
-    processor = load_processor(tiny_checkpoints[family], 3136, 50176)
+    processor = load_processor(tiny_checkpoints[family], DEFAULT_MIN_PIXELS, DEFAULT_MAX_PIXELS)
     text = processor.apply_chat_template([{"role": "user", "content": [{"type": "image"}]}], tokenize=False)
     ids = processor(text=[text], images=[[Image.new("RGB", (width, height))]], return_tensors="pt")["input_ids"][0]
     n_image_tokens = int((ids == processor.tokenizer.convert_tokens_to_ids("<|image_pad|>")).sum())
-    assert visual_token_count(family, width, height, 3136, 50176) == n_image_tokens
+    assert visual_token_count(family, width, height, DEFAULT_MIN_PIXELS, DEFAULT_MAX_PIXELS) == n_image_tokens

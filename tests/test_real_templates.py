@@ -11,6 +11,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from helpers.defaults import DEFAULT_MAX_PIXELS, DEFAULT_MIN_PIXELS
 from helpers.families import get_family
 from helpers.formatting import add_chat_columns, detection_prompt, format_detection_messages, generation_prompt
 from helpers.notebook_cells import run_tagged_cells
@@ -31,10 +32,11 @@ def test_the_real_vocabulary_has_the_published_ids():
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_labels_are_the_answer_on_the_real_vocabulary(family):
-    processor = real_processor(family, 3136, 50176)
+    processor = real_processor(family, DEFAULT_MIN_PIXELS, DEFAULT_MAX_PIXELS)
     options = get_family(family).chat_template_kwargs
     dataset = make_synthetic_dataset(4, seed=11, max_objects=4, min_side_px=60, max_side_px=200)
-    examples = list(add_chat_columns(dataset, family, detection_prompt(family, ["red circle", "green square"]), 3136, 50176))
+    prompt = detection_prompt(family, ["red circle", "green square"])
+    examples = list(add_chat_columns(dataset, family, prompt, DEFAULT_MIN_PIXELS, DEFAULT_MAX_PIXELS))
     tokenizer = processor.tokenizer
     for name in ("AssistantOnlyCollator", "VisionAndPaddingMaskingCollator"):
         batch = CELLS[name](processor, options)(examples)

@@ -8,11 +8,11 @@ from PIL import Image
 
 import helpers.scaling_check as scaling_check
 from helpers.boxes import resized_size
+from helpers.defaults import DEFAULT_MAX_PIXELS, DEFAULT_MIN_PIXELS
 from helpers.processing import load_processor
 from helpers.synthetic import make_synthetic_dataset
 from tests.cases import FAMILIES
 
-MIN_PIXELS, MAX_PIXELS = 3136, 50176
 
 
 @pytest.fixture(scope="module")
@@ -23,19 +23,19 @@ def dataset():
 @pytest.mark.parametrize("family", FAMILIES)
 @pytest.mark.parametrize("width,height", [(100, 60), (300, 70), (250, 250)])
 def test_model_input_image_is_the_processors_resize(tiny_checkpoints, family, width, height):
-    processor = load_processor(tiny_checkpoints[family], MIN_PIXELS, MAX_PIXELS)
+    processor = load_processor(tiny_checkpoints[family], DEFAULT_MIN_PIXELS, DEFAULT_MAX_PIXELS)
     rng = np.random.default_rng(0)
     image = Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8))
     seen = scaling_check.model_input_image(processor, image)
-    assert seen.size == resized_size(family, width, height, MIN_PIXELS, MAX_PIXELS)
+    assert seen.size == resized_size(family, width, height, DEFAULT_MIN_PIXELS, DEFAULT_MAX_PIXELS)
     expected = np.asarray(image.resize(seen.size, Image.Resampling.BICUBIC), dtype=np.float64)
     assert np.abs(np.asarray(seen, dtype=np.float64) - expected).mean() < 1.0
 
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_check_passes_with_errors_within_the_format_quantum(tiny_checkpoints, dataset, family, tmp_path):
-    processor = load_processor(tiny_checkpoints[family], MIN_PIXELS, MAX_PIXELS)
-    report = scaling_check.check_coordinate_scaling(dataset, processor, family, MIN_PIXELS, MAX_PIXELS, 3, tmp_path / "check.png")
+    processor = load_processor(tiny_checkpoints[family], DEFAULT_MIN_PIXELS, DEFAULT_MAX_PIXELS)
+    report = scaling_check.check_coordinate_scaling(dataset, processor, family, DEFAULT_MIN_PIXELS, DEFAULT_MAX_PIXELS, 3, tmp_path / "check.png")
     assert report["ok"] and len(report["examples"]) == 3
     assert (tmp_path / "check.png").stat().st_size > 0
     for example in report["examples"]:
@@ -47,8 +47,8 @@ def test_check_passes_with_errors_within_the_format_quantum(tiny_checkpoints, da
 def test_check_fails_when_the_resize_is_ignored(tiny_checkpoints, dataset, tmp_path, monkeypatch):
     # A contributor who writes Qwen2.5-VL targets in original pixels: the processor's size differs.
     monkeypatch.setattr(scaling_check, "resized_size", lambda family, w, h, lo, hi: (w, h))
-    processor = load_processor(tiny_checkpoints["qwen2_5_vl"], MIN_PIXELS, MAX_PIXELS)
-    report = scaling_check.check_coordinate_scaling(dataset, processor, "qwen2_5_vl", MIN_PIXELS, MAX_PIXELS, 3, tmp_path / "c.png")
+    processor = load_processor(tiny_checkpoints["qwen2_5_vl"], DEFAULT_MIN_PIXELS, DEFAULT_MAX_PIXELS)
+    report = scaling_check.check_coordinate_scaling(dataset, processor, "qwen2_5_vl", DEFAULT_MIN_PIXELS, DEFAULT_MAX_PIXELS, 3, tmp_path / "c.png")
     assert not report["ok"]
 
 
@@ -56,6 +56,6 @@ def test_check_fails_when_targets_use_the_wrong_frame(tiny_checkpoints, dataset,
     # Targets written in original pixels while evaluation reads resized pixels.
     real = scaling_check.to_model_answer
     monkeypatch.setattr(scaling_check, "to_model_answer", lambda objects, family, size, model_size: real(objects, family, size, size))
-    processor = load_processor(tiny_checkpoints["qwen2_5_vl"], MIN_PIXELS, MAX_PIXELS)
-    report = scaling_check.check_coordinate_scaling(dataset, processor, "qwen2_5_vl", MIN_PIXELS, MAX_PIXELS, 3, tmp_path / "c.png")
+    processor = load_processor(tiny_checkpoints["qwen2_5_vl"], DEFAULT_MIN_PIXELS, DEFAULT_MAX_PIXELS)
+    report = scaling_check.check_coordinate_scaling(dataset, processor, "qwen2_5_vl", DEFAULT_MIN_PIXELS, DEFAULT_MAX_PIXELS, 3, tmp_path / "c.png")
     assert not report["ok"] and report["worst_error_px"] > 5

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import jupytext
 import pytest
 import torch
 
 from helpers.notebook_cells import notebook_sft_config
-from helpers.run_notebook import NOTEBOOK_PATH, notebook_defaults
 from helpers.training import (
     device_defaults,
     latest_complete_checkpoint,
@@ -16,17 +14,15 @@ from helpers.training import (
     training_arithmetic,
 )
 
-DEFAULTS = notebook_defaults(jupytext.read(NOTEBOOK_PATH))
 
-
-def test_config_from_notebook_defaults_on_cpu(tmp_path):
-    config = notebook_sft_config(DEFAULTS, tmp_path / "run", "cpu", torch.float32)
+def test_config_from_notebook_defaults_on_cpu(tmp_path, default_params):
+    config = notebook_sft_config(default_params, tmp_path / "run", "cpu", torch.float32)
     assert config.output_dir == str(tmp_path / "run" / "checkpoints")
     assert (config.bf16, config.fp16, config.dataloader_pin_memory, config.activation_checkpointing) == (False, False, False, False)
     assert config.remove_unused_columns is False and config.max_length is None
     assert config.dataset_kwargs == {"skip_prepare_dataset": True}
-    assert config.report_to == [] and config.seed == DEFAULTS["seed"] == config.data_seed
-    assert config.max_grad_norm == DEFAULTS["max_grad_norm"] and config.weight_decay == DEFAULTS["weight_decay"]
+    assert config.report_to == [] and config.seed == default_params["seed"] == config.data_seed
+    assert config.max_grad_norm == default_params["max_grad_norm"] and config.weight_decay == default_params["weight_decay"]
     assert config.get_warmup_steps(1000) == 50  # warmup_ratio 0.05 of the total
 
 
@@ -52,17 +48,17 @@ def test_device_defaults(device, dtype, expected):
         (100, 8, 4, -1, 1.0, {"effective_batch": 32, "steps_per_epoch": 4, "total_steps": 4, "warmup_steps": 1}),  # 13 batches / 4
     ],
 )
-def test_training_arithmetic(tmp_path, n_train, batch, accumulation, max_steps, epochs, expected):
-    params = DEFAULTS | {"per_device_train_batch_size": batch, "gradient_accumulation_steps": accumulation,
+def test_training_arithmetic(tmp_path, n_train, batch, accumulation, max_steps, epochs, expected, default_params):
+    params = default_params | {"per_device_train_batch_size": batch, "gradient_accumulation_steps": accumulation,
                          "max_steps": max_steps, "num_train_epochs": epochs}
     arithmetic = training_arithmetic(notebook_sft_config(params, tmp_path, "cpu", torch.float32), n_train)
     assert {k: arithmetic[k] for k in expected} == expected
     assert arithmetic["epochs"] == pytest.approx(expected["total_steps"] * expected["effective_batch"] / n_train)
 
 
-def test_printed_training_config_shows_the_arithmetic(tmp_path):
+def test_printed_training_config_shows_the_arithmetic(tmp_path, default_params):
     printed = []
-    print_training_config(notebook_sft_config(DEFAULTS, tmp_path, "cpu", torch.float32), 2048, print_fn=printed.append)
+    print_training_config(notebook_sft_config(default_params, tmp_path, "cpu", torch.float32), 2048, print_fn=printed.append)
     text = printed[0]
     assert "effective batch   8 = 8 per device x 1 accumulation x 1 process(es)" in text
     assert "75 warm-up steps then cosine" in text and "5.86 epochs" in text and "precision         fp32" in text
