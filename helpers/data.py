@@ -117,6 +117,17 @@ class ImageLoading:
     workers: int = DEFAULT_WORKERS
 
 
+@dataclass(frozen=True)
+class SplitOptions:
+    """What every loader takes besides its source: a cap on images, the accepted labels, strictness, the split's name, image handling."""
+
+    max_images: int | None = None  # the first N records (None: all)
+    known_classes: set[str] | None = None  # normalised labels accepted (None: all)
+    strict: bool = False  # the first problem raises a DataError
+    split: str = ""  # named in the report and its messages
+    loading: ImageLoading = ImageLoading()
+
+
 def image_cache_for(cache_root: str | Path, source: str, family: str, min_pixels: int, max_pixels: int) -> ImageCache:
     """The cache of ``source``'s images at the model's input size for ``family`` and the pixel bounds."""
     resize_key = f"factor={get_family(family).resize_factor},min_pixels={min_pixels},max_pixels={max_pixels}"
@@ -333,16 +344,9 @@ def _read_hf_source(source: str, split: str) -> Dataset:
     return load_dataset(source, split=split)
 
 
-def load_hf_detection_split(
-    source: str,
-    split: str,
-    bbox_format: str,
-    max_images: int | None = None,
-    known_classes: set[str] | None = None,
-    strict: bool = False,
-    loading: ImageLoading = ImageLoading(),
-) -> tuple[Dataset, LoadReport]:
+def load_hf_detection_split(source: str, bbox_format: str, options: SplitOptions) -> tuple[Dataset, LoadReport]:
     """Load a hub-layout detection split (``image`` + ``objects.bbox``/``objects.category``); images stay in its Arrow files."""
+    split, max_images, known_classes, loading = options.split, options.max_images, options.known_classes, options.loading
     raw = _read_hf_source(source, split)
     if "image" not in raw.column_names or "objects" not in raw.column_names:
         raise DataError(f"{source}[{split}]: expected columns 'image' and 'objects', got {raw.column_names}")
@@ -352,7 +356,7 @@ def load_hf_detection_split(
         raw = raw.select(range(min(max_images, len(raw))))
     raw = raw.cast_column("image", ImageFeature(decode=False))  # decoded here one at a time, so a bad file is one counted record
     names = category_names(raw.features["objects"])
-    report = LoadReport(source, split, strict)
+    report = LoadReport(source, split, options.strict)
     pending = []
     for index, example in enumerate(raw.remove_columns("image")):  # annotations only: no image bytes read here
         record = f"row {index} (image_id {short(example.get('image_id', index))})"
@@ -457,18 +461,11 @@ def coco_annotations_by_image(entries: list, image_ids: set, report: LoadReport)
     return by_image
 
 
-def load_coco_split(
-    annotation_file: Path,
-    image_dir: Path,
-    max_images: int | None = None,
-    known_classes: set[str] | None = None,
-    strict: bool = False,
-    split: str = "",
-    loading: ImageLoading = ImageLoading(),
-) -> tuple[Dataset, LoadReport]:
+def load_coco_split(annotation_file: Path, image_dir: Path, options: SplitOptions = SplitOptions()) -> tuple[Dataset, LoadReport]:
     """Load a COCO annotation file (``images``, ``annotations``, ``categories``; boxes ``xywh``)."""
+    max_images, known_classes = options.max_images, options.known_classes
     coco = read_coco_file(annotation_file)
-    report = LoadReport(str(annotation_file), split, strict)
+    report = LoadReport(str(annotation_file), options.split, options.strict)
     categories = coco_categories(coco.get("categories", []), report)
     images, shared_ids = coco_image_entries(coco["images"], report)
     # The annotations of a shared id go with its skipped images: they are not orphans.
@@ -485,23 +482,16 @@ def load_coco_split(
             (crowds if ann.get("iscrowd") == 1 else objects).append((ann.get("bbox"), label, category))
         record = f"image id {entry['id']!r} ({entry['file_name']!r})"
         pending.append(PendingRecord(record, str(entry["id"]), (entry.get("width"), entry.get("height")), objects, "xywh", crowds))
-    return load_files(pending, image_dir, [entry["file_name"] for entry in images], report, loading), report
+    return load_files(pending, image_dir, [entry["file_name"] for entry in images], report, options.loading), report
 
 
 # ---------------------------------------------------------------- JSONL folders
 
 
-def load_jsonl_split(
-    jsonl_file: Path,
-    bbox_format: str,
-    max_images: int | None = None,
-    known_classes: set[str] | None = None,
-    strict: bool = False,
-    split: str = "",
-    loading: ImageLoading = ImageLoading(),
-) -> tuple[Dataset, LoadReport]:
+def load_jsonl_split(jsonl_file: Path, bbox_format: str, options: SplitOptions) -> tuple[Dataset, LoadReport]:
     """Load one JSONL file: ``{"image", "objects": [{"label", "bbox"}], "image_id"?}`` per line."""
-    report = LoadReport(str(jsonl_file), split, strict)
+    max_images, known_classes = options.max_images, options.known_classes
+    report = LoadReport(str(jsonl_file), options.split, options.strict)
     lines = [(number, line) for number, line in enumerate(jsonl_file.read_text().splitlines(), start=1) if line.strip()]
     if max_images is not None:
         lines = lines[:max_images]
@@ -524,7 +514,7 @@ def load_jsonl_split(
         image_id = str(row.get("image_id", row["image"]))
         pending.append(PendingRecord(f"line {number} ({row['image']!r})", image_id, (row.get("width"), row.get("height")), triples, "xyxy"))
         paths.append(row["image"])
-    return load_files(pending, jsonl_file.parent, paths, report, loading), report
+    return load_files(pending, jsonl_file.parent, paths, report, options.loading), report
 
 
 def to_xyxy_px_if_given(obj: dict, bbox_format: str):
@@ -570,22 +560,23 @@ def load_split(
     loading: ImageLoading = ImageLoading(),
 ) -> tuple[Dataset, LoadReport]:
     """Load one split of a non-synthetic source of the given ``kind``."""
+    options = SplitOptions(max_images, known_classes, strict, split, loading)
     if bbox_format not in BBOX_FORMATS:
         raise ValueError(f"unknown bbox_format {bbox_format!r}; expected one of {BBOX_FORMATS}")
     if kind in ("hf_disk", "hub"):
-        return load_hf_detection_split(source, split, bbox_format, max_images, known_classes, strict, loading)
+        return load_hf_detection_split(source, bbox_format, options)
     if kind == "coco":
         found = find_coco_annotations(Path(source), split)
         if found is None:
             tried = [str(Path(source) / layout.format(split=split)) for layout in COCO_LAYOUTS]
             raise DataError(f"{source}: no COCO annotations for split {split!r}; looked for {tried}. Set the *_split parameters")
-        return load_coco_split(*found, max_images, known_classes, strict, split, loading)
+        return load_coco_split(*found, options)
     if kind == "jsonl":
         jsonl_file = Path(source) / f"{split}.jsonl"
         if not jsonl_file.is_file():
             present = sorted(p.stem for p in Path(source).glob("*.jsonl"))
             raise DataError(f"{source}: no {split}.jsonl (splits there: {present}). Set the *_split parameters")
-        return load_jsonl_split(jsonl_file, bbox_format, max_images, known_classes, strict, split, loading)
+        return load_jsonl_split(jsonl_file, bbox_format, options)
     raise ValueError(f"unknown source kind {kind!r}")
 
 

@@ -17,6 +17,7 @@ from helpers.data import (
     detect_source_kind,
     format_data_report,
     load_detection_splits,
+    SplitOptions,
     load_hf_detection_split,
     to_xyxy_px,
 )
@@ -301,7 +302,7 @@ def _hub_layout_dataset(objects_feature) -> Dataset:
 )
 def test_hub_layout_loads_with_fixes_counted(tmp_path, objects_feature):
     DatasetDict({"train": _hub_layout_dataset(objects_feature)}).save_to_disk(tmp_path / "ds")
-    ds, report = load_hf_detection_split(str(tmp_path / "ds"), "train", "xywh", known_classes={"cat"})
+    ds, report = load_hf_detection_split(str(tmp_path / "ds"), "xywh", SplitOptions(known_classes={"cat"}, split="train"))
     assert ds.features == DETECTION_FEATURES
     assert ds["image_id"] == ["7", "8"]
     assert ds[0]["objects"] == [{"label": "cat", "bbox_xyxy_px": [10, 10, 30, 30]}]
@@ -315,7 +316,7 @@ def test_hub_layout_loads_with_fixes_counted(tmp_path, objects_feature):
 def test_missing_columns_name_the_source(tmp_path):
     Dataset.from_dict({"text": ["a"]}).save_to_disk(tmp_path / "plain")
     with pytest.raises(DataError, match="expected columns 'image' and 'objects'"):
-        load_hf_detection_split(str(tmp_path / "plain"), "train", "xywh")
+        load_hf_detection_split(str(tmp_path / "plain"), "xywh", SplitOptions(split="train"))
 
 
 # ---------------------------------------------------------------- strict mode, sources, reports
@@ -432,6 +433,6 @@ def test_synthetic_split_of_size_zero_is_an_error():
 def test_hub_images_stay_encoded_in_arrow_files_on_disk(tmp_path):
     features = Sequence({"bbox": Sequence(Value("float32"), length=4), "category": ClassLabel(names=["cat", "dog"])})
     DatasetDict({"train": _hub_layout_dataset(features)}).save_to_disk(tmp_path / "ds")
-    ds, _ = load_hf_detection_split(str(tmp_path / "ds"), "train", "xywh")
+    ds, _ = load_hf_detection_split(str(tmp_path / "ds"), "xywh", SplitOptions(split="train"))
     assert ds.cache_files, "the split was copied into memory"
     assert ds[0]["image"]["bytes"][:4] == b"\x89PNG" and open_image(ds[0]["image"]).size == (100, 80)

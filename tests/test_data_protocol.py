@@ -15,7 +15,7 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 from helpers.boxes import resized_size, to_model_answer
-from helpers.data import DataError, ImageLoading, load_coco_split, load_detection_splits
+from helpers.data import DataError, ImageLoading, SplitOptions, load_coco_split, load_detection_splits
 from helpers.defaults import DEFAULT_MAX_PIXELS, DEFAULT_MIN_PIXELS
 from helpers.metrics import MAP_50, MAP_50_95, MAP_75, summarize_detections
 from helpers.synthetic import make_synthetic_dataset
@@ -160,7 +160,7 @@ def test_malformed_coco_entries_are_counted_skips_naming_the_record(tmp_path, ch
     assert problems == expected
     if expected:
         with pytest.raises(DataError, match="Fix: "):
-            load_coco_split(annotation_file, split, strict=True)
+            load_coco_split(annotation_file, split, SplitOptions(strict=True))
 
 
 KEPT = {"images_loaded", "images_without_objects", "boxes_kept", "crowd_regions_kept"}
@@ -231,7 +231,7 @@ def test_1500_random_malformed_coco_files_never_crash_the_loader(tmp_path):
             text = "[" * 100_000 + "]" * 100_000
         annotation_file.write_text(text)
         try:
-            load_coco_split(annotation_file, split, loading=ImageLoading(workers=1))
+            load_coco_split(annotation_file, split, SplitOptions(loading=ImageLoading(workers=1)))
             outcomes["loaded"] += 1
         except DataError:
             outcomes["data_error"] += 1
