@@ -13,6 +13,7 @@ import math
 import torch
 from datasets import Dataset
 from transformers import TrainerCallback
+from transformers.trainer_callback import PrinterCallback
 
 from helpers.inference import evaluate_model
 from helpers.metrics import EVAL_MEAN_IOU, EVAL_PARSE_FAILURE_RATE, MEAN_IOU, PARSE_FAILURE_RATE
@@ -106,7 +107,13 @@ class ConsoleLogCallback(TrainerCallback):
 
 
 def attach_callbacks(trainer, callbacks: list[TrainerCallback]) -> None:
-    """Add callbacks; those that add values to the logs go before the reporting ones, in the given order."""
+    """Add callbacks; those that add values to the logs go before the reporting ones, in the given order.
+
+    With a ``ConsoleLogCallback``, the trainer's own ``PrinterCallback`` (its console output when progress bars
+    are off, as in headless runs) goes: it would print every log record a second time, as a raw dict.
+    """
+    if any(isinstance(callback, ConsoleLogCallback) for callback in callbacks):
+        trainer.remove_callback(PrinterCallback)
     position = 0
     for callback in callbacks:
         if getattr(callback, "adds_to_logs", False):

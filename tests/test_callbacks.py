@@ -127,3 +127,23 @@ def test_tensorboard_backend_gets_the_added_values_inside_the_run_folder(tiny_ch
     trainer.train()
     events = list((tmp_path / "tensorboard").rglob("events.out.tfevents.*"))
     assert events and any(b"grad_norm_clipped" in path.read_bytes() for path in events)
+
+
+def test_console_lines_replace_the_trainers_raw_log_printer():
+    from transformers.trainer_callback import CallbackHandler, PrinterCallback
+
+    class Trainer:  # the three members attach_callbacks uses
+        def __init__(self):
+            self.callback_handler = CallbackHandler([PrinterCallback()], None, None, None, None)
+
+        def add_callback(self, callback):
+            self.callback_handler.add_callback(callback)
+
+        def remove_callback(self, callback):
+            self.callback_handler.remove_callback(callback)
+
+    quiet, plain = Trainer(), Trainer()
+    attach_callbacks(quiet, [GradNormCallback(), ConsoleLogCallback()])
+    attach_callbacks(plain, [GradNormCallback()])
+    assert [type(c).__name__ for c in quiet.callback_handler.callbacks] == ["GradNormCallback", "ConsoleLogCallback"]
+    assert [type(c).__name__ for c in plain.callback_handler.callbacks] == ["GradNormCallback", "PrinterCallback"]
