@@ -646,6 +646,7 @@ saved_model, saved_processor = load_trained_model(run_dir / "model", model_path,
 
 # %%
 from helpers.formatting import detection_prompt, grounding_prompt
+from helpers.images import open_image
 from helpers.inference import detect
 from helpers.plotting import plot_image_grid
 

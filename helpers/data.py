@@ -477,8 +477,7 @@ def load_coco_split(annotation_file: Path, image_dir: Path, options: SplitOption
         objects, crowds = [], []
         for ann in by_image.get(entry["id"], []):
             category = ann.get("category_id")
-            name = categories.get(category) if is_id(category) else None
-            label = name if name is not None and (known_classes is None or name in known_classes) else None
+            label = label_for(categories.get(category) if is_id(category) else None, None, known_classes)  # already normalised
             (crowds if ann.get("iscrowd") == 1 else objects).append((ann.get("bbox"), label, category))
         record = f"image id {entry['id']!r} ({entry['file_name']!r})"
         pending.append(PendingRecord(record, str(entry["id"]), (entry.get("width"), entry.get("height")), objects, "xywh", crowds))

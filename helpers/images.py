@@ -21,8 +21,8 @@ import stat
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
 from itertools import islice
+from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
 import numpy as np
@@ -46,16 +46,20 @@ class ImageTooLarge(OSError):
     """The file is larger than ``MAX_IMAGE_BYTES``."""
 
 
+def check_readable(path: str | Path, info: os.stat_result, max_bytes: int = MAX_IMAGE_BYTES) -> None:
+    """Raise ``NotARegularFile`` or ``ImageTooLarge`` for a file whose status ``info`` says it must not be read."""
+    if not stat.S_ISREG(info.st_mode):
+        raise NotARegularFile(f"{path} is not a regular file")
+    if info.st_size > max_bytes:
+        raise ImageTooLarge(f"{path} holds {info.st_size} bytes, over the {max_bytes}-byte bound")
+
+
 def read_regular_file(path: str | Path, max_bytes: int = MAX_IMAGE_BYTES) -> bytes:
     """Read a regular file whole; a FIFO, device or folder raises ``NotARegularFile`` without blocking."""
     # O_NONBLOCK: opening a FIFO for reading would otherwise wait for a writer forever.
     descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
     try:
-        info = os.fstat(descriptor)
-        if not stat.S_ISREG(info.st_mode):
-            raise NotARegularFile(f"{path} is not a regular file")
-        if info.st_size > max_bytes:
-            raise ImageTooLarge(f"{path} holds {info.st_size} bytes, over the {max_bytes}-byte bound")
+        check_readable(path, os.fstat(descriptor), max_bytes)
         with os.fdopen(os.dup(descriptor), "rb") as handle:
             return handle.read(max_bytes + 1)
     finally:
@@ -100,8 +104,8 @@ def to_rgb8(image: Image.Image) -> Image.Image:
     elif image.mode == "I":
         # 32-bit integers: 16-bit PNGs open in this mode too, so the full scale follows the values.
         values = np.asarray(image)
-        peak = int(values.max(initial=0))
-        full_scale = 255 if peak <= 255 and values.min(initial=0) >= 0 else 65535 if peak <= 65535 and values.min(initial=0) >= 0 else None
+        low, high = int(values.min(initial=0)), int(values.max(initial=0))
+        full_scale = None if low < 0 or high > 65535 else 255 if high <= 255 else 65535
         gray = scaled_to_uint8(values, full_scale)
     elif image.mode == "F":
         values = np.asarray(image)
@@ -261,7 +265,7 @@ def prepare_image(reference: dict, cache: ImageCache | None) -> PreparedImage:
     path = Path(reference["path"]) if reference.get("bytes") is None and reference.get("path") else None
     if cache is not None:
         if path is not None:
-            read_regular_file_check(path)
+            check_readable(path, path.stat())  # FileNotFoundError when missing; stat never blocks on a FIFO
             data_key = source_identity(path)
         else:
             data_key = hashlib.sha1(image_bytes(reference)).hexdigest()
@@ -272,15 +276,6 @@ def prepare_image(reference: dict, cache: ImageCache | None) -> PreparedImage:
         return cache.build(key, image_bytes(reference), path)
     width, height = probe_image(image_bytes(reference))
     return PreparedImage(width, height, {"path": str(path), "bytes": None} if path is not None else reference, "probed")
-
-
-def read_regular_file_check(path: Path) -> None:
-    """Raise as ``read_regular_file`` would (missing, not a regular file, too large) without reading the contents."""
-    info = path.stat()  # FileNotFoundError when missing; stat never blocks on a FIFO
-    if not stat.S_ISREG(info.st_mode):
-        raise NotARegularFile(f"{path} is not a regular file")
-    if info.st_size > MAX_IMAGE_BYTES:
-        raise ImageTooLarge(f"{path} holds {info.st_size} bytes, over the {MAX_IMAGE_BYTES}-byte bound")
 
 
 def prepare_images(

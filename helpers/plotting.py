@@ -64,31 +64,35 @@ def plot_image_grid(
     return save_figure(fig, path)
 
 
+def first_images(dataset, n: int) -> tuple[list[Image.Image], list[tuple[int, int]]]:
+    """The first ``n`` images of a split, decoded, and the ``(width, height)`` frame their boxes are in."""
+    subset = dataset.select(range(min(n, len(dataset))))
+    return [open_image(value) for value in subset["image"]], list(zip(subset["width"], subset["height"]))
+
+
 def plot_samples(dataset, n: int, path: str | Path) -> Figure:
     """The first ``n`` dataset images with their ground-truth boxes."""
-    subset = dataset.select(range(min(n, len(dataset))))
+    images, frames = first_images(dataset, n)
+    subset = dataset.select(range(len(images)))
     return plot_image_grid(
-        [open_image(value) for value in subset["image"]],
+        images,
         [[(objects, GROUND_TRUTH_COLOR, "-")] for objects in subset["objects"]],
-        [f"#{i} {w}x{h}px" for i, w, h in zip(subset["image_id"], subset["width"], subset["height"])],
+        [f"#{i} {w}x{h}px" for i, (w, h) in zip(subset["image_id"], frames)],
         path,
-        frames=list(zip(subset["width"], subset["height"])),
+        frames=frames,
     )
 
 
 def plot_before_after(dataset, baseline_records: list[dict], finetuned_records: list[dict], n: int, path: str | Path) -> Figure:
     """The same ``n`` test images twice, side by side: the baseline's predictions, then the fine-tuned model's (dashed), over the ground truth."""
-    n = min(n, len(baseline_records), len(finetuned_records))
-    subset = dataset.select(range(n))
-    images, box_sets, titles, frames = [], [], [], []
-    for image, width, height, before, after in zip(subset["image"], subset["width"], subset["height"], baseline_records, finetuned_records):
-        decoded = open_image(image)
+    decoded, frames = first_images(dataset, min(n, len(baseline_records), len(finetuned_records)))
+    images, box_sets, titles = [], [], []
+    for image, before, after in zip(decoded, baseline_records, finetuned_records):
         for stage, record in (("baseline", before), ("fine-tuned", after)):
-            images.append(decoded)
+            images.append(image)
             box_sets.append([(record["ground_truth"], GROUND_TRUTH_COLOR, "-"), (record["predictions"], PREDICTION_COLOR, "--")])
             titles.append(f"#{record['image_id']} {stage}: {len(record['predictions'])} pred / {len(record['ground_truth'])} gt")
-            frames.append((width, height))
-    return plot_image_grid(images, box_sets, titles, path, frames=frames)
+    return plot_image_grid(images, box_sets, titles, path, frames=[frame for frame in frames for _ in range(2)])
 
 
 # Panels of the training-curve figure: (title, [(log key, legend)]).
