@@ -28,11 +28,11 @@ from typing import Annotated  # each knob: name: Annotated[type, the values it a
 from helpers.parameters import AT_LEAST_0, AT_LEAST_1, ATTENTION, BBOX_FORMAT, FRACTION, NON_EMPTY, POSITIVE, QUANTIZATION  # noqa: I001
 from helpers.parameters import REPEATS, REPORT_TO, RUN_NAME, SCHEDULE, SIDE_PX, STEPS, TASK
 
-model_id: Annotated[str, NON_EMPTY] = "offline:qwen2_vl"  # hub id, local checkpoint dir, or "offline:<model_type>" (tiny random model built here; see helpers.families)
+model_id: Annotated[str, NON_EMPTY] = "offline:qwen2_vl"  # hub id, local checkpoint dir, or "offline:<model_type>" (tiny random model built here; see helpers.families.registry)
 task: Annotated[str, TASK] = "detection"  # "detection": find every class in one answer; "grounding": the prompt names one class to find
 system_prompt: str = ""  # the system turn; empty keeps the family template's default (Qwen2/2.5-VL: a helpful assistant; Qwen3-VL: none)
 offline_model_dir: Annotated[str, NON_EMPTY] = "outputs/.offline_models"  # cache of "offline:" checkpoints, built once
-dataset_source: Annotated[str, NON_EMPTY] = "synthetic"  # "synthetic", a hub id, or a local folder: save_to_disk, COCO or JSONL (see helpers.data)
+dataset_source: Annotated[str, NON_EMPTY] = "synthetic"  # "synthetic", a hub id, or a local folder: save_to_disk, COCO or JSONL (see helpers.data.sources)
 dataset_bbox_format: Annotated[str, BBOX_FORMAT] = "xywh"  # hub and JSONL boxes: "xywh" (COCO) or "xyxy", in pixels; COCO files are always xywh
 dataset_classes: list = []  # labels the data may use; others are skipped as unknown (empty: all)
 data_strict: bool = False  # True: a bad record stops loading with its name; False: fix or skip it and count it
@@ -43,7 +43,7 @@ test_split: Annotated[str, NON_EMPTY] = "test"  # source split for the before/af
 train_size: Annotated[int, AT_LEAST_0] = 2048  # images; synthetic: generated, hub: the first N (0 for all)
 eval_size: Annotated[int, AT_LEAST_0] = 32  # images for the eval loss during training
 test_size: Annotated[int, AT_LEAST_0] = 32  # held-out images for the before/after detection metrics
-synthetic_classes: Annotated[list, NON_EMPTY] = ["red circle", "green square", "blue triangle"]  # see helpers.synthetic.CLASS_STYLES
+synthetic_classes: Annotated[list, NON_EMPTY] = ["red circle", "green square", "blue triangle"]  # see helpers.data.synthetic.CLASS_STYLES
 synthetic_min_side_px: Annotated[int, SIDE_PX] = 96  # synthetic image sides are drawn from [min, max] independently
 synthetic_max_side_px: Annotated[int, SIDE_PX] = 224  # upper bound of a synthetic image side
 synthetic_max_objects: Annotated[int, AT_LEAST_1] = 4  # 1..N objects per synthetic image
@@ -66,7 +66,7 @@ per_device_train_batch_size: Annotated[int, AT_LEAST_1] = 8  # images per optimi
 per_device_eval_batch_size: Annotated[int, AT_LEAST_1] = 8  # images per eval-loss step
 gradient_accumulation_steps: Annotated[int, AT_LEAST_1] = 1  # effective batch: per-device batch * accumulation * GPUs
 padding_free: bool = False  # pack each batch into one row (pays off with flash-attention; see section 5)
-warmup_ratio: Annotated[float, FRACTION] = 0.05  # fraction of the total steps spent warming the learning rate up
+warmup_steps: Annotated[float, AT_LEAST_0] = 0.05  # learning-rate warm-up: below 1 a fraction of the total steps, else a step count
 lr_scheduler_type: Annotated[str, SCHEDULE] = "cosine"  # "cosine", "linear" or "constant_with_warmup"
 weight_decay: Annotated[float, AT_LEAST_0] = 0.0  # AdamW decoupled weight decay
 max_grad_norm: Annotated[float, AT_LEAST_0] = 1.0  # gradient-norm clipping (0: none)
@@ -109,11 +109,10 @@ print(parameter_table(params))
 # %%
 from transformers import set_seed
 
-from helpers.distributed import main_process_first, quiet_unless_main, start_process_group
-from helpers.modeling import pick_device_and_dtype
-from helpers.run import environment_report, prepare_run_dir, write_json
-from helpers.tracking import configure_reporting
+from helpers.runtime import configure_reporting, environment_report, main_process_first, pick_device_and_dtype, prepare_run_dir
+from helpers.runtime import quiet_known_warnings, quiet_unless_main, start_process_group, write_json
 
+quiet_known_warnings()  # two import-time warnings nobody can act on (helpers.runtime.console)
 set_seed(seed)
 device, dtype = pick_device_and_dtype()  # under a launcher: the GPU of this process's LOCAL_RANK
 start_process_group(device)  # one process: nothing; under a launcher: gloo on CPU, NCCL on GPUs
@@ -132,17 +131,18 @@ environment
 # safetensors, no remote code; the processor is the family's stock one, with the pixel bounds set.
 
 # %%
-from helpers.modeling import count_parameters, load_model_and_processor, weights_dtype
-from helpers.processing import read_family
-from helpers.run import resolve_model_path
+from helpers.families import read_family
+from helpers.offline import resolve_model_path
+from helpers.train import count_parameters, load_model_and_processor, weights_dtype
 
 with main_process_first():  # an offline checkpoint is built once
     model_path = resolve_model_path(model_id, offline_model_dir)
-family = read_family(model_path)
+family = read_family(model_path)  # the family's record: box frame, answer syntax, template options, LoRA blocks
 model, processor = load_model_and_processor(
-    model_path, quantization, attn_implementation, weights_dtype(dtype, use_lora), device, min_pixels, max_pixels
+    model_path, quantization=quantization, attn_implementation=attn_implementation, dtype=weights_dtype(dtype, use_lora),
+    device=device, min_pixels=min_pixels, max_pixels=max_pixels,
 )
-print(f"{type(model).__name__} ({family}): {count_parameters(model)[1]:,} parameters, attention {model.config._attn_implementation}")
+print(f"{type(model).__name__} ({family.name}): {count_parameters(model)[1]:,} parameters, attention {model.config._attn_implementation}")
 print(f"{type(processor).__name__}: {type(processor.image_processor).__name__}, {type(processor.video_processor).__name__}")
 
 # %% [markdown]
@@ -153,22 +153,20 @@ print(f"{type(processor).__name__}: {type(processor.image_processor).__name__}, 
 # fixed or skipped and counted, never silently lost (README, "Your own data").
 
 # %%
-from helpers.data import IMAGE_CACHE_FOLDER, ImageLoading, image_cache_for, load_detection_splits
-from helpers.parameters import expand_path
-from helpers.synthetic import synthetic_options
+from helpers.data import IMAGE_CACHE_FOLDER, ImageLoading, LoadOptions, image_cache_for, load_detection_splits, synthetic_options
+from helpers.runtime import expand_path
 
 cache = image_cache_for(expand_path(output_root) / IMAGE_CACHE_FOLDER, dataset_source, family, min_pixels, max_pixels) if image_cache else None
+load_options = LoadOptions(
+    bbox_format=dataset_bbox_format, known_classes=dataset_classes, strict=data_strict, loading=ImageLoading(cache=cache),
+    seed=seed, synthetic=synthetic_options(params),
+)
 with main_process_first():  # the image cache is built once
     splits, load_reports = load_detection_splits(
         dataset_source,
-        {"train": train_split, "eval": eval_split, "test": test_split},
-        {"train": train_size, "eval": eval_size, "test": test_size},
-        dataset_bbox_format,
-        seed,
-        synthetic_options=synthetic_options(params),
-        known_classes=dataset_classes,
-        strict=data_strict,
-        loading=ImageLoading(cache=cache),
+        split_names={"train": train_split, "eval": eval_split, "test": test_split},
+        sizes={"train": train_size, "eval": eval_size, "test": test_size},
+        options=load_options,
     )
 
 # %% [markdown]
@@ -184,7 +182,7 @@ print(format_data_report(load_reports))
 print("\n".join(message for report in load_reports.values() for message in report.examples[:5]))
 
 # %%
-from helpers.plotting import plot_samples
+from helpers.evaluate import plot_samples
 
 plot_samples(splits["train"], n_plot_images, run_dir / "plots" / "samples.png");
 
@@ -195,10 +193,11 @@ plot_samples(splits["train"], n_plot_images, run_dir / "plots" / "samples.png");
 # They must match within one unit of the format, or the run stops here.
 
 # %%
-from helpers.scaling_check import check_coordinate_scaling, scaling_summary
+from helpers.evaluate import check_coordinate_scaling, scaling_summary
 
 scaling = check_coordinate_scaling(
-    splits["train"], processor, family, min_pixels, max_pixels, n_scaling_check_images, run_dir / "plots" / "coordinate_check.png"
+    splits["train"], processor, family, min_pixels=min_pixels, max_pixels=max_pixels, n_examples=n_scaling_check_images,
+    path=run_dir / "plots" / "coordinate_check.png",
 )
 print(scaling_summary(scaling))
 
@@ -210,36 +209,36 @@ print(scaling_summary(scaling))
 # `grounding` makes one record per (image, class present) and asks for that class alone.
 
 # %%
-from helpers.formatting import add_chat_columns, expand_for_grounding, task_prompts
+from helpers.families import add_chat_columns, expand_for_grounding, task_prompts
 
 if task == "grounding":
     splits = {name: expand_for_grounding(ds) for name, ds in splits.items()}
 for name in splits:
     prompts = task_prompts(splits[name], family, task, class_names)
-    splits[name] = add_chat_columns(splits[name], family, prompts, min_pixels, max_pixels, system_prompt)
+    splits[name] = add_chat_columns(
+        splits[name], family, prompts, min_pixels=min_pixels, max_pixels=max_pixels, system_prompt=system_prompt
+    )
 
 # %% [markdown]
 # One training example as the model reads it: the family's chat template, with its default system
 # turn unless `system_prompt` is set, and the size the processor resizes the image to.
 
 # %%
-from helpers.boxes import resized_size, visual_token_count
-from helpers.families import get_family
-from helpers.formatting import format_detection_messages
+from helpers.families import format_detection_messages, resized_size, visual_token_count
 
 example = splits["train"][0]
 model_size = resized_size(family, example["width"], example["height"], min_pixels, max_pixels)
 n_visual = visual_token_count(family, example["width"], example["height"], min_pixels, max_pixels)
 print(f"image {example['width']}x{example['height']}px -> model sees {model_size[0]}x{model_size[1]}px, {n_visual} visual tokens")
 messages = format_detection_messages(example["prompt"], example["answer"], example["system_prompt"])
-print(processor.apply_chat_template(messages, tokenize=False, **get_family(family).chat_template_kwargs))
+print(processor.apply_chat_template(messages, tokenize=False, **family.chat_template_kwargs))
 
 # %% [markdown]
 # An answer longer than `max_new_tokens` is cut at generation and loses its last boxes (a JSON box
 # costs about 30 tokens):
 
 # %%
-from helpers.formatting import answer_budget_report
+from helpers.families import answer_budget_report
 
 print(answer_budget_report(processor.tokenizer, splits["test"]["answer"], max_new_tokens))
 
@@ -248,14 +247,14 @@ print(answer_budget_report(processor.tokenizer, splits["test"]["answer"], max_ne
 #
 # On a real model, LoRA adapters on the language model's projections train a fraction of a percent
 # of the weights; `lora_targets` can add the vision tower, the merger and a mixture's experts
-# (`helpers.families` holds each family's module names). The offline model starts from random
+# (`helpers.families.registry` holds each family's module names). The offline model starts from random
 # weights, so it is fully fine-tuned (`use_lora=False`).
 
 # %%
-from helpers.modeling import lora_config, summarize_trainables, wrap_lora
+from helpers.train import lora_config, summarize_trainables, wrap_lora
 
 if use_lora:
-    model = wrap_lora(model, lora_config(family, lora_targets, lora_rank, lora_alpha, lora_dropout))
+    model = wrap_lora(model, lora_config(family, targets=lora_targets, rank=lora_rank, alpha=lora_alpha, dropout=lora_dropout))
 summarize_trainables(model);
 
 # %% [markdown]
@@ -267,9 +266,8 @@ summarize_trainables(model);
 # %% tags=["collators"]
 import torch
 
-from helpers.families import Family
-from helpers.formatting import IGNORE_INDEX, format_detection_messages, generation_prompt, vision_token_ids
-from helpers.images import open_image
+from helpers.data import open_image
+from helpers.families import IGNORE_INDEX, Family, format_detection_messages, generation_prompt, vision_token_ids
 
 
 def encode_chat_batch(processor, examples: list[dict], chat_template_kwargs: dict | None = None) -> dict:
@@ -313,9 +311,7 @@ class VisionAndPaddingMaskingCollator:
         return batch
 
 # %%
-from helpers.families import get_family
-
-chat_options = get_family(family).chat_template_kwargs  # the family's template options (Qwen3.5: non-thinking mode)
+chat_options = family.chat_template_kwargs  # the family's template options (Qwen3.5: non-thinking mode)
 demo_examples = [splits["train"][i] for i in range(4)]
 vision_masking = VisionAndPaddingMaskingCollator(processor, chat_options)
 demo_batch = vision_masking(demo_examples)
@@ -360,7 +356,7 @@ class AssistantOnlyCollator:
 # Its labelled tokens, decoded back to text, read as exactly the target answer and `<|im_end|>`:
 
 # %%
-from helpers.collator_debug import VerboseCollator
+from helpers.train import VerboseCollator
 
 assistant_only = AssistantOnlyCollator(processor, chat_options)
 demo_batch = assistant_only(demo_examples)
@@ -404,11 +400,6 @@ class PaddingFreeCollator:
         return packed
 
 
-# Attention implementations that separate packed samples by their restarting position ids in this
-# transformers version: flash-attention through its variable-length kernel, sdpa and eager through
-# a block-diagonal mask built when no attention mask is given.
-PACKED_ATTENTION = ("flash_attention_2", "sdpa", "eager")
-
 
 def rope_index_fn(model):
     """The model's M-RoPE position function, under a PEFT wrapper too."""
@@ -432,16 +423,16 @@ def choose_training_collator(processor, model, padding_free: bool, family: Famil
         return AssistantOnlyCollator(processor, chat_options), "assistant-only (padding_free is off)"
     if family.padding_free_refusal:
         return AssistantOnlyCollator(processor, chat_options), f"assistant-only: {family.name} cannot be packed: {family.padding_free_refusal}"
+    # Every attention the model loads with separates packed samples by their restarting position ids:
+    # flash-attention through its variable-length kernel, sdpa and eager through a block-diagonal mask.
     attention = model.config._attn_implementation
-    if attention not in PACKED_ATTENTION:
-        return AssistantOnlyCollator(processor, chat_options), f"assistant-only: attention {attention!r} cannot separate packed samples"
     note = "" if attention.startswith("flash_attention") else ", correct but over a dense mask of the packed row"
     return PaddingFreeCollator(processor, rope_index_fn(model), chat_options), f"padding-free with {attention}{note}"
 
 # %%
-from helpers.collator_debug import analyze_token_distribution
+from helpers.train import analyze_token_distribution
 
-collator, why = choose_training_collator(processor, model, padding_free, get_family(family))
+collator, why = choose_training_collator(processor, model, padding_free, family)
 print("training collator:", why)
 analyze_token_distribution(collator, splits["train"], processor, n=4 * per_device_train_batch_size, batch_size=per_device_train_batch_size);
 
@@ -454,17 +445,16 @@ analyze_token_distribution(collator, splits["train"], processor, n=4 * per_devic
 # stopped, and near-duplicate boxes are dropped before scoring; the metrics count both.
 
 # %%
-from helpers.inference import decoding_config, explicit_settings, unused_generation_settings
+from helpers.evaluate import decoding_config, explicit_settings, unused_generation_settings
 
 print("evaluation decodes with:", explicit_settings(decoding_config(model, processor, max_new_tokens)))
 print("not used from the checkpoint's generation config:", unused_generation_settings(model))
 
 # %%
-from helpers.inference import evaluate_model
-from helpers.metrics import MAP_50, MEAN_IOU, N_LOOPING_ANSWERS, PARSE_FAILURE_RATE
+from helpers.evaluate import MAP_50, MEAN_IOU, N_LOOPING_ANSWERS, PARSE_FAILURE_RATE, GenerationSettings, evaluate_model
 
-eval_settings = dict(family=family, max_new_tokens=max_new_tokens, batch_size=generation_batch_size, class_names=class_names,
-                     loop_repeats=loop_repeats, duplicate_iou=duplicate_iou)
+generation = GenerationSettings(max_new_tokens=max_new_tokens, batch_size=generation_batch_size, loop_repeats=loop_repeats)
+eval_settings = dict(family=family, settings=generation, class_names=class_names, duplicate_iou=duplicate_iou)
 baseline_records, baseline_metrics = evaluate_model(model, processor, splits["test"], **eval_settings)
 print("first answer:", repr(baseline_records[0]["raw_text"][:200]))
 {key: baseline_metrics[key] for key in (MAP_50, MEAN_IOU, PARSE_FAILURE_RATE, N_LOOPING_ANSWERS)}
@@ -475,7 +465,7 @@ print("first answer:", repr(baseline_records[0]["raw_text"][:200]))
 # The device decides precision, pinned memory and activation checkpointing, in one place:
 
 # %%
-from helpers.training import device_defaults
+from helpers.train import device_defaults
 
 device_settings = device_defaults(device, dtype)
 device_settings
@@ -487,7 +477,7 @@ device_settings
 # %% tags=["sft_config"]
 from trl import SFTConfig
 
-from helpers.run import is_headless
+from helpers.runtime import is_headless
 
 training_args = SFTConfig(
     output_dir=str(run_dir / "checkpoints"),  # checkpoints stay in the run folder
@@ -498,7 +488,7 @@ training_args = SFTConfig(
     gradient_accumulation_steps=gradient_accumulation_steps,
     learning_rate=learning_rate,
     lr_scheduler_type=lr_scheduler_type,
-    warmup_steps=warmup_ratio,  # a value below 1 is a fraction of the total steps
+    warmup_steps=warmup_steps,  # a value below 1 is a fraction of the total steps
     weight_decay=weight_decay,
     max_grad_norm=max_grad_norm,
     logging_steps=logging_steps,
@@ -520,18 +510,17 @@ training_args = SFTConfig(
 )
 
 # %%
-from helpers.training import print_training_config
+from helpers.train import print_training_config
 
 print_training_config(training_args, len(splits["train"]));
 
 # %% [markdown]
 # `QwenVLSFTTrainer` is TRL's `SFTTrainer` with a resume that restores Qwen-VL weights (a
-# transformers bug would silently restart from the initial ones; `helpers.training`). Three callbacks
+# transformers bug would silently restart from the initial ones; `helpers.train.trainer`). Three callbacks
 # log the gradient norm after clipping, the held-out IoU at each evaluation, and one console line per log.
 
 # %%
-from helpers.callbacks import ConsoleLogCallback, GradNormCallback, IoUEvalCallback, attach_callbacks
-from helpers.training import QwenVLSFTTrainer
+from helpers.train import ConsoleLogCallback, GradNormCallback, IoUEvalCallback, QwenVLSFTTrainer, attach_callbacks
 
 trainer = QwenVLSFTTrainer(
     model=model, args=training_args, train_dataset=splits["train"], eval_dataset=splits["eval"], data_collator=collator,
@@ -543,8 +532,8 @@ if iou_eval_images > 0:
 attach_callbacks(trainer, callbacks)
 
 # %%
-from helpers.gpu import clear_memory, reset_peak_memory
-from helpers.training import resolve_resume
+from helpers.runtime import clear_memory, reset_peak_memory
+from helpers.train import resolve_resume
 
 resume_from = resolve_resume(resume_from_checkpoint, training_args.output_dir)  # None, or this run's latest whole checkpoint
 print(f"resuming from {resume_from}" if resume_from else "training from the loaded weights")
@@ -555,7 +544,7 @@ reset_peak_memory()
 train_result = trainer.train(resume_from_checkpoint=resume_from)
 
 # %%
-from helpers.gpu import peak_memory_report
+from helpers.runtime import peak_memory_report
 
 train_metrics = train_result.metrics | peak_memory_report()  # measured before evaluation adds its own peak
 train_metrics
@@ -568,7 +557,7 @@ train_metrics
 # grounding metric (images with one object: is the top box right?).
 
 # %%
-from helpers.metrics import format_comparison
+from helpers.evaluate import format_comparison
 
 finetuned_records, finetuned_metrics = evaluate_model(trainer.model, processor, splits["test"], **eval_settings)
 metrics = {"baseline": baseline_metrics, "finetuned": finetuned_metrics}
@@ -581,7 +570,7 @@ print(format_comparison(baseline_metrics, finetuned_metrics))
 # magenta with their scores.
 
 # %%
-from helpers.plotting import plot_before_after
+from helpers.evaluate import plot_before_after
 
 plot_before_after(splits["test"], baseline_records, finetuned_records, n_plot_images, run_dir / "plots" / "predictions.png");
 
@@ -590,13 +579,12 @@ plot_before_after(splits["test"], baseline_records, finetuned_records, n_plot_im
 # against recall at IoU 0.5, before and after.
 
 # %%
-from helpers.plotting import plot_training_curves
+from helpers.evaluate import plot_training_curves
 
 plot_training_curves(trainer.state.log_history, run_dir / "plots" / "training_curves.png");
 
 # %%
-from helpers.metrics import PR_CURVE_50
-from helpers.plotting import plot_pr_curves
+from helpers.evaluate import PR_CURVE_50, plot_pr_curves
 
 plot_pr_curves({"baseline": baseline_metrics[PR_CURVE_50], "fine-tuned": finetuned_metrics[PR_CURVE_50]},
                run_dir / "plots" / "pr_curve.png");
@@ -608,9 +596,8 @@ plot_pr_curves({"baseline": baseline_metrics[PR_CURVE_50], "fine-tuned": finetun
 # metrics and every prediction.
 
 # %%
-from helpers.distributed import barrier
-from helpers.export import save_trained_model
-from helpers.run import write_jsonl
+from helpers.runtime import barrier, write_jsonl
+from helpers.train import save_trained_model
 
 save_trained_model(trainer, processor, run_dir / "model")
 write_json(run_dir / "metrics.json", metrics | {"train": train_metrics})
@@ -624,11 +611,14 @@ barrier()  # every rank reads model/ below only once the main process has writte
 # loads with `from_pretrained`, no PEFT needed.
 
 # %%
-from helpers.export import merge_adapter_into_base, merge_refusal
+from helpers.train import merge_adapter_into_base, merge_refusal
 
-if merge_adapter:
-    refusal = merge_refusal(quantization, use_lora)
-    print("merge_adapter:", refusal or merge_adapter_into_base(model_path, run_dir / "model", run_dir / "model_merged", dtype))
+refusal = merge_refusal(quantization, use_lora) if merge_adapter else None
+if refusal:
+    print("merge_adapter:", refusal)
+elif merge_adapter:
+    merged_dir = merge_adapter_into_base(model_path, run_dir / "model", run_dir / "model_merged", dtype)
+    print("merge_adapter: base and adapter merged into", merged_dir)
 sorted(str(path.relative_to(run_dir)) for path in run_dir.iterdir())
 
 # %% [markdown]
@@ -638,21 +628,24 @@ sorted(str(path.relative_to(run_dir)) for path in run_dir.iterdir())
 # pixels of an image it has not trained on (here, a held-out test image).
 
 # %%
-from helpers.export import load_trained_model
-from helpers.gpu import release_model
+from helpers.runtime import release_model
+from helpers.train import load_trained_model
 
 release_model(model)  # the training copy's memory, before a second copy loads
-saved_model, saved_processor = load_trained_model(run_dir / "model", model_path, quantization, attn_implementation, dtype, device)
+saved_model, saved_processor = load_trained_model(
+    run_dir / "model", base_model=model_path, quantization=quantization, attn_implementation=attn_implementation, dtype=dtype, device=device
+)
 
 # %%
-from helpers.formatting import detection_prompt, grounding_prompt
-from helpers.images import open_image
-from helpers.inference import detect
-from helpers.plotting import plot_image_grid
+from helpers.evaluate import detect, plot_image_grid
+from helpers.families import detection_prompt, grounding_prompt
 
 held_out = splits["test"][0]
 new_image = open_image(held_out["image"])
 new_prompt = grounding_prompt(family, held_out["query"]) if task == "grounding" else detection_prompt(family, class_names)
-boxes = detect(saved_model, saved_processor, new_image, family, new_prompt, max_new_tokens, system_prompt, loop_repeats, duplicate_iou)
+boxes = detect(
+    saved_model, saved_processor, new_image, family=family, prompt=new_prompt, max_new_tokens=max_new_tokens,
+    system_prompt=system_prompt, loop_repeats=loop_repeats, duplicate_iou=duplicate_iou,
+)
 plot_image_grid([new_image], [[(boxes, "magenta", "--")]], [f"{new_prompt[:60]}: {len(boxes)} boxes"], run_dir / "plots" / "inference.png", columns=1)
 boxes

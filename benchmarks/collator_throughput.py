@@ -16,10 +16,11 @@ from offline_setup import benchmark_parser, offline_model  # noqa: I001 (sets sy
 
 import torch
 
-from helpers.defaults import DEFAULT_MAX_PIXELS, DEFAULT_MIN_PIXELS
-from helpers.formatting import add_chat_columns
-from helpers.notebook_cells import run_tagged_cells
-from helpers.synthetic import make_synthetic_dataset
+from helpers.families.processors import DEFAULT_MAX_PIXELS, DEFAULT_MIN_PIXELS
+from helpers.families.chat import add_chat_columns
+from tests.support.notebook_cells import run_tagged_cells
+from helpers.data.synthetic import make_synthetic_dataset
+from helpers.families.registry import get_family
 
 
 def samples_per_second(step, inputs: list, n_samples: int) -> float:
@@ -41,7 +42,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     model, processor, prompt = offline_model(args.family, args.model_dir)
     model.train()
     images = make_synthetic_dataset(args.batch_size * args.batches, seed=1)
-    dataset = add_chat_columns(images, args.family, prompt, DEFAULT_MIN_PIXELS, DEFAULT_MAX_PIXELS)
+    dataset = add_chat_columns(images, get_family(args.family), prompt, DEFAULT_MIN_PIXELS, DEFAULT_MAX_PIXELS)
     examples = [dataset[i] for i in range(len(dataset))]
     batches = [examples[i : i + args.batch_size] for i in range(0, len(examples), args.batch_size)]
 

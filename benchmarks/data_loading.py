@@ -26,13 +26,16 @@ from offline_setup import CLASSES, benchmark_parser  # noqa: I001 (sets sys.path
 import numpy as np
 from PIL import Image
 
-from helpers.data import IMAGE_CACHE_FOLDER, ImageLoading, image_cache_for, load_detection_splits
-from helpers.defaults import QWEN2_VL_MAX_PIXELS, QWEN2_VL_MIN_PIXELS
-from helpers.formatting import add_chat_columns, detection_prompt
-from helpers.images import open_image
-from helpers.notebook_cells import run_tagged_cells
+from helpers.data.sources import IMAGE_CACHE_FOLDER, image_cache_for, load_detection_splits
+from helpers.data.records import ImageLoading
+from helpers.families.processors import QWEN2_VL_MAX_PIXELS, QWEN2_VL_MIN_PIXELS
+from helpers.families.chat import add_chat_columns, detection_prompt
+from helpers.data.images import open_image
+from tests.support.notebook_cells import run_tagged_cells
 from helpers.offline import build_tiny_checkpoint
-from helpers.processing import load_processor
+from helpers.families.processors import load_processor
+from helpers.data.sources import LoadOptions
+from helpers.families.registry import get_family
 
 PHOTO_SIZE_PX = (4000, 3000)  # a 12 MP phone photo as stored
 ORIENTATIONS = (0, 1, 6)  # 0: a tag some phones write that means upright; 6: stored sideways
@@ -73,13 +76,12 @@ def write_coco_folder(folder: Path, n_images: int, size_px: tuple[int, int] = PH
 
 def measure(source: Path, cache_root: Path, model_dir: Path, family: str, batch_size: int) -> dict:
     """Load twice (cache built, then read), time a cached photo's decode, collate one batch; figures for this process."""
-    processor = load_processor(build_tiny_checkpoint(family, model_dir / family), QWEN2_VL_MIN_PIXELS, QWEN2_VL_MAX_PIXELS)
+    processor = load_processor(build_tiny_checkpoint(get_family(family), model_dir / family), QWEN2_VL_MIN_PIXELS, QWEN2_VL_MAX_PIXELS)
     figures = {}
     for name in ("first_load", "second_load"):
-        cache = image_cache_for(cache_root, str(source), family, QWEN2_VL_MIN_PIXELS, QWEN2_VL_MAX_PIXELS)
+        cache = image_cache_for(cache_root, str(source), get_family(family), QWEN2_VL_MIN_PIXELS, QWEN2_VL_MAX_PIXELS)
         start = time.perf_counter()
-        splits, reports = load_detection_splits(str(source), {"train": "train"}, {"train": 0}, "xywh", 0, {},
-                                                loading=ImageLoading(cache=cache))
+        splits, reports = load_detection_splits(str(source), {"train": "train"}, {"train": 0}, LoadOptions(bbox_format="xywh", loading=ImageLoading(cache=cache)))
         figures[f"{name}_images_per_s"] = len(splits["train"]) / (time.perf_counter() - start)
         figures[f"{name}_counts"] = {k: v for k, v in reports["train"].counts.items() if k.startswith("images")}
     train = splits["train"]
@@ -90,8 +92,8 @@ def measure(source: Path, cache_root: Path, model_dir: Path, family: str, batch_
         decode_ms.append(1000 * (time.perf_counter() - start))
     figures["cached_photo_ready_ms"] = float(np.median(decode_ms))
     collator = run_tagged_cells("collators")["AssistantOnlyCollator"](processor)
-    prompt = detection_prompt(family, CLASSES[:2])
-    batch = add_chat_columns(train.select(range(batch_size)), family, prompt, QWEN2_VL_MIN_PIXELS, QWEN2_VL_MAX_PIXELS)
+    prompt = detection_prompt(get_family(family), CLASSES[:2])
+    batch = add_chat_columns(train.select(range(batch_size)), get_family(family), prompt, QWEN2_VL_MIN_PIXELS, QWEN2_VL_MAX_PIXELS)
     start = time.perf_counter()
     collated = collator([batch[i] for i in range(batch_size)])
     figures["collate_batch_s"] = time.perf_counter() - start

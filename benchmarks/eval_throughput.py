@@ -1,13 +1,13 @@
 """Evaluation throughput: batched against one-by-one greedy generation, offline or at real size.
 
 Generates answers for the same held-out images with ``--batch-size`` images per call and with one
-image per call, through ``helpers.inference.generate`` (left padding, loop control: an answer stops once
+image per call, through ``helpers.evaluate.generation.generate`` (left padding, loop control: an answer stops once
 one object has been written ``--loop-repeats`` times), and prints images/s, generated tokens and peak
 GPU memory of both, and their ratio, measured in one run.
 
 - Offline (the default): the tiny offline model in fp32 on the CPU; batched answers must equal one-by-one
   ones, or the run stops (left padding is broken).
-- ``--real-size``: the published architecture (``helpers/hub_configs/<family>/config.json``) with random
+- ``--real-size``: the published architecture (``helpers/families/hub_configs/<family>/config.json``) with random
   bf16 weights on the real vocabulary, real-size images (up to the GPU preset's max_pixels), on a GPU.
   Random weights rarely write an end-of-turn token, so both modes run to ``max_new_tokens``: the same
   work, the worst case of a model that does not stop. In bf16, batched kernels round differently from
@@ -32,14 +32,14 @@ from offline_setup import (  # noqa: I001 (sets sys.path first)
 import torch
 from transformers.utils import is_flash_attn_2_available
 
-from helpers.families import get_family
-from helpers.formatting import detection_prompt
-from helpers.gpu import clear_memory, peak_memory_report, reset_peak_memory
-from helpers.images import open_images
-from helpers.inference import LOOP_REPEATS, generate
-from helpers.modeling import load_model
-from helpers.real_vocab import real_processor
-from helpers.synthetic import make_synthetic_dataset
+from helpers.families.registry import get_family
+from helpers.families.chat import detection_prompt
+from helpers.runtime.device import clear_memory, peak_memory_report, reset_peak_memory
+from helpers.data.images import open_images
+from helpers.evaluate.generation import LOOP_REPEATS, GenerationSettings, generate
+from helpers.train.model import load_model
+from tests.support.real_vocab import real_processor
+from helpers.data.synthetic import make_synthetic_dataset
 
 TINY = {"images": 4, "batch_size": 2, "max_new_tokens": 4}  # --tiny: the test suite's size
 
@@ -51,7 +51,7 @@ def real_size_model(family: str, model_dir: str):
     checkpoint = real_size_checkpoint(family, Path(model_dir) / f"real-{family}", device)
     attention = "flash_attention_2" if is_flash_attn_2_available() else "sdpa"
     model = load_model(str(checkpoint), "none", attention, dtype, device)
-    return model, real_processor(family, REAL_MIN_PIXELS, REAL_MAX_PIXELS), detection_prompt(family, CLASSES)
+    return model, real_processor(get_family(family), REAL_MIN_PIXELS, REAL_MAX_PIXELS), detection_prompt(get_family(family), CLASSES)
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -81,8 +81,8 @@ def main(argv: list[str] | None = None) -> dict:
     options = get_family(args.family).chat_template_kwargs
 
     def run(batch_size: int, subset: slice) -> list:
-        return generate(model, processor, images[subset], prompts[subset], args.max_new_tokens, batch_size,
-                        chat_template_kwargs=options, loop_repeats=args.loop_repeats)
+        settings = GenerationSettings(max_new_tokens=args.max_new_tokens, batch_size=batch_size, loop_repeats=args.loop_repeats)
+        return generate(model, processor, images[subset], prompts[subset], settings, chat_template_kwargs=options)
 
     results: dict = {"family": args.family, "real_size": args.real_size, "images": len(images), "device": str(model.device)}
     answers = {}

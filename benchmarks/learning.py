@@ -23,8 +23,8 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))  # the benchmarks run as scripts from anywhere
 
-from helpers.families import FAMILY_NAMES  # noqa: E402
-from helpers.metrics import ACCURACY_50, MAP_50, MAP_50_95, MEAN_IOU, N_IMAGES, PARSE_FAILURE_RATE  # noqa: E402
+from helpers.families.registry import FAMILY_NAMES  # noqa: E402
+from helpers.evaluate.metrics import ACCURACY_50, MAP_50, MAP_50_95, MEAN_IOU, N_IMAGES, PARSE_FAILURE_RATE  # noqa: E402
 
 HEADLINE = {"grounding": ACCURACY_50, "detection": MAP_50}  # the figure each task's goal is stated in
 

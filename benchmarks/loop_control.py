@@ -14,6 +14,7 @@ import argparse
 import json
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -22,15 +23,17 @@ sys.path.insert(0, str(REPO_ROOT))  # the benchmarks run as scripts from anywher
 import torch  # noqa: E402
 from transformers import LogitsProcessor  # noqa: E402
 
-from helpers.boxes import object_spans  # noqa: E402
-from helpers.data import dataset_class_names, load_detection_splits  # noqa: E402
-from helpers.export import load_trained_model  # noqa: E402
-from helpers.formatting import add_chat_columns, expand_for_grounding, task_prompts  # noqa: E402
-from helpers.inference import DUPLICATE_IOU, LOOP_REPEATS, evaluate_model, stop_token_ids  # noqa: E402
-from helpers.metrics import MAP_50, N_DUPLICATE_BOXES_DROPPED, N_LOOPING_ANSWERS, N_PREDICTIONS, PRECISION_50, RECALL_50  # noqa: E402
-from helpers.modeling import pick_device_and_dtype  # noqa: E402
-from helpers.processing import read_family  # noqa: E402
-from helpers.run import resolve_model_path  # noqa: E402
+from helpers.families.boxes import object_spans  # noqa: E402
+from helpers.data.sources import dataset_class_names, load_detection_splits  # noqa: E402
+from helpers.train.export import load_trained_model  # noqa: E402
+from helpers.families.chat import add_chat_columns, expand_for_grounding, task_prompts  # noqa: E402
+from helpers.evaluate.generation import DUPLICATE_IOU, LOOP_REPEATS, GenerationSettings, stop_token_ids  # noqa: E402
+from helpers.evaluate.evaluation import evaluate_model  # noqa: E402
+from helpers.evaluate.metrics import MAP_50, N_DUPLICATE_BOXES_DROPPED, N_LOOPING_ANSWERS, N_PREDICTIONS, PRECISION_50, RECALL_50  # noqa: E402
+from helpers.runtime.device import pick_device_and_dtype  # noqa: E402
+from helpers.families.processors import read_family  # noqa: E402
+from helpers.offline import resolve_model_path  # noqa: E402
+from helpers.data.sources import LoadOptions
 
 
 class ForcedLoop(LogitsProcessor):
@@ -80,8 +83,7 @@ def load_run(run_dir: Path, n_images: int):
                  "position_tint": params["synthetic_position_tint"], "square": params["synthetic_square_images"]}
     names = {"train": params["train_split"], "eval": params["eval_split"], "test": params["test_split"]}
     sizes = {"train": params["train_size"], "eval": params["eval_size"], "test": params["test_size"]}
-    splits, _reports = load_detection_splits(params["dataset_source"], names, sizes, params["dataset_bbox_format"], params["seed"],
-                                             synthetic_options=synthetic, known_classes=params["dataset_classes"], strict=False)
+    splits, _reports = load_detection_splits(params["dataset_source"], names, sizes, LoadOptions(bbox_format=params["dataset_bbox_format"], seed=params["seed"], known_classes=params["dataset_classes"], strict=False, synthetic=synthetic))
     test = splits["test"].select(range(min(n_images or len(splits["test"]), len(splits["test"]))))
     test = expand_for_grounding(test) if params["task"] == "grounding" else test
     class_names = dataset_class_names(splits["train"])
@@ -95,21 +97,23 @@ def main(argv: list[str] | None = None) -> dict[str, dict]:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     model, processor, family, params, test, class_names = load_run(REPO_ROOT / args.run_dir, args.images)
     max_new_tokens = args.max_new_tokens or params["max_new_tokens"]
-    settings = dict(family=family, max_new_tokens=max_new_tokens, batch_size=params["generation_batch_size"], class_names=class_names)
+    generation = GenerationSettings(max_new_tokens=max_new_tokens, batch_size=params["generation_batch_size"])
     stops = stop_token_ids(model, processor)
     results = {}
     for looping in (False, True):
         for controls in (False, True):
             start = time.perf_counter()
             _, metrics = evaluate_model(
-                model, processor, test, **settings,
-                loop_repeats=LOOP_REPEATS if controls else 0, duplicate_iou=DUPLICATE_IOU if controls else 0.0,
-                batch_logits_processors=(lambda prompt_length: [ForcedLoop(processor.tokenizer, stops, prompt_length)]) if looping else None,
+                model, processor, test, family=family, class_names=class_names, duplicate_iou=DUPLICATE_IOU if controls else 0.0,
+                settings=replace(
+                    generation, loop_repeats=LOOP_REPEATS if controls else 0,
+                    batch_logits_processors=(lambda prompt_length: [ForcedLoop(processor.tokenizer, stops, prompt_length)]) if looping else None,
+                ),
             )
             name = f"{'looping' if looping else 'as trained'}, controls {'on' if controls else 'off'}"
             results[name] = {"generation_s": time.perf_counter() - start, **{k: metrics[k] for k in (
                 MAP_50, PRECISION_50, RECALL_50, N_PREDICTIONS, N_LOOPING_ANSWERS, N_DUPLICATE_BOXES_DROPPED)}}
-    print(f"{args.run_dir}: {family}, {len(test)} test images, max_new_tokens {max_new_tokens}")
+    print(f"{args.run_dir}: {family.name}, {len(test)} test images, max_new_tokens {max_new_tokens}")
     print(f"{'model':34s} {'mAP@.5':>7s} {'P@.5':>6s} {'R@.5':>6s} {'boxes':>6s} {'looping':>8s} {'dropped':>8s} {'seconds':>8s}")
     for name, r in results.items():
         print(f"{name:34s} {r[MAP_50]:7.3f} {r[PRECISION_50]:6.3f} {r[RECALL_50]:6.3f} {r[N_PREDICTIONS]:6d} "

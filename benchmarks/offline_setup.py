@@ -1,8 +1,8 @@
 """What every benchmark shares: the command-line basics, the offline model, and the real-size architectures.
 
 The offline profile is the tiny random model built locally (``helpers.offline``). The real-size
-models are the published architectures (``helpers/hub_configs/<family>/config.json``) with random
-weights, on the real vocabulary (``helpers.real_vocab``): speed and memory depend on the shapes and
+models are the published architectures (``helpers/families/hub_configs/<family>/config.json``) with random
+weights, on the real vocabulary (``tests.support.real_vocab``): speed and memory depend on the shapes and
 the token counts, not on the weights' values.
 """
 
@@ -20,11 +20,13 @@ import torch  # noqa: E402
 import yaml  # noqa: E402
 from transformers import AutoModelForImageTextToText, GenerationConfig, set_seed  # noqa: E402
 
-from helpers.defaults import DEFAULT_MAX_PIXELS, DEFAULT_MIN_PIXELS  # noqa: E402
-from helpers.formatting import detection_prompt  # noqa: E402
-from helpers.offline import HUB_CONFIGS_DIR, build_tiny_checkpoint  # noqa: E402
-from helpers.families import FAMILY_NAMES  # noqa: E402
-from helpers.processing import load_processor  # noqa: E402
+from helpers.families.processors import DEFAULT_MAX_PIXELS, DEFAULT_MIN_PIXELS  # noqa: E402
+from helpers.families.chat import detection_prompt  # noqa: E402
+from helpers.families.registry import HUB_CONFIGS_DIR  # noqa: E402
+from helpers.offline import build_tiny_checkpoint  # noqa: E402
+from helpers.families.registry import FAMILY_NAMES  # noqa: E402
+from helpers.families.processors import load_processor  # noqa: E402
+from helpers.families.registry import get_family  # noqa: E402
 from speed_accounting import real_size_config  # noqa: E402 (beside this file)
 
 CLASSES = ["red circle", "green square", "blue triangle"]  # the offline demo's classes
@@ -45,9 +47,9 @@ def benchmark_parser(description: str) -> argparse.ArgumentParser:
 def offline_model(family: str, model_dir: str):
     """Seeded tiny model (sdpa), its processor and the detection prompt, built once into ``model_dir``."""
     set_seed(0)
-    checkpoint = build_tiny_checkpoint(family, Path(model_dir) / family)
+    checkpoint = build_tiny_checkpoint(get_family(family), Path(model_dir) / family)
     model = AutoModelForImageTextToText.from_pretrained(checkpoint, attn_implementation="sdpa")
-    return model, load_processor(checkpoint, DEFAULT_MIN_PIXELS, DEFAULT_MAX_PIXELS), detection_prompt(family, CLASSES)
+    return model, load_processor(checkpoint, DEFAULT_MIN_PIXELS, DEFAULT_MAX_PIXELS), detection_prompt(get_family(family), CLASSES)
 
 
 def real_size_checkpoint(family: str, folder: str | Path, device: str) -> Path:

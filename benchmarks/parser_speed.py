@@ -19,7 +19,8 @@ from typing import Callable
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))  # the benchmarks run as scripts from anywhere
 
-from helpers.boxes import parse_model_answer  # noqa: E402
+from helpers.families.boxes import parse_model_answer  # noqa: E402
+from helpers.families.registry import get_family
 
 OBJECT = '{"bbox_2d": [12, 34, 56, 78], "label": "cat"},'
 TAG_BOX = "<|object_ref_start|>cat<|object_ref_end|><|box_start|>(12,34),(56,78)<|box_end|>"
@@ -52,7 +53,7 @@ def time_parse(text: str) -> float:
     best = float("inf")
     for _ in range(2):
         start = time.perf_counter()
-        parse_model_answer(text, "qwen2_5_vl", (1000, 1000), (1000, 1000))
+        parse_model_answer(text, get_family("qwen2_5_vl"), (1000, 1000), (1000, 1000))
         best = min(best, time.perf_counter() - start)
     return best
 

@@ -1,8 +1,8 @@
 """Where a training step's work goes, computed without a GPU: token kinds per sample, batch layouts, FLOPs.
 
-Everything here is arithmetic on the published architecture (``helpers/hub_configs/<family>/config.json``,
+Everything here is arithmetic on the published architecture (``helpers/families/hub_configs/<family>/config.json``,
 built on the ``meta`` device: shapes without memory) and on token counts that come from the real
-tokenizer and the processor's resize arithmetic (``helpers.boxes.visual_token_count``), so the figures
+tokenizer and the processor's resize arithmetic (``helpers.families.boxes.visual_token_count``), so the figures
 hold at real size on a CPU. The training benchmark checks every collated batch against these layouts.
 """
 
@@ -15,11 +15,11 @@ import torch
 from torch import nn
 from transformers import AutoConfig, AutoModelForImageTextToText
 
-from helpers.boxes import visual_token_count
-from helpers.families import get_family
-from helpers.formatting import IGNORE_INDEX, format_detection_messages, vision_token_ids
-from helpers.modeling import parameter_block
-from helpers.offline import HUB_CONFIGS_DIR
+from helpers.families.boxes import visual_token_count
+from helpers.families.registry import get_family
+from helpers.families.chat import IGNORE_INDEX, format_detection_messages, vision_token_ids
+from helpers.train.lora import parameter_block
+from helpers.families.registry import HUB_CONFIGS_DIR
 
 TOKEN_KINDS = ("vision", "prompt", "answer", "padding")  # every position of a batch is exactly one of these
 # Dense bf16 tensor-core peaks, TFLOP/s, from the vendors' datasheets (SXM parts): the denominator of MFU.
@@ -65,7 +65,7 @@ class Span:
 
 
 def real_size_config(family: str):
-    """The published architecture's config (``helpers/hub_configs/<family>/config.json``); a clear error where none is kept."""
+    """The published architecture's config (``helpers/families/hub_configs/<family>/config.json``); a clear error where none is kept."""
     path = HUB_CONFIGS_DIR / get_family(family).model_type / "config.json"
     if not path.is_file():
         raise FileNotFoundError(f"{path} is missing: no published config.json of {get_family(family).name} is kept, so it has no real-size figures")
@@ -79,7 +79,7 @@ def meta_model(config) -> nn.Module:
 
 
 def _matrix_weights(model: nn.Module) -> dict[str, int]:
-    """Weights of every Linear and Conv layer by block (``helpers.modeling.parameter_block``); embeddings are lookups, norms negligible."""
+    """Weights of every Linear and Conv layer by block (``helpers.train.model.parameter_block``); embeddings are lookups, norms negligible."""
     totals: dict[str, int] = {}
     for name, module in model.named_modules():
         if isinstance(module, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)):
@@ -127,7 +127,7 @@ def sample_tokens(processor, example: dict, family: str, min_pixels: int, max_pi
         format_detection_messages(example["prompt"], example["answer"], example["system_prompt"]), tokenize=False, **record.chat_template_kwargs
     )
     ids = processor.tokenizer(text, add_special_tokens=False)["input_ids"]
-    n_image = visual_token_count(family, example["width"], example["height"], min_pixels, max_pixels)
+    n_image = visual_token_count(get_family(family), example["width"], example["height"], min_pixels, max_pixels)
     vision_ids = vision_token_ids(processor.tokenizer)
     start, end = answer_span(ids)
     vision = sum(token in vision_ids for token in ids) - 1 + n_image  # the one <|image_pad|> becomes n_image of them

@@ -47,16 +47,17 @@ from peft import LoraConfig
 from transformers import AutoConfig, AutoModelForImageTextToText, BitsAndBytesConfig
 from transformers.utils import is_flash_attn_2_available
 
-from helpers.defaults import DEFAULT_MAX_PIXELS, DEFAULT_MIN_PIXELS
-from helpers.families import get_family
-from helpers.formatting import add_chat_columns, detection_prompt
-from helpers.gpu import clear_memory, peak_memory_report, reset_peak_memory
-from helpers.modeling import count_parameters, load_model, lora_config, wrap_lora
-from helpers.notebook_cells import run_tagged_cells
+from helpers.families.processors import DEFAULT_MAX_PIXELS, DEFAULT_MIN_PIXELS
+from helpers.families.registry import get_family
+from helpers.families.chat import add_chat_columns, detection_prompt
+from helpers.runtime.device import clear_memory, peak_memory_report, reset_peak_memory
+from helpers.train.lora import count_parameters, lora_config, wrap_lora
+from helpers.train.model import load_model
+from tests.support.notebook_cells import run_tagged_cells
 from helpers.offline import build_tiny_checkpoint
-from helpers.processing import load_processor
-from helpers.real_vocab import real_processor
-from helpers.synthetic import make_synthetic_dataset
+from helpers.families.processors import load_processor
+from tests.support.real_vocab import real_processor
+from helpers.data.synthetic import make_synthetic_dataset
 
 COOKBOOK = "cookbook"
 OURS = "ours"
@@ -120,7 +121,7 @@ def make_examples(family: str, n: int, tiny: bool, seed: int = 3) -> list[dict]:
     low, high = TINY_SIDES_PX if tiny else REAL_SIDES_PX
     bounds = (DEFAULT_MIN_PIXELS, DEFAULT_MAX_PIXELS) if tiny else (REAL_MIN_PIXELS, REAL_MAX_PIXELS)
     dataset = make_synthetic_dataset(n, seed=seed, min_side_px=low, max_side_px=high, max_objects=MAX_OBJECTS)
-    return list(add_chat_columns(dataset, family, detection_prompt(family, CLASSES), *bounds))
+    return list(add_chat_columns(dataset, get_family(family), detection_prompt(get_family(family), CLASSES), *bounds))
 
 
 def batch_indexes(recipe: Recipe, samples: list[acc.SampleTokens], batch_size: int) -> list[list[int]]:
@@ -202,7 +203,7 @@ def load_recipe_model(recipe: Recipe, checkpoint: Path, family: str, device: str
     if recipe.name == COOKBOOK:
         config = LoraConfig(**COOKBOOK_LORA)
     else:
-        config = lora_config(family, ["language"], notebook["lora_rank"], notebook["lora_alpha"], notebook["lora_dropout"])
+        config = lora_config(get_family(family), ["language"], notebook["lora_rank"], notebook["lora_alpha"], notebook["lora_dropout"])
     return wrap_lora(model, config)
 
 
@@ -316,12 +317,12 @@ def main(argv: list[str] | None = None) -> dict:
     cells = run_tagged_cells("collators")
     options = get_family(args.family).chat_template_kwargs
     if args.tiny:
-        checkpoint = build_tiny_checkpoint(args.family, Path(args.model_dir) / args.family)
+        checkpoint = build_tiny_checkpoint(get_family(args.family), Path(args.model_dir) / args.family)
         bounds = (DEFAULT_MIN_PIXELS, DEFAULT_MAX_PIXELS)
         config, processor = AutoConfig.from_pretrained(checkpoint), load_processor(checkpoint, *bounds)
     else:
         config = acc.real_size_config(args.family)
-        processor, bounds = real_processor(args.family, REAL_MIN_PIXELS, REAL_MAX_PIXELS), (REAL_MIN_PIXELS, REAL_MAX_PIXELS)
+        processor, bounds = real_processor(get_family(args.family), REAL_MIN_PIXELS, REAL_MAX_PIXELS), (REAL_MIN_PIXELS, REAL_MAX_PIXELS)
         checkpoint = None
     meta = acc.meta_model(config)
     arch = acc.architecture(meta)

@@ -1,7 +1,7 @@
 """The offline profile's model: a tiny random-initialised Qwen-VL checkpoint built locally.
 
 No machine here reaches the model hub, so tests and the README demo build a checkpoint directory
-from the family's tiny recipe (``helpers.families``), a tokenizer trained here, and the family's published
+from the family's tiny recipe (``helpers.families.registry``), a tokenizer trained here, and the family's published
 chat template, processor and generation configs (``hub_configs/``). Everything after
 "a checkpoint directory exists" is the code path a hub id takes (``from_pretrained``).
 """
@@ -21,11 +21,12 @@ from transformers import AutoModelForImageTextToText, GenerationConfig, Pretrain
 from transformers.models.qwen2 import Qwen2Tokenizer
 from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX
 
-from helpers.boxes import to_model_answer
-from helpers.families import FAMILIES, QWEN_DEFAULT_SYSTEM_PROMPT, get_family
-from helpers.formatting import detection_prompt, grounding_prompt
-from helpers.processing import load_saved_processor
-from helpers.synthetic import CLASS_STYLES
+from helpers.families.boxes import to_model_answer
+from helpers.families.registry import FAMILIES, HUB_CONFIGS_DIR, QWEN_DEFAULT_SYSTEM_PROMPT, Family
+from helpers.runtime.checks import expand_path
+from helpers.families.chat import detection_prompt, grounding_prompt
+from helpers.families.processors import load_saved_processor
+from helpers.data.synthetic import CLASS_STYLES
 
 # The special tokens of the Qwen2/2.5/3-VL vocabularies, in their order there (ids differ here).
 QWEN_SPECIAL_TOKENS = (
@@ -48,8 +49,7 @@ QWEN_SPECIAL_TOKENS = (
 # answers open with an empty think block.
 QWEN_ADDED_TOKENS = ("<think>", "</think>")
 
-# The published checkpoints' processor and generation configs, copied into every tiny checkpoint (see its README).
-HUB_CONFIGS_DIR = Path(__file__).resolve().parent / "hub_configs"
+OFFLINE_PREFIX = "offline:"  # model_id "offline:qwen2_vl" = the tiny random checkpoint built here
 
 # Text the tiny tokenizer is trained on: the words, digits and punctuation prompts and answers
 # use. Digits are split one per token by Qwen's pre-tokenizer regex, as in the real vocabulary.
@@ -72,7 +72,7 @@ def tokenizer_corpus() -> str:
     """The tokenizer's training text: the word list plus every chat turn, prompt and answer form we write."""
     classes = list(CLASS_STYLES)
     texts = [TOKENIZER_CORPUS, f"system\n{QWEN_DEFAULT_SYSTEM_PROMPT}", "user\n", "assistant\n", "assistant\n<think>\n\n</think>\n\n["]
-    for family in FAMILIES:
+    for family in FAMILIES.values():
         texts.append(detection_prompt(family, classes[:3]))
         texts += [grounding_prompt(family, label) for label in classes]
         # Two objects per class, so the separators between answer items are learnt too.
@@ -94,9 +94,9 @@ TINY_SIZES = {  # text width, layers, heads; vision depth and width, shared by e
 }
 
 
-def tiny_sizes(family: str) -> dict[str, int]:
+def tiny_sizes(family: Family) -> dict[str, int]:
     """The tiny model's sizes for a family: TINY_SIZES with its recipe's overrides."""
-    return TINY_SIZES | get_family(family).tiny.sizes
+    return TINY_SIZES | family.tiny.sizes
 
 
 def train_tiny_tokenizer(vocab_size: int = TINY_VOCAB_SIZE) -> Qwen2Tokenizer:
@@ -145,9 +145,9 @@ def _special_ids(tokenizer: Qwen2Tokenizer) -> dict[str, int]:
     return ids
 
 
-def tiny_config(family: str, tokenizer: Qwen2Tokenizer) -> PretrainedConfig:
+def tiny_config(family: Family, tokenizer: Qwen2Tokenizer) -> PretrainedConfig:
     """Build a tiny config for a Qwen-VL family from its recipe, wired to the tokenizer's special-token ids."""
-    recipe = get_family(family).tiny
+    recipe = family.tiny
     s = tiny_sizes(family)
     # M-RoPE splits head_dim/2 rotary frequencies over (time, height, width): 2 + 3 + 3 = 8, from the
     # highest to the lowest. With Qwen's theta 10000 the width axis would get at most 0.003 rad per
@@ -176,15 +176,15 @@ def tiny_config(family: str, tokenizer: Qwen2Tokenizer) -> PretrainedConfig:
     return config_class(text_config=text | recipe.text(s), vision_config=vision | recipe.vision(s), **_special_ids(tokenizer))
 
 
-def hub_config_files(family: str) -> list[Path]:
+def hub_config_files(family: Family) -> list[Path]:
     """The family's published processor config files (image, and video where one is published)."""
-    return sorted((HUB_CONFIGS_DIR / get_family(family).model_type).glob("*preprocessor_config.json"))
+    return sorted((HUB_CONFIGS_DIR / family.model_type).glob("*preprocessor_config.json"))
 
 
-def hub_generation_config(family: str, tokenizer: Qwen2Tokenizer) -> GenerationConfig:
+def hub_generation_config(family: Family, tokenizer: Qwen2Tokenizer) -> GenerationConfig:
     """The family's published generation config with its token ids mapped to the tiny vocabulary."""
-    values = json.loads((HUB_CONFIGS_DIR / get_family(family).model_type / "generation_config.json").read_text())
-    first = get_family(family).first_special_token_id  # the real vocabulary's special tokens follow in our order
+    values = json.loads((HUB_CONFIGS_DIR / family.model_type / "generation_config.json").read_text())
+    first = family.first_special_token_id  # the real vocabulary's special tokens follow in our order
     real_to_tiny = {first + i: tokenizer.convert_tokens_to_ids(token) for i, token in enumerate(QWEN_SPECIAL_TOKENS)}
     for key in ("bos_token_id", "pad_token_id", "eos_token_id"):
         if isinstance(values.get(key), list):
@@ -195,22 +195,22 @@ def hub_generation_config(family: str, tokenizer: Qwen2Tokenizer) -> GenerationC
     return GenerationConfig(**values)
 
 
-def hub_chat_template(family: str) -> str:
+def hub_chat_template(family: Family) -> str:
     """The family's published chat template (its default system turn included, or not)."""
-    return json.loads((HUB_CONFIGS_DIR / get_family(family).model_type / "chat_template.json").read_text())["chat_template"]
+    return json.loads((HUB_CONFIGS_DIR / family.model_type / "chat_template.json").read_text())["chat_template"]
 
 
-def _build_fingerprint(family: str, seed: int, tokenizer: Qwen2Tokenizer, config: PretrainedConfig) -> str:
+def _build_fingerprint(family: Family, seed: int, tokenizer: Qwen2Tokenizer, config: PretrainedConfig) -> str:
     """Hash of everything that decides the checkpoint (the whole config and the published files too), so a changed recipe rebuilds the cache."""
     recipe = json.dumps(
-        {"family": family, "seed": seed, "config": config.to_dict(), "vocab": tokenizer.get_vocab(),
-         "hub_files": {p.name: p.read_text() for p in HUB_CONFIGS_DIR.joinpath(family).iterdir()}},
+        {"family": family.model_type, "seed": seed, "config": config.to_dict(), "vocab": tokenizer.get_vocab(),
+         "hub_files": {p.name: p.read_text() for p in HUB_CONFIGS_DIR.joinpath(family.model_type).iterdir()}},
         sort_keys=True, default=str,
     )
     return hashlib.sha256(recipe.encode()).hexdigest()[:16]
 
 
-def build_tiny_checkpoint(family: str, out_dir: str | Path, seed: int = 0) -> Path:
+def build_tiny_checkpoint(family: Family, out_dir: str | Path, seed: int = 0) -> Path:
     """Write (once) a tiny random-initialised checkpoint of a Qwen-VL family to ``out_dir``, laid out as the published ones."""
     out_dir = Path(out_dir)
     stamp = out_dir / "offline_build.json"
@@ -237,8 +237,18 @@ def build_tiny_checkpoint(family: str, out_dir: str | Path, seed: int = 0) -> Pa
     for path in hub_config_files(family):  # the published image (and video) processor settings, as published
         shutil.copyfile(path, tmp_dir / path.name)
     load_saved_processor(tmp_dir, family)  # the stock processor loads from these files, or the build stops here
-    (tmp_dir / "offline_build.json").write_text(json.dumps({"family": family, "seed": seed, "fingerprint": fingerprint}))
+    (tmp_dir / "offline_build.json").write_text(json.dumps({"family": family.model_type, "seed": seed, "fingerprint": fingerprint}))
     if out_dir.exists():
         shutil.rmtree(out_dir)
     tmp_dir.rename(out_dir)
     return out_dir
+
+
+def resolve_model_path(model_id: str, offline_model_dir: str | Path) -> str:
+    """Hub id or local path as given; ``offline:<family>`` builds (once) and returns a tiny checkpoint."""
+    if not model_id.startswith(OFFLINE_PREFIX):
+        return model_id
+    model_type = model_id.removeprefix(OFFLINE_PREFIX)
+    if model_type not in FAMILIES:
+        raise ValueError(f"model_id={model_id!r}: expected offline:<model_type> with model_type one of {', '.join(FAMILIES)}")
+    return str(build_tiny_checkpoint(FAMILIES[model_type], expand_path(offline_model_dir) / model_type))

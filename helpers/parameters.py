@@ -1,109 +1,19 @@
-"""The notebook's parameters: the rule each one declares beside it, and the check run before any work.
+"""The notebook's parameter rules: the rule each parameter declares beside it, and the check of a whole set.
 
 The parameters cell declares each knob as ``name: Annotated[type, rule] = default``. The runner
 (``helpers.run_notebook``) checks the values before a kernel starts, and the notebook's first cell
-checks them again for papermill or Jupyter used directly. An error names the parameter, the value
-and what is allowed. This module imports nothing heavy: the runner reads it before torch loads.
+checks them again for papermill or Jupyter used directly. Each allowed value is defined by the module
+that acts on it and imported here; the rule classes are in ``helpers.runtime.checks``.
 """
 
 from __future__ import annotations
 
-import math
-import re
-import types
-import typing
-from dataclasses import dataclass
-from pathlib import Path
-
-RUN_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")  # one path component: no separator, no "..", no leading dot
-
-
-@dataclass(frozen=True)
-class Range:
-    """A number within ``[low, high]`` (either end open when None); ``above`` makes ``low`` exclusive."""
-
-    low: float | None = None
-    high: float | None = None
-    above: bool = False
-
-    def allows(self, value) -> bool:
-        """True when ``value`` is a finite number in range."""
-        if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
-            return False
-        if self.low is not None and (value <= self.low if self.above else value < self.low):
-            return False
-        return self.high is None or value <= self.high
-
-    def describe(self) -> str:
-        """What is allowed, in words."""
-        low = "" if self.low is None else (f"> {self.low}" if self.above else f">= {self.low}")
-        high = "" if self.high is None else f"<= {self.high}"
-        return "a number " + " and ".join(part for part in (low, high) if part)
-
-
-@dataclass(frozen=True)
-class Choice:
-    """One of the listed values."""
-
-    values: tuple
-
-    def allows(self, value) -> bool:
-        """True when ``value`` is one of the choices."""
-        return any(value == choice and type(value) is type(choice) for choice in self.values)
-
-    def describe(self) -> str:
-        """What is allowed, in words."""
-        return "one of " + ", ".join(repr(v) for v in self.values)
-
-
-@dataclass(frozen=True)
-class Either:
-    """Allowed by any of the rules."""
-
-    rules: tuple
-
-    def allows(self, value) -> bool:
-        """True when one of the rules allows ``value``."""
-        return any(rule.allows(value) for rule in self.rules)
-
-    def describe(self) -> str:
-        """What is allowed, in words."""
-        return " or ".join(rule.describe() for rule in self.rules)
-
-
-@dataclass(frozen=True)
-class NonEmpty:
-    """A string or list with at least one element (a string of more than spaces)."""
-
-    def allows(self, value) -> bool:
-        """True for a non-blank string or a non-empty list."""
-        return bool(value.strip()) if isinstance(value, str) else bool(value)
-
-    def describe(self) -> str:
-        """What is allowed, in words."""
-        return "not empty"
-
-
-@dataclass(frozen=True)
-class RunName:
-    """One folder name of safe characters: letters, digits, ``.``, ``_``, ``-``, not starting with a dot."""
-
-    def allows(self, value) -> bool:
-        """True for a safe single path component."""
-        return isinstance(value, str) and RUN_NAME_RE.fullmatch(value) is not None
-
-    def describe(self) -> str:
-        """What is allowed, in words."""
-        return "a folder name of letters, digits, '.', '_' and '-' (at most 128, not starting with '.' or '-'; no '/')"
-
-
-# The choices of the notebook's string parameters, defined here once for the modules that act on them.
-TASKS = ("detection", "grounding")  # every class in one answer, or one class named in the prompt
-BBOX_FORMATS = ("xywh", "xyxy")  # xywh = COCO [x, y, width, height]; xyxy = [x1, y1, x2, y2]
-QUANTIZATION_CHOICES = ("none", "8bit", "4bit")
-ATTENTION_CHOICES = ("sdpa", "eager", "flash_attention_2")
-SCHEDULES = ("cosine", "linear", "constant_with_warmup")
-REPORT_TO_CHOICES = ("none", "wandb", "tensorboard")
+from helpers.data.records import BBOX_FORMATS
+from helpers.families.chat import TASKS
+from helpers.runtime.checks import Choice, Either, NonEmpty, Range, RunName, check_parameters
+from helpers.runtime.tracking import REPORT_TO_CHOICES
+from helpers.train.model import ATTENTION_CHOICES, QUANTIZATION_CHOICES
+from helpers.train.config import SCHEDULES
 
 # The rules the parameters cell names (plain names, so papermill's --help-notebook still reads each line).
 AT_LEAST_1 = Range(1)
@@ -117,65 +27,19 @@ NON_EMPTY = NonEmpty()
 RUN_NAME = RunName()
 TASK, BBOX_FORMAT, QUANTIZATION = Choice(TASKS), Choice(BBOX_FORMATS), Choice(QUANTIZATION_CHOICES)
 ATTENTION, SCHEDULE, REPORT_TO = Choice(ATTENTION_CHOICES), Choice(SCHEDULES), Choice(REPORT_TO_CHOICES)
+# Pairs whose first value may not exceed the second.
+ORDERED_PAIRS = (("synthetic_min_side_px", "synthetic_max_side_px"), ("min_pixels", "max_pixels"))
 
 
-def _split(annotation) -> tuple[object, list]:
-    """The type and the rules of an ``Annotated[type, rule, ...]`` annotation (no rules for a bare type)."""
-    if typing.get_origin(annotation) is typing.Annotated:
-        base, *rules = typing.get_args(annotation)
-        return base, rules
-    return annotation, []
-
-
-def _allowed_types(annotation) -> tuple[type, ...]:
-    """The runtime types a value of ``annotation`` may have (ints are fine floats: papermill types 1 as int)."""
-    origin = typing.get_origin(annotation)
-    if origin in (types.UnionType, typing.Union):
-        allowed = tuple(typing.get_origin(t) or t for t in typing.get_args(annotation))
-    else:
-        allowed = (origin or annotation,)
-    return allowed + ((int,) if float in allowed else ())
-
-
-def check_value(name: str, value, annotation) -> None:
-    """Raise an error naming ``name``, ``value`` and what is allowed when the value breaks its type or rule."""
-    base, rules = _split(annotation)
-    allowed = _allowed_types(base)
-    if isinstance(value, bool) and bool not in allowed:
-        allowed = ()  # bool is an int subclass: a flag given for a number is a mistake
-    if not isinstance(value, allowed):
-        raise TypeError(
-            f"parameter {name}={value!r} is {type(value).__name__}, expected {getattr(base, '__name__', base)}; "
-            "with papermill use -p for numbers and booleans, -r for raw strings, -y/-f for lists"
-        )
-    for rule in rules:
-        # A rule constrains the value's main type; a bool alongside (resume_from_checkpoint: bool | str) is its own switch.
-        if not (isinstance(value, bool) and bool in allowed) and not rule.allows(value):
-            raise ValueError(f"parameter {name}={value!r} is not allowed: expected {rule.describe()}")
-
-
-def check_parameters(values: dict, annotations: dict) -> dict:
-    """Check every parameter against its declared type and rule, and the pairs that must agree; return them as a dict."""
-    unknown = sorted(set(values) - set(annotations))
-    if unknown:
-        raise ValueError(f"unknown parameters {unknown}; the notebook's parameters are {sorted(annotations)}")
-    for name, annotation in annotations.items():
-        check_value(name, values[name], annotation)
-    for low, high in (("synthetic_min_side_px", "synthetic_max_side_px"), ("min_pixels", "max_pixels")):
-        if low in values and high in values and values[low] > values[high]:
-            raise ValueError(f"parameter {low}={values[low]} is above {high}={values[high]}; the range would be empty")
-    return {name: values[name] for name in annotations}
-
-
-def expand_path(value: str | Path) -> Path:
-    """A path parameter as the user meant it: ``~`` expanded, made absolute (relative to the working directory)."""
-    return Path(value).expanduser().resolve()
+def check_notebook_parameters(values: dict, annotations: dict) -> dict:
+    """Check the notebook's parameters against their declarations and ``ORDERED_PAIRS``; return them as a dict."""
+    return check_parameters(values, annotations, ORDERED_PAIRS)
 
 
 def notebook_parameters(namespace: dict) -> dict:
-    """The notebook's parameters, read from its namespace by their declarations and checked (``check_parameters``)."""
+    """The notebook's parameters, read from its namespace by their declarations and checked."""
     annotations = namespace["__annotations__"]
-    return check_parameters({name: namespace[name] for name in annotations}, annotations)
+    return check_notebook_parameters({name: namespace[name] for name in annotations}, annotations)
 
 
 def parameter_table(params: dict, columns: int = 2, value_chars: int = 28) -> str:

@@ -18,7 +18,9 @@ import copy
 import json
 import logging
 import os
+import re
 import shlex
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -27,12 +29,12 @@ import jupytext
 import papermill
 import papermill.parameterize
 import yaml
-from papermill.cli import _resolve_type as papermill_value  # papermill's own typing of -p values
 from papermill.iorw import NoDatesSafeLoader
 
-from helpers.metrics import format_comparison
-from helpers.parameters import check_parameters, expand_path
-from helpers.run import HEADLESS_ENV, prepare_run_dir, remove_run_dir, run_folder
+from helpers.evaluate.metrics import format_comparison
+from helpers.parameters import check_notebook_parameters
+from helpers.runtime.checks import expand_path, split_annotation, type_name
+from helpers.runtime.run_folder import HEADLESS_ENV, prepare_run_dir, remove_run_dir, run_folder
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOK_PATH = REPO_ROOT / "fine_tuning_vlm_for_object_detection_trl.py"
@@ -66,16 +68,38 @@ def read_parameter_yaml(text: str, origin: str) -> dict:
     return values
 
 
+def run_tagged_cells(notebook, tag: str, namespace: dict | None = None) -> dict:
+    """Run every code cell tagged ``tag`` in order, in a copy of ``namespace`` (the names the cells read), and return it."""
+    cells = [cell for cell in notebook.cells if cell.cell_type == "code" and tag in cell.get("metadata", {}).get("tags", [])]
+    if not cells:
+        raise LookupError(f"no code cell tagged {tag!r} in {NOTEBOOK_PATH.name}")
+    namespace = {**(namespace or {}), "__name__": f"notebook_{tag}"}
+    for cell in cells:
+        # dont_inherit: this module's `from __future__ import annotations` would turn the declarations into strings
+        exec(compile(cell.source, f"{NOTEBOOK_PATH.name}[{tag}]", "exec", dont_inherit=True), namespace)  # as the kernel runs it
+    return namespace
+
+
 def notebook_declarations(notebook) -> tuple[dict, dict]:
     """The defaults and the declared types of the notebook's ``parameters``-tagged cell, by running that cell alone."""
     cells = [cell for cell in notebook.cells if "parameters" in cell.get("metadata", {}).get("tags", [])]
     if len(cells) != 1:
         raise ValueError(f"expected exactly one parameters-tagged cell, found {len(cells)}")
-    namespace: dict = {"__name__": "notebook_parameters"}
-    # dont_inherit: this module's `from __future__ import annotations` would turn the declarations into strings
-    exec(compile(cells[0].source, f"{NOTEBOOK_PATH.name}[parameters]", "exec", dont_inherit=True), namespace)
+    namespace = run_tagged_cells(notebook, "parameters")
     annotations = namespace.get("__annotations__", {})
     return {name: namespace[name] for name in annotations}, annotations
+
+
+def typed_value(text: str):
+    """A ``-p`` value typed as papermill types it: True, False, None, an int, a float, else the string itself."""
+    if text in ("True", "False", "None"):
+        return {"True": True, "False": False, "None": None}[text]
+    for number_type in (int, float):
+        try:
+            return number_type(text)
+        except ValueError:
+            pass
+    return text
 
 
 def resolve_parameters(defaults: dict, preset: dict, overrides: dict) -> dict:
@@ -85,6 +109,32 @@ def resolve_parameters(defaults: dict, preset: dict, overrides: dict) -> dict:
         if unknown:
             raise SystemExit(f"{origin}: unknown parameters {unknown}; known: {sorted(defaults)}")
     return defaults | preset | overrides
+
+
+PARAMETER_LINE = re.compile(r"^(?P<name>\w+): .*?  # (?P<comment>.*)$")  # name: Annotated[type, rule] = default  # comment
+
+
+def parameter_reference(notebook) -> str:
+    """The parameter reference in Markdown, generated from the parameters cell: name, type, default, allowed values, meaning."""
+    defaults, annotations = notebook_declarations(notebook)
+    (cell,) = [cell for cell in notebook.cells if "parameters" in cell.get("metadata", {}).get("tags", [])]
+    comments = {m["name"]: m["comment"] for m in map(PARAMETER_LINE.match, cell.source.splitlines()) if m}
+    lines = [
+        "# Parameters",
+        "",
+        "Every knob of the notebook, generated from its parameters cell by",
+        "`python -m helpers.run_notebook --parameter-reference docs/parameters.md` (a test checks they agree).",
+        "Override them with `-p name value`, `-y 'name: value'` or a preset (`--preset params/<name>.yaml`).",
+        "",
+        "| parameter | type | default | allowed | meaning |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for name, annotation in annotations.items():
+        base, rules = split_annotation(annotation)
+        allowed = "; ".join(rule.describe() for rule in rules) or "any"
+        cells = [f"`{name}`", type_name(base), f"`{defaults[name]!r}`", allowed, comments.get(name, "")]
+        lines.append("| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |")
+    return "\n".join(lines) + "\n"
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -98,6 +148,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("-r", "--parameters_raw", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"), help="override kept as a string")
     parser.add_argument("--overwrite", action="store_true", help="delete an existing run folder of the same name first (only one this project created)")
     parser.add_argument("--launch", help='run the notebook as a script under this launcher, e.g. "torchrun --nproc_per_node 2"')
+    parser.add_argument("--parameter-reference", type=Path, metavar="PATH",
+                        help="write the parameter reference (docs/parameters.md) from the parameters cell, and run nothing")
     return parser.parse_args(argv)
 
 
@@ -109,7 +161,7 @@ def command_line_parameters(args: argparse.Namespace) -> tuple[dict, dict]:
     overrides: dict = {}
     for index, text in enumerate(args.parameters_yaml):
         overrides |= read_parameter_yaml(text, f"-y #{index + 1}")
-    overrides |= {name: papermill_value(value) for name, value in args.parameters}
+    overrides |= {name: typed_value(value) for name, value in args.parameters}
     overrides |= {name: value for name, value in args.parameters_raw}
     return preset, overrides
 
@@ -130,11 +182,15 @@ def main(argv: list[str] | None = None) -> Path:
     """Check the parameters, make the run folder, execute the notebook and return the run folder."""
     args = parse_args(sys.argv[1:] if argv is None else argv)
     notebook = jupytext.read(NOTEBOOK_PATH)
+    if args.parameter_reference:
+        args.parameter_reference.write_text(parameter_reference(notebook))
+        print(f"wrote {args.parameter_reference}")
+        return args.parameter_reference
     defaults, annotations = notebook_declarations(notebook)
     preset, overrides = command_line_parameters(args)
     parameters = resolve_parameters(defaults, preset, overrides)
     try:
-        check_parameters(parameters, annotations)  # the notebook's first cell checks the same, for direct papermill use
+        check_notebook_parameters(parameters, annotations)  # the notebook's first cell checks the same, for direct papermill use
     except (TypeError, ValueError) as error:
         raise SystemExit(str(error)) from error
     run_dir = run_folder(parameters["output_root"], parameters["run_name"])
@@ -204,13 +260,29 @@ def notebook_script(notebook, parameters: dict) -> str:
     return jupytext.writes(injected, fmt="py:percent")
 
 
+def launcher_executable(words: list[str]) -> str:
+    """The launcher's program: found on PATH, else beside this Python (a virtual environment not activated), else an error saying how."""
+    if not words:
+        raise SystemExit('--launch is empty; give a launcher such as "torchrun --nproc_per_node 2"')
+    found = shutil.which(words[0])
+    beside = Path(sys.executable).parent / words[0]
+    if found is None and "/" not in words[0] and beside.is_file() and os.access(beside, os.X_OK):
+        found = str(beside)
+    if found is None:
+        raise SystemExit(
+            f"--launch: {words[0]!r} is neither on PATH nor beside {sys.executable}; install it in this environment "
+            f"({Path(sys.executable).parent / 'pip'} install accelerate, which brings torchrun too) or activate the environment that has it"
+        )
+    return found
+
+
 def launch_script(notebook, parameters: dict, run_dir: Path, launcher: str) -> None:
     """Write the parameterised script into the run folder and run it under ``launcher`` from the repository root."""
     script = run_dir / SCRIPT_NAME
     partial = run_dir / f".{SCRIPT_NAME}.partial"
     partial.write_text(notebook_script(notebook, parameters))
     os.replace(partial, script)
-    command = [*shlex.split(launcher), str(script)]
+    command = [launcher_executable(shlex.split(launcher)), *shlex.split(launcher)[1:], str(script)]
     # The script imports helpers from the repository root and draws without a display.
     env = os.environ | {"PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")])), "MPLBACKEND": "Agg"}
     print("launching:", shlex.join(command))

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import numpy as np
 
-from helpers.defaults import DEFAULT_MAX_PIXELS, DEFAULT_MIN_PIXELS, QWEN2_VL_MAX_PIXELS, QWEN2_VL_MIN_PIXELS
-from helpers.families import FAMILY_NAMES as FAMILIES  # every supported family, from its record
-from helpers.formatting import add_chat_columns, detection_prompt
-from helpers.images import open_image
-from helpers.synthetic import make_synthetic_dataset
+from helpers.families.processors import DEFAULT_MAX_PIXELS, DEFAULT_MIN_PIXELS, QWEN2_VL_MAX_PIXELS, QWEN2_VL_MIN_PIXELS
+from helpers.families.registry import FAMILIES as REGISTRY
+from helpers.families.registry import Family
+from helpers.families.chat import add_chat_columns, detection_prompt
+from helpers.data.images import open_image
+from helpers.data.synthetic import make_synthetic_dataset
+
+FAMILIES = list(REGISTRY.values())  # every supported family's record (test ids: its model_type, tests/conftest.py)
 
 
 def _random_sizes(n: int, seed: int) -> list[tuple[int, int]]:
@@ -32,7 +35,7 @@ IMAGE_SIZES: list[tuple[int, int]] = [
 PIXEL_BOUNDS = [(DEFAULT_MIN_PIXELS, DEFAULT_MAX_PIXELS), (12544, 12544), (QWEN2_VL_MIN_PIXELS, QWEN2_VL_MAX_PIXELS)]
 
 
-def chat_examples(family: str, n: int = 4, seed: int = 11, system_prompt: str = "", empty_fraction: float = 0.0) -> list[dict]:
+def chat_examples(family: Family, n: int = 4, seed: int = 11, system_prompt: str = "", empty_fraction: float = 0.0) -> list[dict]:
     """``n`` examples with different image sizes and answer lengths, as the notebook formats them."""
     ds = make_synthetic_dataset(n, seed=seed, max_objects=4, min_side_px=60, max_side_px=260, empty_fraction=empty_fraction)
     prompt = detection_prompt(family, ["red circle", "green square"])

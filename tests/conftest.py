@@ -11,18 +11,24 @@ from types import ModuleType
 import jupytext
 import pytest
 
-from helpers.families import FAMILY_NAMES
+from helpers.families.registry import FAMILIES, Family
 from helpers.offline import build_tiny_checkpoint
 from helpers.run_notebook import NOTEBOOK_PATH, REPO_ROOT, notebook_declarations
 
 BENCHMARKS = REPO_ROOT / "benchmarks"
 
 
+def pytest_make_parametrize_id(config, val, argname):
+    """A family record's test id is its model_type (``test_x[qwen2_vl]``)."""
+    return val.model_type if isinstance(val, Family) else None
+
+
 @pytest.fixture(scope="session")
-def tiny_checkpoints(tmp_path_factory) -> dict[str, str]:
-    """Family -> path of a tiny random checkpoint for every supported Qwen-VL family."""
+def tiny_checkpoints(tmp_path_factory) -> dict:
+    """Path of a tiny random checkpoint for every supported Qwen-VL family, by its record and by its model_type."""
     root = tmp_path_factory.mktemp("offline_models")
-    return {family: str(build_tiny_checkpoint(family, root / family)) for family in FAMILY_NAMES}
+    paths = {family: str(build_tiny_checkpoint(family, root / family.model_type)) for family in FAMILIES.values()}
+    return paths | {family.model_type: path for family, path in paths.items()}
 
 
 @pytest.fixture(scope="session")

@@ -12,17 +12,17 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from benchmarks.parser_speed import PATHOLOGICAL, time_parse
-from helpers.boxes import parse_model_answer, to_model_answer
-from helpers.families import NORM1000, get_family
-from helpers.labels import normalize_label
+from helpers.families.boxes import parse_model_answer, to_model_answer
+from helpers.families.registry import NORM1000, Family, get_family
+from helpers.families.labels import normalize_label
 from tests.cases import FAMILIES
 
 REAL_ANSWERS = json.loads((Path(__file__).parent / "fixtures" / "real_answers.json").read_text())
 
 
-def read_raw(text: str, family: str = "qwen3_vl") -> list[tuple[str, list[float]]]:
+def read_raw(text: str, family: Family = get_family("qwen3_vl")) -> list[tuple[str, list[float]]]:
     """(label, box) as written in the answer's own units: a 1000x1000 image in 0..1000, or an unresized one in pixels."""
-    size = (1000, 1000) if get_family(family).coordinates == NORM1000 else (100_000, 100_000)
+    size = (1000, 1000) if family.coordinates == NORM1000 else (100_000, 100_000)
     return [(obj["label"], [round(v, 6) for v in obj["bbox_xyxy_px"]]) for obj in parse_model_answer(text, family, size, size)]
 
 
@@ -88,7 +88,7 @@ EXPECTED_OTHERWISE = {
 @pytest.mark.parametrize("entry", REAL_ANSWERS, ids=[entry["id"] for entry in REAL_ANSWERS])
 def test_real_published_answers(entry):
     expected = EXPECTED_OTHERWISE[entry["id"]](entry) if entry["id"] in READ_OTHERWISE else entry["expected"]
-    assert read_raw(entry["text"], entry["family"]) == [(normalize_label(label), [float(v) for v in box]) for label, box in expected]
+    assert read_raw(entry["text"], get_family(entry["family"])) == [(normalize_label(label), [float(v) for v in box]) for label, box in expected]
 
 
 def test_the_real_answers_cover_every_family_with_boxes_and_cite_a_source():
@@ -197,4 +197,4 @@ def test_pathological_text_parses_in_linear_time(name):
     # times (at 1 MB, minutes). Absolute times are the benchmark's job (benchmarks/parser_speed.py).
     small, large = time_parse(PATHOLOGICAL[name](20_000)), time_parse(PATHOLOGICAL[name](200_000))
     assert large < 30 * max(small, 1e-3), (small, large)
-    assert parse_model_answer(PATHOLOGICAL[name](1_000_000), "qwen2_vl", (100, 80), (112, 84)) is not None
+    assert parse_model_answer(PATHOLOGICAL[name](1_000_000), get_family("qwen2_vl"), (100, 80), (112, 84)) is not None

@@ -6,12 +6,13 @@ import re
 
 import pytest
 
-from helpers.boxes import visual_token_count
-from helpers.defaults import DEFAULT_MAX_PIXELS, DEFAULT_MIN_PIXELS
-from helpers.formatting import add_chat_columns, detection_prompt
-from helpers.notebook_cells import run_tagged_cells
-from helpers.real_vocab import real_processor
-from helpers.synthetic import make_synthetic_dataset
+from helpers.families.boxes import visual_token_count
+from helpers.families.processors import DEFAULT_MAX_PIXELS, DEFAULT_MIN_PIXELS
+from helpers.families.chat import add_chat_columns, detection_prompt
+from tests.support.notebook_cells import run_tagged_cells
+from tests.support.real_vocab import real_processor
+from helpers.data.synthetic import make_synthetic_dataset
+from helpers.families.registry import get_family
 
 
 def test_collator_throughput_reports_each_collator_and_the_training_step(tmp_path, capsys, load_benchmark):
@@ -78,17 +79,17 @@ def test_layouts_and_token_shares_add_up(load_benchmark):
 @pytest.mark.parametrize("family", ["qwen2_vl", "qwen2_5_vl", "qwen3_vl"])
 def test_sample_counts_equal_what_the_collator_builds_on_the_real_vocabulary(family, load_benchmark):
     acc, train = load_benchmark("speed_accounting"), load_benchmark("train_throughput")
-    processor = real_processor(family, DEFAULT_MIN_PIXELS, DEFAULT_MAX_PIXELS)
+    processor = real_processor(get_family(family), DEFAULT_MIN_PIXELS, DEFAULT_MAX_PIXELS)
     cells = run_tagged_cells("collators")
     dataset = make_synthetic_dataset(3, seed=5, max_objects=4)
-    examples = list(add_chat_columns(dataset, family, detection_prompt(family, ["red circle"]), DEFAULT_MIN_PIXELS, DEFAULT_MAX_PIXELS))
+    examples = list(add_chat_columns(dataset, get_family(family), detection_prompt(get_family(family), ["red circle"]), DEFAULT_MIN_PIXELS, DEFAULT_MAX_PIXELS))
     span = train.answer_span_fn(processor, cells, {})
     for example in examples:
         counted = acc.sample_tokens(processor, example, family, DEFAULT_MIN_PIXELS, DEFAULT_MAX_PIXELS, span)
         batch = cells["AssistantOnlyCollator"](processor)([example])
         assert counted.length == batch["input_ids"].shape[1]
         assert counted.answer == int((batch["labels"] != -100).sum())
-        assert counted.vision == visual_token_count(family, example["width"], example["height"], DEFAULT_MIN_PIXELS, DEFAULT_MAX_PIXELS) + 2
+        assert counted.vision == visual_token_count(get_family(family), example["width"], example["height"], DEFAULT_MIN_PIXELS, DEFAULT_MAX_PIXELS) + 2
         assert counted.patches == int(batch["image_grid_thw"].prod())
 
 

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from helpers.boxes import (
+from helpers.families.boxes import (
     box_iou,
     clip_xyxy,
     drop_duplicate_boxes,
@@ -19,8 +19,8 @@ from helpers.boxes import (
     xywh_to_xyxy,
     xyxy_to_xywh,
 )
-from helpers.defaults import DEFAULT_MAX_PIXELS, DEFAULT_MIN_PIXELS
-from helpers.families import get_family
+from helpers.families.processors import DEFAULT_MAX_PIXELS, DEFAULT_MIN_PIXELS
+from helpers.families.registry import get_family
 from tests.cases import FAMILIES, IMAGE_SIZES, PIXEL_BOUNDS
 
 
@@ -49,7 +49,7 @@ def test_round_trip_within_quantisation(family, width, height, min_pixels, max_p
     parsed = parse_model_answer(answer, family, (width, height), model_size)
     # The format's quantum: 1 resized pixel mapped back (absolute) or 1/1000 of the side (relative);
     # rounding to the nearest integer keeps the error within half of it.
-    if not get_family(family).relative:
+    if not family.relative:
         tol_x, tol_y = 0.5 * width / model_size[0] + 1e-6, 0.5 * height / model_size[1] + 1e-6
     else:
         tol_x, tol_y = 0.5 * width / 1000 + 1e-6, 0.5 * height / 1000 + 1e-6
@@ -77,12 +77,12 @@ def test_objects_are_written_by_label_then_top_to_bottom_then_left_to_right(fami
 
 @pytest.mark.parametrize(
     "family,expected_start",
-    [("qwen2_vl", "<|object_ref_start|>cat<|object_ref_end|><|box_start|>(100,250),(500,750)<|box_end|>"),
-     ("qwen2_5_vl", '[{"bbox_2d": [22, 56, 112, 168], "label": "cat"}]'),
-     ("qwen3_vl", '[{"bbox_2d": [100, 250, 500, 750], "label": "cat"}]'),
-     ("qwen3_vl_moe", '[{"bbox_2d": [100, 250, 500, 750], "label": "cat"}]'),
-     ("qwen3_5", '[{"bbox_2d": [100, 250, 500, 750], "label": "cat"}]'),
-     ("qwen3_5_moe", '[{"bbox_2d": [100, 250, 500, 750], "label": "cat"}]')],
+    [(get_family("qwen2_vl"), "<|object_ref_start|>cat<|object_ref_end|><|box_start|>(100,250),(500,750)<|box_end|>"),
+     (get_family("qwen2_5_vl"), '[{"bbox_2d": [22, 56, 112, 168], "label": "cat"}]'),
+     (get_family("qwen3_vl"), '[{"bbox_2d": [100, 250, 500, 750], "label": "cat"}]'),
+     (get_family("qwen3_vl_moe"), '[{"bbox_2d": [100, 250, 500, 750], "label": "cat"}]'),
+     (get_family("qwen3_5"), '[{"bbox_2d": [100, 250, 500, 750], "label": "cat"}]'),
+     (get_family("qwen3_5_moe"), '[{"bbox_2d": [100, 250, 500, 750], "label": "cat"}]')],
 )
 def test_answer_text_per_family(family, expected_start):
     # 200x200 image, resized to 224x224 for qwen2/2.5 (multiple of 28) with these bounds.
@@ -133,19 +133,19 @@ def test_parser_never_raises_and_keeps_boxes_inside(family, text, n_boxes):
 
 @pytest.mark.parametrize("text", [None, 123, b"bytes", ["list"]])
 def test_parser_returns_nothing_for_non_strings(text):
-    assert parse_model_answer(text, "qwen2_vl", (10, 10), (28, 28)) == []
+    assert parse_model_answer(text, get_family("qwen2_vl"), (10, 10), (28, 28)) == []
 
 
 @pytest.mark.parametrize(
     "text,family,expected",
     [
         # The tag syntax is 0..1000 whatever the family; JSON follows the family's frame.
-        ("<|object_ref_start|>a<|object_ref_end|><|box_start|>(100,250),(500,750)<|box_end|>", "qwen2_5_vl", [20, 50, 100, 150]),
-        ("<|object_ref_start|>a<|object_ref_end|><|box_start|>(100,250),(500,750)<|box_end|>", "qwen3_vl", [20, 50, 100, 150]),
-        ('[{"bbox_2d": [100, 250, 500, 750], "label": "a"}]', "qwen2_vl", [20, 50, 100, 150]),
-        ('[{"bbox_2d": [22, 56, 112, 168], "label": "a"}]', "qwen2_5_vl", [200 * 22 / 224, 200 * 56 / 224, 100, 150]),
-        ('[{"bbox_2d": [500, 750, 100, 250], "label": "a"}]', "qwen3_vl", [20, 50, 100, 150]),  # swapped corners
-        ('[{"bbox_2d": [-100, 250, 1500, 750], "label": "a"}]', "qwen3_vl", [0, 50, 200, 150]),  # clipped
+        ("<|object_ref_start|>a<|object_ref_end|><|box_start|>(100,250),(500,750)<|box_end|>", get_family("qwen2_5_vl"), [20, 50, 100, 150]),
+        ("<|object_ref_start|>a<|object_ref_end|><|box_start|>(100,250),(500,750)<|box_end|>", get_family("qwen3_vl"), [20, 50, 100, 150]),
+        ('[{"bbox_2d": [100, 250, 500, 750], "label": "a"}]', get_family("qwen2_vl"), [20, 50, 100, 150]),
+        ('[{"bbox_2d": [22, 56, 112, 168], "label": "a"}]', get_family("qwen2_5_vl"), [200 * 22 / 224, 200 * 56 / 224, 100, 150]),
+        ('[{"bbox_2d": [500, 750, 100, 250], "label": "a"}]', get_family("qwen3_vl"), [20, 50, 100, 150]),  # swapped corners
+        ('[{"bbox_2d": [-100, 250, 1500, 750], "label": "a"}]', get_family("qwen3_vl"), [0, 50, 200, 150]),  # clipped
     ],
 )
 def test_parsed_values_per_frame(text, family, expected):
@@ -156,7 +156,7 @@ def test_parsed_values_per_frame(text, family, expected):
 
 def test_a_label_never_swallows_tags():
     text = "<|object_ref_start|>a<|object_ref_end|> junk <|object_ref_start|>b<|object_ref_end|><|box_start|>(1,1),(5,5)<|box_end|>"
-    assert [o["label"] for o in parse_model_answer(text, "qwen2_vl", (10, 10), (28, 28))] == ["b"]
+    assert [o["label"] for o in parse_model_answer(text, get_family("qwen2_vl"), (10, 10), (28, 28))] == ["b"]
 
 
 @pytest.mark.parametrize(
@@ -187,7 +187,7 @@ def test_clip_xyxy_keeps_each_corner_inside_a_20x10_image(box, clipped):
 
 def test_unknown_family_is_an_error():
     with pytest.raises(ValueError, match="unknown family"):
-        resized_size("qwen_vl", 10, 10, 100, 1000)
+        resized_size(get_family("qwen_vl"), 10, 10, 100, 1000)
 
 
 @pytest.mark.parametrize("family", FAMILIES)

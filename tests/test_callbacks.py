@@ -7,20 +7,23 @@ import torch
 from transformers import TrainerCallback
 from trl import SFTTrainer
 
-from helpers.callbacks import (
+from helpers.train.callbacks import (
     ConsoleLogCallback,
     GradNormCallback,
     IoUEvalCallback,
     attach_callbacks,
     gradient_l2_norm,
 )
-from helpers.defaults import DEFAULT_MAX_PIXELS, DEFAULT_MIN_PIXELS
-from helpers.formatting import add_chat_columns, detection_prompt
-from helpers.metrics import EVAL_MEAN_IOU, EVAL_PARSE_FAILURE_RATE
-from helpers.modeling import load_model_and_processor, lora_config, wrap_lora
-from helpers.notebook_cells import run_tagged_cells
-from helpers.synthetic import make_synthetic_dataset
-from helpers.notebook_cells import notebook_sft_config
+from helpers.families.processors import DEFAULT_MAX_PIXELS, DEFAULT_MIN_PIXELS
+from helpers.families.chat import add_chat_columns, detection_prompt
+from helpers.evaluate.metrics import EVAL_MEAN_IOU, EVAL_PARSE_FAILURE_RATE
+from helpers.train.model import load_model_and_processor
+from helpers.train.lora import lora_config, wrap_lora
+from tests.support.notebook_cells import run_tagged_cells
+from helpers.data.synthetic import make_synthetic_dataset
+from helpers.families.registry import get_family
+from helpers.evaluate.generation import GenerationSettings
+from tests.support.notebook_cells import notebook_sft_config
 
 CLASSES = ["red circle", "green square", "blue triangle"]
 
@@ -39,9 +42,9 @@ def tiny_run(defaults: dict, checkpoint, tmp_path, max_grad_norm: float, use_lor
     """Six optimizer steps with logging every step and evaluation at steps 3 and 6; returns trainer and recorder."""
     model, processor = load_model_and_processor(checkpoint, "none", "sdpa", torch.float32, "cpu", DEFAULT_MIN_PIXELS, DEFAULT_MAX_PIXELS)
     if use_lora:
-        model = wrap_lora(model, lora_config("qwen2_vl", ["language"], 4, 8, 0.0))
-    prompt = detection_prompt("qwen2_vl", CLASSES)
-    splits = [add_chat_columns(make_synthetic_dataset(n, seed=s), "qwen2_vl", prompt, DEFAULT_MIN_PIXELS, DEFAULT_MAX_PIXELS)
+        model = wrap_lora(model, lora_config(get_family("qwen2_vl"), ["language"], 4, 8, 0.0))
+    prompt = detection_prompt(get_family("qwen2_vl"), CLASSES)
+    splits = [add_chat_columns(make_synthetic_dataset(n, seed=s), get_family("qwen2_vl"), prompt, DEFAULT_MIN_PIXELS, DEFAULT_MAX_PIXELS)
               for n, s in ((16, 1), (4, 2))]
     params = defaults | {"max_steps": 6, "logging_steps": 1, "eval_steps": 3, "save_steps": 100, "per_device_train_batch_size": 4,
                          "per_device_eval_batch_size": 4, "max_grad_norm": max_grad_norm, "learning_rate": 1e-3}
@@ -50,7 +53,7 @@ def tiny_run(defaults: dict, checkpoint, tmp_path, max_grad_norm: float, use_lor
                          processing_class=processor)
     recorder, printed = RecordingCallback(), []
     trainer.add_callback(recorder)  # added first, like a backend the trainer was created with
-    iou = IoUEvalCallback(processor, splits[1], n_images=3, family="qwen2_vl", max_new_tokens=8, batch_size=2)
+    iou = IoUEvalCallback(processor, splits[1], n_images=3, family=get_family("qwen2_vl"), settings=GenerationSettings(max_new_tokens=8, batch_size=2))
     attach_callbacks(trainer, [GradNormCallback(), iou, ConsoleLogCallback(print_fn=printed.append)])
     trainer.train()
     return trainer, recorder, printed
@@ -91,10 +94,10 @@ def test_iou_callback_leaves_the_model_mode_as_found(tiny_checkpoints, training)
     model, processor = load_model_and_processor(
         tiny_checkpoints["qwen2_vl"], "none", "sdpa", torch.float32, "cpu", DEFAULT_MIN_PIXELS, DEFAULT_MAX_PIXELS
     )
-    model = wrap_lora(model, lora_config("qwen2_vl", ["language"], 4, 8, 0.0))  # a PEFT-wrapped model
-    prompt = detection_prompt("qwen2_vl", CLASSES)
-    data = add_chat_columns(make_synthetic_dataset(2, seed=3), "qwen2_vl", prompt, DEFAULT_MIN_PIXELS, DEFAULT_MAX_PIXELS)
-    callback = IoUEvalCallback(processor, data, n_images=2, family="qwen2_vl", max_new_tokens=4, batch_size=2)
+    model = wrap_lora(model, lora_config(get_family("qwen2_vl"), ["language"], 4, 8, 0.0))  # a PEFT-wrapped model
+    prompt = detection_prompt(get_family("qwen2_vl"), CLASSES)
+    data = add_chat_columns(make_synthetic_dataset(2, seed=3), get_family("qwen2_vl"), prompt, DEFAULT_MIN_PIXELS, DEFAULT_MAX_PIXELS)
+    callback = IoUEvalCallback(processor, data, n_images=2, family=get_family("qwen2_vl"), settings=GenerationSettings(max_new_tokens=4, batch_size=2))
     model.train(training)
 
     class State:
@@ -108,7 +111,7 @@ def test_iou_callback_leaves_the_model_mode_as_found(tiny_checkpoints, training)
 
 
 def test_tensorboard_backend_gets_the_added_values_inside_the_run_folder(tiny_checkpoints, default_params, tmp_path, monkeypatch):
-    from helpers.tracking import configure_reporting
+    from helpers.runtime.tracking import configure_reporting
 
     environ = {}
     configure_reporting("tensorboard", tmp_path, environ)
@@ -116,8 +119,8 @@ def test_tensorboard_backend_gets_the_added_values_inside_the_run_folder(tiny_ch
     model, processor = load_model_and_processor(
         tiny_checkpoints["qwen2_vl"], "none", "sdpa", torch.float32, "cpu", DEFAULT_MIN_PIXELS, DEFAULT_MAX_PIXELS
     )
-    prompt = detection_prompt("qwen2_vl", CLASSES)
-    data = add_chat_columns(make_synthetic_dataset(8, seed=1), "qwen2_vl", prompt, DEFAULT_MIN_PIXELS, DEFAULT_MAX_PIXELS)
+    prompt = detection_prompt(get_family("qwen2_vl"), CLASSES)
+    data = add_chat_columns(make_synthetic_dataset(8, seed=1), get_family("qwen2_vl"), prompt, DEFAULT_MIN_PIXELS, DEFAULT_MAX_PIXELS)
     params = default_params | {"max_steps": 2, "logging_steps": 1, "eval_steps": 100, "save_steps": 100, "per_device_train_batch_size": 4,
                          "report_to": "tensorboard"}
     trainer = SFTTrainer(model=model, args=notebook_sft_config(params, tmp_path, "cpu", torch.float32), train_dataset=data,

@@ -10,13 +10,13 @@ import trl
 from transformers import AutoModelForImageTextToText
 from trl.trainer.sft_trainer import DataCollatorForVisionLanguageModeling
 
-from helpers.defaults import DEFAULT_MAX_PIXELS, DEFAULT_MIN_PIXELS
-from helpers.families import TAGS, get_family
-from helpers.formatting import format_detection_messages, generation_prompt
-from helpers.processing import load_processor
+from helpers.families.processors import DEFAULT_MAX_PIXELS, DEFAULT_MIN_PIXELS
+from helpers.families.registry import TAGS, get_family
+from helpers.families.chat import format_detection_messages, generation_prompt
+from helpers.families.processors import load_processor
 from tests.cases import FAMILIES, chat_examples
-from helpers.notebook_cells import run_tagged_cells
-from helpers.images import open_image
+from tests.support.notebook_cells import run_tagged_cells
+from helpers.data.images import open_image
 
 CELLS = run_tagged_cells("collators")
 IGNORE = CELLS["IGNORE_INDEX"]
@@ -36,7 +36,7 @@ def models(tiny_checkpoints):
 
 def make_collator(name: str, processor, model, family: str):
     """One of the notebook's collators with the family's chat options; the padding-free one also takes the model's rope-index function."""
-    options = get_family(family).chat_template_kwargs
+    options = family.chat_template_kwargs
     if name == "PaddingFreeCollator":  # (model is only read here)
         return CELLS[name](processor, model.model.get_rope_index, options)
     return CELLS[name](processor, options)
@@ -80,7 +80,7 @@ def test_labelled_tokens_decode_exactly(tiny_checkpoints, models, family, collat
         decoded = tokenizer.decode(input_ids[row, start:end][span_labelled], skip_special_tokens=False)
         if collator_name == "VisionAndPaddingMaskingCollator":
             messages = format_detection_messages(example["prompt"], example["answer"], example["system_prompt"])
-            chat = processor.apply_chat_template(messages, tokenize=False, **get_family(family).chat_template_kwargs)
+            chat = processor.apply_chat_template(messages, tokenize=False, **family.chat_template_kwargs)
             assert decoded == chat.replace("<|vision_start|><|image_pad|><|vision_end|>", "")  # everything but vision
         else:
             assert decoded == example["answer"] + "<|im_end|>"
@@ -88,10 +88,10 @@ def test_labelled_tokens_decode_exactly(tiny_checkpoints, models, family, collat
             assert int(positions[-1] - positions[0] + 1) == len(positions)  # one contiguous span
 
 
-@pytest.mark.parametrize("family", ["qwen2_vl", "qwen2_5_vl", "qwen3_5"])  # tags, JSON, and a template with a think block
+@pytest.mark.parametrize("family", [get_family("qwen2_vl"), get_family("qwen2_5_vl"), get_family("qwen3_5")])  # tags, JSON, and a template with a think block
 @pytest.mark.parametrize("collator_name", ["AssistantOnlyCollator", "PaddingFreeCollator"])
 def test_an_image_without_objects_trains_the_empty_answer(tiny_checkpoints, models, family, collator_name):
-    if collator_name == "PaddingFreeCollator" and get_family(family).padding_free_refusal:
+    if collator_name == "PaddingFreeCollator" and family.padding_free_refusal:
         pytest.skip(f"{family} refuses padding-free packing")
     processor = load_processor(tiny_checkpoints[family], DEFAULT_MIN_PIXELS, DEFAULT_MAX_PIXELS)
     examples = chat_examples(family, n=6, empty_fraction=0.5)
@@ -103,7 +103,7 @@ def test_an_image_without_objects_trains_the_empty_answer(tiny_checkpoints, mode
         decoded = processor.tokenizer.decode(batch["input_ids"][row, start:end][labelled[row, start:end]], skip_special_tokens=False)
         assert decoded == examples[index]["answer"] + "<|im_end|>"
         if index in empty:  # "[]" for JSON families; for Qwen2-VL's tags, the turn ends at once
-            assert decoded == ("" if get_family(family).answer_syntax == TAGS else "[]") + "<|im_end|>"
+            assert decoded == ("" if family.answer_syntax == TAGS else "[]") + "<|im_end|>"
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -151,7 +151,7 @@ def test_packed_loss_equals_padded_loss_or_the_family_refuses_packing(tiny_check
         padded_out = model(**padded, use_cache=False)
         packed_out = model(**packed, use_cache=False)
     real = padded_out.logits[padded["attention_mask"].bool()]  # rows in order, padding dropped
-    if get_family(family).padding_free_refusal:
+    if family.padding_free_refusal:
         assert (packed_out.logits[0] - real).abs().max() > 1e-3  # state leaks from one sample into the next
         return
     assert abs(float(packed_out.loss) - float(padded_out.loss)) < 1e-5
@@ -161,10 +161,10 @@ def test_packed_loss_equals_padded_loss_or_the_family_refuses_packing(tiny_check
 def test_packed_samples_do_not_see_each_other(tiny_checkpoints, models):
     # Changing the first sample must leave the second sample's logits untouched.
     processor = load_processor(tiny_checkpoints["qwen2_vl"], DEFAULT_MIN_PIXELS, DEFAULT_MAX_PIXELS)
-    model = models["qwen2_vl"]
+    model = models[get_family("qwen2_vl")]
     collator = CELLS["PaddingFreeCollator"](processor, model.model.get_rope_index)
-    first, second = chat_examples("qwen2_vl", n=2, seed=5)
-    other_first = chat_examples("qwen2_vl", n=1, seed=99)[0]
+    first, second = chat_examples(get_family("qwen2_vl"), n=2, seed=5)
+    other_first = chat_examples(get_family("qwen2_vl"), n=1, seed=99)[0]
     with torch.no_grad():
         a = model(**collator([first, second]), use_cache=False).logits[0]
         b = model(**collator([other_first, second]), use_cache=False).logits[0]
@@ -199,7 +199,7 @@ def end_of_turn_generation_template(answer_prefix: str) -> str:
 
 def think_block(processor, family: str) -> str:
     """What the family's generation prompt holds after "<|im_start|>assistant\\n": Qwen3.5's empty think block, else nothing."""
-    return generation_prompt(processor, get_family(family).chat_template_kwargs).removeprefix("<|im_start|>assistant\n")
+    return generation_prompt(processor, family.chat_template_kwargs).removeprefix("<|im_start|>assistant\n")
 
 
 def trl_labels(processor, examples: list[dict], chat_template: str) -> torch.Tensor:
@@ -231,10 +231,10 @@ def test_trl_shipped_template_differs_only_by_the_newline_and_the_prompted_think
     tokenizer = processor.tokenizer
     examples = chat_examples(family, system_prompt="Find the shapes.")
     ours = make_collator("AssistantOnlyCollator", processor, None, family)(examples)["labels"]
-    theirs = trl_labels(processor, examples, (TRL_TEMPLATES / TRL_TRAINING_TEMPLATE[family]).read_text())
+    theirs = trl_labels(processor, examples, (TRL_TEMPLATES / TRL_TRAINING_TEMPLATE[family.model_type]).read_text())
     newline_id = tokenizer.encode("\n", add_special_tokens=False)
     think_ids = tokenizer.encode(think_block(processor, family), add_special_tokens=False)
-    assert len(newline_id) == 1 and (family.startswith("qwen3_5")) == bool(think_ids)
+    assert len(newline_id) == 1 and (family.model_type.startswith("qwen3_5")) == bool(think_ids)
     assert ((ours != IGNORE) <= (theirs != IGNORE)).all() and torch.equal(ours[ours != IGNORE], theirs[ours != IGNORE])
     for row in range(len(examples)):
         extra = ((ours[row] == IGNORE) & (theirs[row] != IGNORE)).nonzero().flatten().tolist()
@@ -254,7 +254,7 @@ def test_missing_assistant_turn_is_a_clear_error(tiny_checkpoints):
     # The answer text itself may not contain the marker; simulate a template without an assistant turn.
     collator.answer_prefix_ids = processor.tokenizer.encode("<|im_start|>nobody\n", add_special_tokens=False)
     with pytest.raises(ValueError, match="example 0: no assistant turn"):
-        collator(chat_examples("qwen2_vl", n=1))
+        collator(chat_examples(get_family("qwen2_vl"), n=1))
 
 
 def test_truncated_answer_is_a_clear_error(tiny_checkpoints):
@@ -262,7 +262,7 @@ def test_truncated_answer_is_a_clear_error(tiny_checkpoints):
     collator = CELLS["AssistantOnlyCollator"](processor)
     collator.end_of_turn_id = processor.tokenizer.convert_tokens_to_ids("<|quad_end|>")  # never in the text
     with pytest.raises(ValueError, match="example 0: the answer has no end-of-turn token"):
-        collator(chat_examples("qwen2_vl", n=1))
+        collator(chat_examples(get_family("qwen2_vl"), n=1))
 
 
 def test_find_subsequence_end():
@@ -279,12 +279,11 @@ def test_find_subsequence_end():
         (True, "sdpa", "PaddingFreeCollator", "dense mask"),
         (True, "eager", "PaddingFreeCollator", "dense mask"),
         (True, "flash_attention_2", "PaddingFreeCollator", "padding-free with flash_attention_2"),
-        (True, "flex_attention", "AssistantOnlyCollator", "cannot separate packed samples"),
     ],
 )
 def test_training_collator_choice(tiny_checkpoints, models, padding_free, attention, expected, why):
     processor = load_processor(tiny_checkpoints["qwen2_vl"], DEFAULT_MIN_PIXELS, DEFAULT_MAX_PIXELS)
-    model = models["qwen2_vl"]
+    model = models[get_family("qwen2_vl")]
     original = model.config._attn_implementation
     model.config._attn_implementation = attention  # only read by the choice, never run
     try:
@@ -294,9 +293,9 @@ def test_training_collator_choice(tiny_checkpoints, models, padding_free, attent
     assert type(collator).__name__ == expected and why in reason
 
 
-@pytest.mark.parametrize("family", [f for f in FAMILIES if get_family(f).padding_free_refusal])
+@pytest.mark.parametrize("family", [f for f in FAMILIES if f.padding_free_refusal])
 def test_a_family_that_cannot_pack_trains_assistant_only_and_says_why(tiny_checkpoints, models, family):
     processor = load_processor(tiny_checkpoints[family], DEFAULT_MIN_PIXELS, DEFAULT_MAX_PIXELS)
-    collator, reason = CELLS["choose_training_collator"](processor, models[family], True, get_family(family))
+    collator, reason = CELLS["choose_training_collator"](processor, models[family], True, family)
     assert type(collator).__name__ == "AssistantOnlyCollator"
-    assert reason == f"assistant-only: {get_family(family).name} cannot be packed: {get_family(family).padding_free_refusal}"
+    assert reason == f"assistant-only: {family.name} cannot be packed: {family.padding_free_refusal}"

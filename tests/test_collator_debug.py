@@ -6,7 +6,7 @@ import pytest
 import torch
 from transformers import AutoModelForImageTextToText
 
-from helpers.collator_debug import (
+from helpers.train.collator_debug import (
     STATUSES,
     VerboseCollator,
     analyze_token_distribution,
@@ -14,10 +14,11 @@ from helpers.collator_debug import (
     sample_segments,
     token_statuses,
 )
-from helpers.defaults import DEFAULT_MAX_PIXELS, DEFAULT_MIN_PIXELS
-from helpers.formatting import vision_token_ids
-from helpers.notebook_cells import run_tagged_cells
-from helpers.processing import load_processor
+from helpers.families.processors import DEFAULT_MAX_PIXELS, DEFAULT_MIN_PIXELS
+from helpers.families.chat import vision_token_ids
+from tests.support.notebook_cells import run_tagged_cells
+from helpers.families.processors import load_processor
+from helpers.families.registry import get_family
 from tests.cases import chat_examples
 
 CELLS = run_tagged_cells("collators")
@@ -32,7 +33,7 @@ def setup(tiny_checkpoints):
         "assistant": CELLS["AssistantOnlyCollator"](processor),
         "packed": CELLS["PaddingFreeCollator"](processor, model.model.get_rope_index),
     }
-    return processor, collators, chat_examples("qwen2_5_vl", n=6)
+    return processor, collators, chat_examples(get_family("qwen2_5_vl"), n=6)
 
 
 def test_statuses_follow_mask_labels_and_vision_tokens(setup):

@@ -19,7 +19,7 @@ from accelerate.utils import DeepSpeedPlugin, FullyShardedDataParallelPlugin
 from accelerate.utils.fsdp_utils import fsdp2_prepare_auto_wrap_policy
 from accelerate.utils.launch import prepare_deepspeed_cmd_env, prepare_multi_gpu_env
 
-from helpers.families import FAMILY_NAMES, get_family
+from helpers.families.registry import FAMILY_NAMES, get_family
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs"

@@ -11,12 +11,15 @@ import torch
 from transformers import AutoModelForImageTextToText
 from transformers.utils import is_flash_attn_2_available
 
-from helpers.defaults import DEFAULT_MAX_PIXELS, DEFAULT_MIN_PIXELS
-from helpers.formatting import add_chat_columns, detection_prompt
-from helpers.metrics import MAP_50, MEAN_IOU, PARSE_FAILURE_RATE
-from helpers.modeling import load_model_and_processor, lora_config, pick_device_and_dtype, wrap_lora
-from helpers.notebook_cells import run_tagged_cells
-from helpers.synthetic import make_synthetic_dataset
+from helpers.families.processors import DEFAULT_MAX_PIXELS, DEFAULT_MIN_PIXELS
+from helpers.families.chat import add_chat_columns, detection_prompt
+from helpers.evaluate.metrics import MAP_50, MEAN_IOU, PARSE_FAILURE_RATE
+from helpers.train.model import load_model_and_processor
+from helpers.train.lora import lora_config, wrap_lora
+from helpers.runtime.device import pick_device_and_dtype
+from tests.support.notebook_cells import run_tagged_cells
+from helpers.data.synthetic import make_synthetic_dataset
+from helpers.families.registry import get_family
 from tests.cases import FAMILIES
 
 pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (.ci/gpu_check)")]
@@ -48,8 +51,8 @@ def test_qlora_4bit_training_step_updates_the_adapters(tiny_checkpoints, family)
 
 
 def test_bf16_training_with_activation_checkpointing(tiny_checkpoints, default_params, tmp_path):
-    from helpers.notebook_cells import notebook_sft_config
-    from helpers.training import QwenVLSFTTrainer
+    from tests.support.notebook_cells import notebook_sft_config
+    from helpers.train.trainer import QwenVLSFTTrainer
 
     device, dtype = pick_device_and_dtype()
     assert dtype == torch.bfloat16, "an H100/H200-class GPU supports bf16"
@@ -57,7 +60,7 @@ def test_bf16_training_with_activation_checkpointing(tiny_checkpoints, default_p
     params = default_params | {"max_steps": 20, "logging_steps": 1, "eval_steps": 20, "save_steps": 100, "learning_rate": 1e-3}
     config = notebook_sft_config(params, tmp_path, device, dtype)
     assert config.bf16 and config.activation_checkpointing
-    data = chat_dataset("qwen2_5_vl", 64)
+    data = chat_dataset(get_family("qwen2_5_vl"), 64)
     trainer = QwenVLSFTTrainer(model=model, args=config, train_dataset=data, eval_dataset=data.select(range(8)),
                                data_collator=run_tagged_cells("collators")["AssistantOnlyCollator"](processor), processing_class=processor)
     trainer.train()

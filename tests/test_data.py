@@ -10,20 +10,14 @@ import pytest
 from datasets import ClassLabel, Dataset, DatasetDict, Features, Image, List, Sequence, Value
 from PIL import Image as PILImage
 
-from helpers.data import (
-    DataError,
-    clean_box,
-    dataset_class_names,
-    detect_source_kind,
-    format_data_report,
-    load_detection_splits,
-    SplitOptions,
-    load_hf_detection_split,
-    to_xyxy_px,
-)
-from helpers.boxes import is_box_of_numbers
-from helpers.images import open_image
-from helpers.schema import DETECTION_FEATURES
+from helpers.data.report import DataError, format_data_report
+from helpers.data.records import clean_box, SplitOptions, to_xyxy_px
+from helpers.data.sources import dataset_class_names, detect_source_kind, load_detection_splits
+from helpers.data.hub import load_hf_detection_split
+from helpers.families.boxes import is_box_of_numbers
+from helpers.data.images import open_image
+from helpers.data.schema import DETECTION_FEATURES
+from helpers.data.sources import LoadOptions
 
 SPLITS = {"train": "train", "eval": "valid", "test": "test"}
 
@@ -201,7 +195,7 @@ JSONL_TRAIN_COUNTS = {
 
 def load(source, **kwargs):
     """Load the three splits of a test source with all images."""
-    return load_detection_splits(str(source), SPLITS, {"train": 0, "eval": 0, "test": 0}, kwargs.pop("bbox_format", "xyxy"), 0, {}, **kwargs)
+    return load_detection_splits(str(source), SPLITS, {"train": 0, "eval": 0, "test": 0}, LoadOptions(bbox_format=kwargs.pop("bbox_format", "xyxy"), **kwargs))
 
 
 # ---------------------------------------------------------------- COCO
@@ -232,7 +226,7 @@ def test_coco_folder_counts_every_bad_record(tmp_path):
 
 def test_exif_orientation_is_applied_so_boxes_match_the_upright_image(tmp_path):
     make_coco_folder(tmp_path / "coco")
-    splits, _ = load_detection_splits(str(tmp_path / "coco"), {"train": "train"}, {"train": 0}, "xywh", 0, {})
+    splits, _ = load_detection_splits(str(tmp_path / "coco"), {"train": "train"}, {"train": 0}, LoadOptions(bbox_format="xywh"))
     rotated = splits["train"][1]
     image = open_image(rotated["image"])
     assert (rotated["width"], rotated["height"]) == (40, 60) == image.size
@@ -243,7 +237,7 @@ def test_exif_orientation_is_applied_so_boxes_match_the_upright_image(tmp_path):
 
 def test_splits_hold_file_references_not_pixels(tmp_path):
     make_coco_folder(tmp_path / "coco")
-    splits, _ = load_detection_splits(str(tmp_path / "coco"), {"train": "train"}, {"train": 1}, "xywh", 0, {})
+    splits, _ = load_detection_splits(str(tmp_path / "coco"), {"train": "train"}, {"train": 1}, LoadOptions(bbox_format="xywh"))
     assert splits["train"][0]["image"] == {"bytes": None, "path": str(tmp_path / "coco" / "train" / "good.png")}
 
 
@@ -302,7 +296,7 @@ def _hub_layout_dataset(objects_feature) -> Dataset:
 )
 def test_hub_layout_loads_with_fixes_counted(tmp_path, objects_feature):
     DatasetDict({"train": _hub_layout_dataset(objects_feature)}).save_to_disk(tmp_path / "ds")
-    ds, report = load_hf_detection_split(str(tmp_path / "ds"), "xywh", SplitOptions(known_classes={"cat"}, split="train"))
+    ds, report = load_hf_detection_split(str(tmp_path / "ds"), SplitOptions(bbox_format="xywh", known_classes={"cat"}, split="train"))
     assert ds.features == DETECTION_FEATURES
     assert ds["image_id"] == ["7", "8"]
     assert ds[0]["objects"] == [{"label": "cat", "bbox_xyxy_px": [10, 10, 30, 30]}]
@@ -316,7 +310,7 @@ def test_hub_layout_loads_with_fixes_counted(tmp_path, objects_feature):
 def test_missing_columns_name_the_source(tmp_path):
     Dataset.from_dict({"text": ["a"]}).save_to_disk(tmp_path / "plain")
     with pytest.raises(DataError, match="expected columns 'image' and 'objects'"):
-        load_hf_detection_split(str(tmp_path / "plain"), "xywh", SplitOptions(split="train"))
+        load_hf_detection_split(str(tmp_path / "plain"), SplitOptions(bbox_format="xywh", split="train"))
 
 
 # ---------------------------------------------------------------- strict mode, sources, reports
@@ -332,7 +326,7 @@ def test_missing_columns_name_the_source(tmp_path):
 def test_strict_mode_stops_at_the_first_problem_naming_record_and_fix(tmp_path, kind, source_maker, record, fix):
     source_maker(tmp_path / kind)
     with pytest.raises(DataError, match=f"Fix: {fix}") as error:
-        load_detection_splits(str(tmp_path / kind), {"train": "train"}, {"train": 0}, "xywh", 0, {}, strict=True)
+        load_detection_splits(str(tmp_path / kind), {"train": "train"}, {"train": 0}, LoadOptions(bbox_format="xywh", strict=True))
     assert record in str(error.value)
 
 
@@ -372,7 +366,7 @@ def test_missing_split_names_what_was_looked_for(tmp_path, maker, message):
     maker(tmp_path / "src")
     split = "test" if maker is make_coco_folder else "nope"
     with pytest.raises(DataError, match=message):
-        load_detection_splits(str(tmp_path / "src"), {"test": split}, {"test": 0}, "xywh", 0, {})
+        load_detection_splits(str(tmp_path / "src"), {"test": split}, {"test": 0}, LoadOptions(bbox_format="xywh"))
 
 
 def test_crowd_regions_are_kept_aside_and_never_an_error(tmp_path):
@@ -381,7 +375,7 @@ def test_crowd_regions_are_kept_aside_and_never_an_error(tmp_path):
             "annotations": [{"id": 1, "image_id": 1, "bbox": [1, 1, 20, 20], "category_id": 1, "iscrowd": 0},
                             {"id": 2, "image_id": 1, "bbox": [30, 30, 20, 20], "category_id": 1, "iscrowd": 1}]}
     (tmp_path / "c" / "train" / "annotations.json").write_text(json.dumps(coco))
-    splits, reports = load_detection_splits(str(tmp_path / "c"), {"train": "train"}, {"train": 0}, "xywh", 0, {}, strict=True)
+    splits, reports = load_detection_splits(str(tmp_path / "c"), {"train": "train"}, {"train": 0}, LoadOptions(bbox_format="xywh", strict=True))
     assert reports["train"].counts["crowd_regions_kept"] == 1 and len(splits["train"][0]["objects"]) == 1
     assert splits["train"][0]["crowd_regions"] == [{"label": "cat", "bbox_xyxy_px": [30, 30, 50, 50]}]
 
@@ -389,7 +383,7 @@ def test_crowd_regions_are_kept_aside_and_never_an_error(tmp_path):
 def test_home_relative_sources_are_expanded(tmp_path, monkeypatch):
     monkeypatch.setenv("HOME", str(tmp_path))
     make_jsonl_folder(tmp_path / "data")
-    splits, _ = load_detection_splits("~/data", {"test": "test"}, {"test": 0}, "xyxy", 0, {})
+    splits, _ = load_detection_splits("~/data", {"test": "test"}, {"test": 0}, LoadOptions(bbox_format="xyxy"))
     assert len(splits["test"]) == 1
 
 
@@ -397,12 +391,12 @@ def test_a_split_left_empty_is_an_error(tmp_path):
     (tmp_path / "src").mkdir()
     (tmp_path / "src" / "train.jsonl").write_text(json.dumps({"image": "missing.png", "objects": []}))
     with pytest.raises(DataError, match="no usable images"):
-        load_detection_splits(str(tmp_path / "src"), {"train": "train"}, {"train": 0}, "xywh", 0, {})
+        load_detection_splits(str(tmp_path / "src"), {"train": "train"}, {"train": 0}, LoadOptions(bbox_format="xywh"))
 
 
 def test_max_images_caps_records_in_file_order(tmp_path):
     make_coco_folder(tmp_path / "coco")
-    splits, reports = load_detection_splits(str(tmp_path / "coco"), {"train": "train"}, {"train": 2}, "xywh", 0, {})
+    splits, reports = load_detection_splits(str(tmp_path / "coco"), {"train": "train"}, {"train": 2}, LoadOptions(bbox_format="xywh"))
     assert splits["train"]["image_id"] == ["1", "2"]
     assert reports["train"].counts["missing_image"] == 0
 
@@ -416,9 +410,7 @@ def test_report_table_and_json(tmp_path):
 
 
 def test_synthetic_splits_are_disjoint_and_sized():
-    splits, reports = load_detection_splits(
-        "synthetic", {"train": "train", "eval": "validation", "test": "test"}, {"train": 6, "eval": 3, "test": 4}, "xywh", 5, {}
-    )
+    splits, reports = load_detection_splits("synthetic", {"train": "train", "eval": "validation", "test": "test"}, {"train": 6, "eval": 3, "test": 4}, LoadOptions(bbox_format="xywh", seed=5))
     assert {name: len(ds) for name, ds in splits.items()} == {"train": 6, "eval": 3, "test": 4}
     assert splits["train"]["objects"][:3] != splits["eval"]["objects"]
     assert reports["test"].counts["images_loaded"] == 4
@@ -427,12 +419,12 @@ def test_synthetic_splits_are_disjoint_and_sized():
 
 def test_synthetic_split_of_size_zero_is_an_error():
     with pytest.raises(ValueError, match="test_size must be >= 1"):
-        load_detection_splits("synthetic", {"test": "test"}, {"test": 0}, "xywh", 0, {})
+        load_detection_splits("synthetic", {"test": "test"}, {"test": 0}, LoadOptions(bbox_format="xywh"))
 
 
 def test_hub_images_stay_encoded_in_arrow_files_on_disk(tmp_path):
     features = Sequence({"bbox": Sequence(Value("float32"), length=4), "category": ClassLabel(names=["cat", "dog"])})
     DatasetDict({"train": _hub_layout_dataset(features)}).save_to_disk(tmp_path / "ds")
-    ds, _ = load_hf_detection_split(str(tmp_path / "ds"), "xywh", SplitOptions(split="train"))
+    ds, _ = load_hf_detection_split(str(tmp_path / "ds"), SplitOptions(bbox_format="xywh", split="train"))
     assert ds.cache_files, "the split was copied into memory"
     assert ds[0]["image"]["bytes"][:4] == b"\x89PNG" and open_image(ds[0]["image"]).size == (100, 80)

@@ -14,11 +14,16 @@ from PIL import Image as PILImage
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from helpers.boxes import resized_size, to_model_answer
-from helpers.data import DataError, ImageLoading, SplitOptions, load_coco_split, load_detection_splits
-from helpers.defaults import DEFAULT_MAX_PIXELS, DEFAULT_MIN_PIXELS
-from helpers.metrics import MAP_50, MAP_50_95, MAP_75, summarize_detections
-from helpers.synthetic import make_synthetic_dataset
+from helpers.families.boxes import resized_size, to_model_answer
+from helpers.data.report import DataError
+from helpers.data.records import ImageLoading, SplitOptions
+from helpers.data.coco import load_coco_split
+from helpers.data.sources import load_detection_splits
+from helpers.families.processors import DEFAULT_MAX_PIXELS, DEFAULT_MIN_PIXELS
+from helpers.evaluate.metrics import MAP_50, MAP_50_95, MAP_75, summarize_detections
+from helpers.data.synthetic import make_synthetic_dataset
+from helpers.families.registry import get_family
+from helpers.data.sources import LoadOptions
 
 
 
@@ -69,7 +74,7 @@ def official_coco_eval(coco: dict) -> list[float]:
 
 
 def our_metrics(split, keep_crowds: bool = True) -> list[float]:
-    """The same detections scored by helpers.metrics on the loaded split."""
+    """The same detections scored by helpers.evaluate.metrics on the loaded split."""
     names = {1: "cat", 2: "dog"}
     records = []
     for record in split:
@@ -92,7 +97,7 @@ def test_crowd_regions_are_ignore_regions_so_map_equals_official_cocoeval(tmp_pa
 
 
 def test_grounding_keeps_each_class_crowd_regions(tmp_path):
-    from helpers.formatting import expand_for_grounding
+    from helpers.families.chat import expand_for_grounding
 
     split, _ = load_coco_split(*write_coco(tmp_path, base_coco()))
     grounded = {record["image_id"]: record["crowd_regions"] for record in expand_for_grounding(split)}
@@ -245,8 +250,8 @@ def test_images_without_objects_are_kept_and_trained_with_the_empty_answer(tmp_p
     assert split["image_id"] == ["1", "2", "3"] and split[2]["objects"] == []
     assert report.counts["images_without_objects"] == 1
     # The empty answer each syntax can write: JSON's empty list, and for Qwen2-VL's tags no tag at all.
-    assert to_model_answer([], "qwen2_5_vl", (100, 80), resized_size("qwen2_5_vl", 100, 80, DEFAULT_MIN_PIXELS, DEFAULT_MAX_PIXELS)) == "[]"
-    assert to_model_answer([], "qwen2_vl", (100, 80), (100, 80)) == ""
+    assert to_model_answer([], get_family("qwen2_5_vl"), (100, 80), resized_size(get_family("qwen2_5_vl"), 100, 80, DEFAULT_MIN_PIXELS, DEFAULT_MAX_PIXELS)) == "[]"
+    assert to_model_answer([], get_family("qwen2_vl"), (100, 80), (100, 80)) == ""
 
 
 def test_predictions_on_an_image_without_objects_are_false_positives():
@@ -272,4 +277,4 @@ def test_synthetic_empty_fraction_adds_images_without_objects_and_leaves_the_oth
 
 def test_a_negative_split_size_is_refused():
     with pytest.raises(ValueError, match="train_size must be >= 0"):
-        load_detection_splits("synthetic", {"train": "train"}, {"train": -1}, "xywh", 0, {})
+        load_detection_splits("synthetic", {"train": "train"}, {"train": -1}, LoadOptions(bbox_format="xywh"))

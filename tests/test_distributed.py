@@ -13,9 +13,9 @@ import jupytext
 import pytest
 import torch
 
-from helpers import distributed
+from helpers.runtime import distributed
 from helpers.run_notebook import NOTEBOOK_PATH, SCRIPT_NAME, notebook_script
-from helpers.training import device_defaults
+from helpers.train.config import device_defaults
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -57,7 +57,7 @@ def test_one_process_is_rank_0_of_1_and_writes(monkeypatch):
 
 
 def test_other_ranks_write_no_run_files(monkeypatch, tmp_path):
-    from helpers.run import prepare_run_dir, write_json, write_jsonl
+    from helpers.runtime.run_folder import prepare_run_dir, write_json, write_jsonl
 
     as_rank(monkeypatch, 1, 2)
     run_dir = prepare_run_dir(tmp_path, "run")

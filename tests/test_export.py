@@ -8,12 +8,14 @@ from peft import PeftModel
 from PIL import Image
 from transformers import AutoModelForImageTextToText
 
-from helpers.defaults import DEFAULT_MAX_PIXELS, DEFAULT_MIN_PIXELS
-from helpers.export import merge_adapter_into_base, merge_refusal
-from helpers.formatting import detection_prompt
-from helpers.inference import generate
-from helpers.modeling import load_model_and_processor, lora_config, wrap_lora
-from helpers.processing import load_saved_processor
+from helpers.families.processors import DEFAULT_MAX_PIXELS, DEFAULT_MIN_PIXELS
+from helpers.train.export import merge_adapter_into_base, merge_refusal
+from helpers.families.chat import detection_prompt
+from helpers.evaluate.generation import generate
+from helpers.train.model import load_model_and_processor
+from helpers.train.lora import lora_config, wrap_lora
+from helpers.families.processors import load_saved_processor
+from helpers.evaluate.generation import GenerationSettings
 from tests.cases import FAMILIES
 
 
@@ -40,7 +42,7 @@ def test_merged_model_generates_like_base_plus_adapter(tiny_checkpoints, tmp_pat
     plain = AutoModelForImageTextToText.from_pretrained(tiny_checkpoints[family])
     image = Image.new("RGB", (120, 90), (200, 40, 40))
     prompt = detection_prompt(family, ["red circle"])
-    answers = {name: generate(m, merged_processor, [image], [prompt], max_new_tokens=12, batch_size=1)[0].text
+    answers = {name: generate(m, merged_processor, [image], [prompt], GenerationSettings(max_new_tokens=12, batch_size=1))[0].text
                for name, m in (("merged", merged), ("adapter", fresh), ("base", plain))}
     assert answers["merged"] == answers["adapter"]
     assert answers["merged"] != answers["base"]  # the adapter really changed something

@@ -5,18 +5,18 @@ from __future__ import annotations
 import pytest
 from datasets import Dataset
 
-from helpers.boxes import parse_model_answer, resized_size
-from helpers.defaults import DEFAULT_MAX_PIXELS, DEFAULT_MIN_PIXELS
-from helpers.formatting import (
+from helpers.families.boxes import parse_model_answer, resized_size
+from helpers.families.processors import DEFAULT_MAX_PIXELS, DEFAULT_MIN_PIXELS
+from helpers.families.chat import (
     add_chat_columns,
     detection_prompt,
     expand_for_grounding,
     grounding_prompt,
     task_prompts,
 )
-from helpers.schema import DETECTION_FEATURES
-from helpers.synthetic import make_synthetic_dataset
-from helpers.families import TAGS, get_family
+from helpers.data.schema import DETECTION_FEATURES
+from helpers.data.synthetic import make_synthetic_dataset
+from helpers.families.registry import TAGS, get_family
 from tests.cases import FAMILIES
 
 
@@ -75,17 +75,17 @@ def test_task_prompts_name_the_classes_and_the_family_syntax(family):
     grounding = task_prompts(data, family, "grounding", ["cat", "dog"])
     assert grounding == [grounding_prompt(family, label) for label in ("cat", "dog", "dog")]
     assert "Locate every cat in the image" in grounding[0] and "dog" not in grounding[0]
-    syntax = "<|box_start|>" if get_family(family).answer_syntax == TAGS else "bbox_2d"
+    syntax = "<|box_start|>" if family.answer_syntax == TAGS else "bbox_2d"
     assert all(syntax in prompt for prompt in grounding)
 
 
 @pytest.mark.parametrize(
     "call, error, message",
     [
-        (lambda: task_prompts(records([[CAT]]), "qwen2_vl", "grounding", ["cat"]), ValueError, "run expand_for_grounding first"),
-        (lambda: task_prompts(records([[CAT]]), "qwen2_vl", "segmentation", ["cat"]), ValueError, "unknown task 'segmentation'"),
-        (lambda: grounding_prompt("llava", "cat"), ValueError, "unknown family 'llava'"),
-        (lambda: add_chat_columns(records([[CAT], [DOG]]), "qwen2_vl", ["one"], DEFAULT_MIN_PIXELS, DEFAULT_MAX_PIXELS),
+        (lambda: task_prompts(records([[CAT]]), get_family("qwen2_vl"), "grounding", ["cat"]), ValueError, "run expand_for_grounding first"),
+        (lambda: task_prompts(records([[CAT]]), get_family("qwen2_vl"), "segmentation", ["cat"]), ValueError, "unknown task 'segmentation'"),
+        (lambda: grounding_prompt(get_family("llava"), "cat"), ValueError, "unknown family 'llava'"),
+        (lambda: add_chat_columns(records([[CAT], [DOG]]), get_family("qwen2_vl"), ["one"], DEFAULT_MIN_PIXELS, DEFAULT_MAX_PIXELS),
          ValueError, "1 prompts for 2 records"),
     ],
     ids=["grounding-without-query", "unknown-task", "unknown-family", "prompt-count"],

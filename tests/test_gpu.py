@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from helpers.gpu import clear_memory, device_report, peak_memory_report, reset_peak_memory
+from helpers.runtime.device import clear_memory, device_report, peak_memory_report, reset_peak_memory
 
 
 def test_cpu_reports():

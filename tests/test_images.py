@@ -10,10 +10,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from helpers.boxes import resized_size
-from helpers.data import ImageLoading, image_cache_for, load_detection_splits
-from helpers.defaults import DEFAULT_MAX_PIXELS, DEFAULT_MIN_PIXELS
-from helpers.images import (
+from helpers.families.boxes import resized_size
+from helpers.data.records import ImageLoading
+from helpers.data.sources import image_cache_for, load_detection_splits
+from helpers.families.processors import DEFAULT_MAX_PIXELS, DEFAULT_MIN_PIXELS
+from helpers.families.registry import get_family
+from helpers.data.sources import LoadOptions
+from helpers.data.images import (
     ImageCache,
     NotARegularFile,
     decode_image,
@@ -140,7 +143,7 @@ def big_photo(path, size=(1200, 900), orientation: int | None = None, quality=90
 
 def qwen_cache(folder) -> ImageCache:
     """A cache at Qwen2-VL's input size with the tests' pixel bounds."""
-    return ImageCache(folder, lambda w, h: resized_size("qwen2_vl", w, h, DEFAULT_MIN_PIXELS, DEFAULT_MAX_PIXELS), "qwen2_vl-test")
+    return ImageCache(folder, lambda w, h: resized_size(get_family("qwen2_vl"), w, h, DEFAULT_MIN_PIXELS, DEFAULT_MAX_PIXELS), "qwen2_vl-test")
 
 
 @pytest.mark.parametrize(
@@ -154,7 +157,7 @@ def test_the_cache_holds_the_upright_image_at_the_model_input_size(tmp_path, ori
     cache.save_index()
     assert (built.width, built.height, built.how) == (*upright, "cache_built")
     cached = open_image(built.reference)
-    assert cached.size == resized_size("qwen2_vl", *upright, DEFAULT_MIN_PIXELS, DEFAULT_MAX_PIXELS)  # what the processor would make
+    assert cached.size == resized_size(get_family("qwen2_vl"), *upright, DEFAULT_MIN_PIXELS, DEFAULT_MAX_PIXELS)  # what the processor would make
     assert built.reference["path"].startswith(str(tmp_path / "cache"))
     again = prepare_image({"path": str(source), "bytes": None}, qwen_cache(tmp_path / "cache"))  # a new run reads the index
     assert (again.width, again.height, again.how, again.reference) == (*upright, "cache_hit", built.reference)
@@ -178,13 +181,12 @@ def test_cached_loading_keeps_boxes_in_the_original_frame(tmp_path):
     (split / "annotations.json").write_text(__import__("json").dumps(coco))
     loads = []
     for _ in range(2):
-        cache = image_cache_for(tmp_path / "caches", str(tmp_path / "coco"), "qwen2_vl", DEFAULT_MIN_PIXELS, DEFAULT_MAX_PIXELS)
-        splits, reports = load_detection_splits(str(tmp_path / "coco"), {"train": "train"}, {"train": 0}, "xywh", 0, {},
-                                                loading=ImageLoading(cache=cache))
+        cache = image_cache_for(tmp_path / "caches", str(tmp_path / "coco"), get_family("qwen2_vl"), DEFAULT_MIN_PIXELS, DEFAULT_MAX_PIXELS)
+        splits, reports = load_detection_splits(str(tmp_path / "coco"), {"train": "train"}, {"train": 0}, LoadOptions(bbox_format="xywh", loading=ImageLoading(cache=cache)))
         loads.append((splits["train"][0], reports["train"].counts))
     (first, first_counts), (second, second_counts) = loads
     assert (first["width"], first["height"]) == (900, 1200)
     assert first["objects"] == [{"label": "cat", "bbox_xyxy_px": [100, 200, 400, 600]}]
     assert first_counts["images_cached"] == 1 and second_counts["images_from_cache"] == 1
     assert second == first
-    assert open_image(first["image"]).size == resized_size("qwen2_vl", 900, 1200, DEFAULT_MIN_PIXELS, DEFAULT_MAX_PIXELS)
+    assert open_image(first["image"]).size == resized_size(get_family("qwen2_vl"), 900, 1200, DEFAULT_MIN_PIXELS, DEFAULT_MAX_PIXELS)

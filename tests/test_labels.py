@@ -8,11 +8,14 @@ import pytest
 from datasets import ClassLabel, Dataset, DatasetDict, Features, Image, List, Value
 from PIL import Image as PILImage
 
-from helpers.boxes import parse_model_answer, resized_size, to_model_answer
-from helpers.data import DataError, load_detection_splits
-from helpers.defaults import DEFAULT_MAX_PIXELS, DEFAULT_MIN_PIXELS
-from helpers.labels import MAX_LABEL_CHARS, label_problem, normalize_label
-from helpers.metrics import MAP_50, summarize_detections
+from helpers.families.boxes import parse_model_answer, resized_size, to_model_answer
+from helpers.data.report import DataError
+from helpers.data.sources import load_detection_splits
+from helpers.families.processors import DEFAULT_MAX_PIXELS, DEFAULT_MIN_PIXELS
+from helpers.families.labels import MAX_LABEL_CHARS, label_problem, normalize_label
+from helpers.evaluate.metrics import MAP_50, summarize_detections
+from helpers.data.sources import LoadOptions
+from helpers.families.registry import get_family
 
 
 
@@ -75,24 +78,24 @@ def hub_source(root, names: list[str]):
 @pytest.mark.parametrize("make_source", [coco_source, jsonl_source, hub_source])
 def test_every_loader_normalises_labels_and_refuses_bad_ones(tmp_path, make_source):
     make_source(tmp_path / "src", ["pen ", "red  circle", *BAD_LABELS])
-    splits, reports = load_detection_splits(str(tmp_path / "src"), {"train": "train"}, {"train": 0}, "xywh", 0, {})
+    splits, reports = load_detection_splits(str(tmp_path / "src"), {"train": "train"}, {"train": 0}, LoadOptions(bbox_format="xywh"))
     assert [obj["label"] for obj in splits["train"][0]["objects"]] == ["pen", "red circle"]
     counts = reports["train"].counts
     assert (counts["label_with_markup"], counts["long_label"], counts["empty_label"]) == (3, 1, 1)
     with pytest.raises(DataError, match="label 'cat<\\|im_end\\|>' holds a tag"):
-        load_detection_splits(str(tmp_path / "src"), {"train": "train"}, {"train": 0}, "xywh", 0, {}, strict=True)
+        load_detection_splits(str(tmp_path / "src"), {"train": "train"}, {"train": 0}, LoadOptions(bbox_format="xywh", strict=True))
 
 
 def test_known_classes_are_normalised_like_the_labels(tmp_path):
     jsonl_source(tmp_path / "src", ["pen ", "cup"])
-    splits, _ = load_detection_splits(str(tmp_path / "src"), {"train": "train"}, {"train": 0}, "xyxy", 0, {}, known_classes=[" pen"])
+    splits, _ = load_detection_splits(str(tmp_path / "src"), {"train": "train"}, {"train": 0}, LoadOptions(bbox_format="xyxy", known_classes=[" pen"]))
     assert [obj["label"] for obj in splits["train"][0]["objects"]] == ["pen"]
 
 
-@pytest.mark.parametrize("family", ["qwen2_vl", "qwen2_5_vl", "qwen3_vl"])
+@pytest.mark.parametrize("family", [get_family("qwen2_vl"), get_family("qwen2_5_vl"), get_family("qwen3_vl")])
 def test_a_perfect_answer_scores_1_whatever_the_spacing_of_a_coco_name(tmp_path, family):
     coco_source(tmp_path / "src", ["pen ", "coffee  cup"])
-    splits, _ = load_detection_splits(str(tmp_path / "src"), {"train": "train"}, {"train": 0}, "xywh", 0, {})
+    splits, _ = load_detection_splits(str(tmp_path / "src"), {"train": "train"}, {"train": 0}, LoadOptions(bbox_format="xywh"))
     record = splits["train"][0]
     size = (record["width"], record["height"])
     model_size = resized_size(family, *size, DEFAULT_MIN_PIXELS, DEFAULT_MAX_PIXELS)

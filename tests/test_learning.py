@@ -12,7 +12,7 @@ import json
 
 import pytest
 
-from helpers.metrics import ACCURACY_50
+from helpers.evaluate.metrics import ACCURACY_50
 
 
 @pytest.mark.slow

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from helpers.metrics import (
+from helpers.evaluate.metrics import (
     AP_50_PER_CLASS,
     AR_100,
     MAP_50,

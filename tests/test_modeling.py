@@ -7,20 +7,11 @@ import torch
 
 from pathlib import Path
 
-from helpers.defaults import DEFAULT_MAX_PIXELS, DEFAULT_MIN_PIXELS
-from helpers.modeling import (
-    count_parameters,
-    load_model,
-    load_model_and_processor,
-    lora_config,
-    parameter_block,
-    pick_device_and_dtype,
-    quantization_config,
-    summarize_trainables,
-    weights_dtype,
-    wrap_lora,
-)
-from helpers.families import get_family
+from helpers.families.processors import DEFAULT_MAX_PIXELS, DEFAULT_MIN_PIXELS
+from helpers.train.lora import count_parameters, lora_config, parameter_block, summarize_trainables, wrap_lora
+from helpers.train.model import load_model, load_model_and_processor, quantization_config, weights_dtype
+from helpers.runtime.device import pick_device_and_dtype
+from helpers.families.registry import get_family
 from tests.cases import FAMILIES
 
 
@@ -94,7 +85,7 @@ def test_lora_hits_only_language_model_projections(tiny_checkpoints, family):
     trainable = [name for name, p in model.named_parameters() if p.requires_grad]
     assert trainable and all("language_model" in name and "lora_" in name for name in trainable)
     projections = {name.split(".lora_")[0].rsplit(".", 1)[1] for name in trainable}
-    assert projections == LANGUAGE_PROJECTIONS[family]
+    assert projections == LANGUAGE_PROJECTIONS[family.model_type]
     n_trainable, total = count_parameters(model)
     assert total > total_before and n_trainable == total - total_before
 
@@ -116,7 +107,7 @@ def test_lora_targets_cover_exactly_the_chosen_blocks(tiny_checkpoints, family, 
 @pytest.mark.parametrize("targets", [[], ["decoder"], ["language", "everything"]])
 def test_lora_config_rejects_unknown_targets(targets):
     with pytest.raises(ValueError, match="choose one or more of"):
-        lora_config("qwen2_vl", targets, 4, 8, 0.0)
+        lora_config(get_family("qwen2_vl"), targets, 4, 8, 0.0)
 
 
 @pytest.mark.parametrize(
@@ -175,7 +166,7 @@ def test_8bit_model_loads_on_cpu(tiny_checkpoints):
     assert model.model.visual.blocks[0].attn.qkv.weight.dtype == torch.float32  # vision tower kept unquantised
 
 
-@pytest.mark.parametrize("family", [f for f in FAMILIES if get_family(f).lora_parameters])
+@pytest.mark.parametrize("family", [f for f in FAMILIES if f.lora_parameters])
 def test_lora_on_the_experts_of_a_mixture_trains_them(tiny_checkpoints, family):
     model = load_model(tiny_checkpoints[family], "none", "sdpa", torch.float32, "cpu")
     model = wrap_lora(model, lora_config(family, ["experts"], rank=2, alpha=4, dropout=0.0))
@@ -191,10 +182,10 @@ def test_lora_on_the_experts_of_a_mixture_trains_them(tiny_checkpoints, family):
 
 def test_experts_refuse_dropout_up_front():
     with pytest.raises(ValueError, match="adapts fused expert weights, which PEFT does without dropout; set lora_dropout 0"):
-        lora_config("qwen3_5_moe", ["language", "experts"], 4, 8, 0.05)
+        lora_config(get_family("qwen3_5_moe"), ["language", "experts"], 4, 8, 0.05)
 
 
-@pytest.mark.parametrize("family", [f for f in FAMILIES if not get_family(f).lora_parameters])
+@pytest.mark.parametrize("family", [f for f in FAMILIES if not f.lora_parameters])
 def test_dense_families_have_no_experts_block(family):
     with pytest.raises(ValueError, match="choose one or more of"):
         lora_config(family, ["experts"], 4, 8, 0.0)

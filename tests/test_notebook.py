@@ -17,12 +17,12 @@ import psutil
 import pytest
 import yaml
 
-from helpers.defaults import DEFAULT_MAX_PIXELS, DEFAULT_MIN_PIXELS
-from helpers.parameters import check_parameters
-from helpers.synthetic import make_synthetic_dataset
-from helpers.data import IMAGE_CACHE_FOLDER
+from helpers.families.processors import DEFAULT_MAX_PIXELS, DEFAULT_MIN_PIXELS
+from helpers.parameters import check_notebook_parameters
+from helpers.data.synthetic import make_synthetic_dataset
+from helpers.data.sources import IMAGE_CACHE_FOLDER
 from helpers.run_notebook import NOTEBOOK_PATH, REPO_ROOT, TOOL_CACHE, notebook_declarations, resolve_parameters
-from helpers.metrics import (
+from helpers.evaluate.metrics import (
     AP_50_PER_CLASS, EVAL_MEAN_IOU, MAP_50, MAP_50_95, MAP_75, MEAN_IOU, N_DUPLICATE_BOXES_DROPPED, N_IMAGES, N_LOOPING_ANSWERS,
     PARSE_FAILURE_RATE, PRECISION_50, RECALL_50,
 )
@@ -49,7 +49,7 @@ def test_parameters_cell_is_first_and_only_holds_typed_commented_literals():
 
 
 def test_default_pixel_bounds_are_the_shared_constants(default_params):
-    # The parameters cell keeps literals for papermill; tests and benchmarks import helpers.defaults instead.
+    # The parameters cell keeps literals for papermill; tests and benchmarks import helpers.families.processors instead.
     assert (default_params["min_pixels"], default_params["max_pixels"]) == (DEFAULT_MIN_PIXELS, DEFAULT_MAX_PIXELS)
 
 
@@ -62,7 +62,7 @@ def test_sections_are_numbered_without_gaps():
 @pytest.mark.parametrize("preset", sorted((REPO_ROOT / "params").glob("*.yaml")), ids=lambda p: p.name)
 def test_presets_use_known_names_and_types(preset, default_params):
     values = resolve_parameters(default_params, yaml.safe_load(preset.read_text()), {})
-    check_parameters(values, parameter_annotations())
+    check_notebook_parameters(values, parameter_annotations())
 
 
 def test_runner_rejects_unknown_names_before_starting_a_kernel(default_params):
@@ -170,7 +170,7 @@ def test_saved_run_model_reloads(tmp_path, run_notebook):
     assert result.returncode == 0, result.stderr[-3000:]
     from transformers import AutoModelForImageTextToText
 
-    from helpers.processing import load_processor
+    from helpers.families.processors import load_processor
 
     model_dir = tmp_path / "reload" / "model"
     model = AutoModelForImageTextToText.from_pretrained(model_dir)

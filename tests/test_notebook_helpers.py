@@ -9,11 +9,11 @@ import pytest
 import torch
 from transformers import AutoTokenizer
 
-from helpers.formatting import answer_budget_report
-from helpers.gpu import release_model
+from helpers.families.chat import answer_budget_report
+from helpers.runtime.device import release_model
 from helpers.parameters import AT_LEAST_1, notebook_parameters, parameter_table
-from helpers.scaling_check import scaling_summary
-from helpers.synthetic import SYNTHETIC_PARAMETERS, make_synthetic_dataset, synthetic_options
+from helpers.evaluate.scaling_check import scaling_summary
+from helpers.data.synthetic import SYNTHETIC_PARAMETERS, make_synthetic_dataset, synthetic_options
 
 
 def test_notebook_parameters_reads_the_declared_names_and_checks_them():
@@ -61,7 +61,7 @@ def test_release_model_frees_the_weights_while_others_still_refer_to_them():
 
 
 def test_before_and_after_are_drawn_on_the_same_images(tmp_path):
-    from helpers.plotting import plot_before_after
+    from helpers.evaluate.plotting import plot_before_after
 
     data = make_synthetic_dataset(2, seed=3)
     records = [{"image_id": i, "ground_truth": objects, "predictions": []} for i, objects in zip(data["image_id"], data["objects"])]

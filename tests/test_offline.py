@@ -10,19 +10,20 @@ import torch
 from PIL import Image
 from transformers import AutoConfig, AutoModelForImageTextToText
 
-from helpers.defaults import DEFAULT_MAX_PIXELS, DEFAULT_MIN_PIXELS
-from helpers.families import QWEN_DEFAULT_SYSTEM_PROMPT
-from helpers.formatting import detection_prompt, format_detection_messages, grounding_prompt
+from helpers.families.processors import DEFAULT_MAX_PIXELS, DEFAULT_MIN_PIXELS
+from helpers.families.registry import QWEN_DEFAULT_SYSTEM_PROMPT
+from helpers.families.chat import detection_prompt, format_detection_messages, grounding_prompt
 from helpers import offline
 from helpers.offline import QWEN_SPECIAL_TOKENS, build_tiny_checkpoint, train_tiny_tokenizer
-from helpers.processing import load_processor
+from helpers.families.processors import load_processor
+from helpers.families.registry import get_family
 from tests.cases import FAMILIES
 
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_checkpoint_reloads_and_trains_one_step(tiny_checkpoints, family):
     path = tiny_checkpoints[family]
-    assert AutoConfig.from_pretrained(path).model_type == family
+    assert AutoConfig.from_pretrained(path).model_type == family.model_type
     processor = load_processor(path, min_pixels=56 * 56, max_pixels=112 * 112)
     model = AutoModelForImageTextToText.from_pretrained(path)
     text = processor.apply_chat_template(format_detection_messages("Detect.", "red circle"), tokenize=False)
@@ -50,8 +51,8 @@ def test_checkpoint_is_laid_out_as_the_published_one(tiny_checkpoints, family):
     folder = Path(tiny_checkpoints[family])
     for published in offline.hub_config_files(family):
         assert (folder / published.name).read_bytes() == published.read_bytes()
-    published_video = (offline.HUB_CONFIGS_DIR / family / "video_preprocessor_config.json").is_file()
-    assert (folder / "video_preprocessor_config.json").is_file() == published_video == (family not in ("qwen2_vl", "qwen2_5_vl"))
+    published_video = (offline.HUB_CONFIGS_DIR / family.model_type / "video_preprocessor_config.json").is_file()
+    assert (folder / "video_preprocessor_config.json").is_file() == published_video == (family.model_type not in ("qwen2_vl", "qwen2_5_vl"))
     assert not (folder / "processor_config.json").exists()
     assert {"config.json", "generation_config.json", "model.safetensors", "tokenizer.json", "chat_template.jinja"} <= {p.name for p in folder.iterdir()}
 
@@ -59,12 +60,12 @@ def test_checkpoint_is_laid_out_as_the_published_one(tiny_checkpoints, family):
 @pytest.mark.parametrize(
     "family,published",
     [
-        ("qwen2_vl", {"do_sample": True, "repetition_penalty": 1.05, "temperature": 0.1, "top_p": 0.001, "top_k": 1}),
-        ("qwen2_5_vl", {"do_sample": True, "repetition_penalty": 1.05, "temperature": 0.1, "top_p": 0.001, "top_k": 1}),
-        ("qwen3_vl", {"do_sample": True, "repetition_penalty": 1.0, "temperature": 0.7, "top_p": 0.8, "top_k": 20}),
-        ("qwen3_vl_moe", {"do_sample": True, "repetition_penalty": 1.0, "temperature": 0.7, "top_p": 0.8, "top_k": 20}),
-        ("qwen3_5", {"do_sample": True, "temperature": 1.0, "top_p": 0.95, "top_k": 20}),
-        ("qwen3_5_moe", {"do_sample": True, "temperature": 1.0, "top_p": 0.95, "top_k": 20}),
+        (get_family("qwen2_vl"), {"do_sample": True, "repetition_penalty": 1.05, "temperature": 0.1, "top_p": 0.001, "top_k": 1}),
+        (get_family("qwen2_5_vl"), {"do_sample": True, "repetition_penalty": 1.05, "temperature": 0.1, "top_p": 0.001, "top_k": 1}),
+        (get_family("qwen3_vl"), {"do_sample": True, "repetition_penalty": 1.0, "temperature": 0.7, "top_p": 0.8, "top_k": 20}),
+        (get_family("qwen3_vl_moe"), {"do_sample": True, "repetition_penalty": 1.0, "temperature": 0.7, "top_p": 0.8, "top_k": 20}),
+        (get_family("qwen3_5"), {"do_sample": True, "temperature": 1.0, "top_p": 0.95, "top_k": 20}),
+        (get_family("qwen3_5_moe"), {"do_sample": True, "temperature": 1.0, "top_p": 0.95, "top_k": 20}),
     ],
 )
 def test_checkpoint_carries_the_published_generation_config(tiny_checkpoints, family, published):
@@ -99,39 +100,39 @@ def test_tokenizer_learnt_our_prompts_as_words(family):
 
 
 def test_build_is_cached_and_rebuilt_when_recipe_changes(tmp_path):
-    out = build_tiny_checkpoint("qwen2_vl", tmp_path / "m")
+    out = build_tiny_checkpoint(get_family("qwen2_vl"), tmp_path / "m")
     weights = out / "model.safetensors"
     first_mtime = weights.stat().st_mtime_ns
-    build_tiny_checkpoint("qwen2_vl", tmp_path / "m")
+    build_tiny_checkpoint(get_family("qwen2_vl"), tmp_path / "m")
     assert weights.stat().st_mtime_ns == first_mtime  # cached: not rewritten
     stamp = out / "offline_build.json"
     stamp.write_text(json.dumps({"fingerprint": "stale"}))
-    build_tiny_checkpoint("qwen2_vl", tmp_path / "m")
+    build_tiny_checkpoint(get_family("qwen2_vl"), tmp_path / "m")
     assert json.loads(stamp.read_text())["fingerprint"] != "stale"
     assert [p.name for p in tmp_path.iterdir()] == ["m"]  # no temp folder left behind
 
 
 def test_any_config_change_rebuilds_the_cached_checkpoint(tmp_path, monkeypatch):
-    out = build_tiny_checkpoint("qwen2_5_vl", tmp_path / "m")
+    out = build_tiny_checkpoint(get_family("qwen2_5_vl"), tmp_path / "m")
     before = json.loads((out / "offline_build.json").read_text())["fingerprint"]
     monkeypatch.setattr(offline, "TINY_ROPE_THETA", 20.0)  # also the vision tower's theta
-    build_tiny_checkpoint("qwen2_5_vl", tmp_path / "m")
+    build_tiny_checkpoint(get_family("qwen2_5_vl"), tmp_path / "m")
     assert json.loads((out / "offline_build.json").read_text())["fingerprint"] != before
     assert AutoConfig.from_pretrained(out).vision_config.rope_parameters["rope_theta"] == 20.0
 
 
 def test_same_seed_same_weights(tmp_path):
-    a = AutoModelForImageTextToText.from_pretrained(build_tiny_checkpoint("qwen2_5_vl", tmp_path / "a", seed=3))
-    b = AutoModelForImageTextToText.from_pretrained(build_tiny_checkpoint("qwen2_5_vl", tmp_path / "b", seed=3))
+    a = AutoModelForImageTextToText.from_pretrained(build_tiny_checkpoint(get_family("qwen2_5_vl"), tmp_path / "a", seed=3))
+    b = AutoModelForImageTextToText.from_pretrained(build_tiny_checkpoint(get_family("qwen2_5_vl"), tmp_path / "b", seed=3))
     assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
 
 
 def test_unknown_family_is_rejected(tmp_path):
-    with pytest.raises(ValueError, match="unknown family"):
-        build_tiny_checkpoint("llava", tmp_path / "x")
+    with pytest.raises(ValueError, match="expected offline:<model_type> with model_type one of qwen2_vl"):
+        offline.resolve_model_path("offline:llava", tmp_path)
 
 
-@pytest.mark.parametrize("family", ["qwen2_vl", "qwen2_5_vl"])
+@pytest.mark.parametrize("family", [get_family("qwen2_vl"), get_family("qwen2_5_vl")])
 def test_tiny_model_rotary_frequencies_let_it_see_image_positions(tiny_checkpoints, family):
     # M-RoPE gives (time, height, width) contiguous slices of the rotary frequencies, highest first;
     # the width slice must still turn by a usable angle per image column.
@@ -154,7 +155,7 @@ def test_tiny_vision_tower_rotary_frequencies_see_neighbouring_patches(tiny_chec
 
 @pytest.mark.parametrize(
     "family,text_layers",
-    [("qwen2_vl", 3), ("qwen2_5_vl", 2), ("qwen3_vl", 2)],  # Qwen2-VL's 0..1000 boxes get a third layer
+    [(get_family("qwen2_vl"), 3), (get_family("qwen2_5_vl"), 2), (get_family("qwen3_vl"), 2)],  # Qwen2-VL's 0..1000 boxes get a third layer
 )
 def test_tiny_sizes_apply_family_overrides(tiny_checkpoints, family, text_layers):
     assert offline.tiny_sizes(family)["num_hidden_layers"] == text_layers

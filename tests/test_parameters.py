@@ -9,8 +9,8 @@ import jupytext
 import pytest
 import yaml
 
-from helpers.parameters import check_parameters
-from helpers.run_notebook import NOTEBOOK_PATH, command_line_parameters, keep_whole_notebook, main, notebook_declarations, parse_args
+from helpers.parameters import check_notebook_parameters
+from helpers.run_notebook import NOTEBOOK_PATH, command_line_parameters, keep_whole_notebook, main, notebook_declarations, parameter_reference, parse_args
 
 DEFAULTS, ANNOTATIONS = notebook_declarations(jupytext.read(NOTEBOOK_PATH))
 PRESETS = sorted((Path(__file__).resolve().parent.parent / "params").glob("*.yaml"))
@@ -29,7 +29,7 @@ BAD = [  # (name, value, what the error says is allowed); each was accepted, or 
     ("train_size", -1, ">= 0"),
     ("test_size", -5, ">= 0"),
     ("learning_rate", 0.0, "> 0"),
-    ("warmup_ratio", 1.5, "<= 1"),
+    ("warmup_steps", -0.5, ">= 0"),
     ("lora_dropout", -0.1, ">= 0"),
     ("lora_rank", 0, ">= 1"),
     ("duplicate_iou", 1.2, "<= 1"),
@@ -64,24 +64,24 @@ WRONG_TYPE = [
 @pytest.mark.parametrize("name,value,allowed", BAD, ids=[f"{n}={v!r}" for n, v, _ in BAD])
 def test_a_value_out_of_range_is_refused_with_what_is_allowed(name, value, allowed):
     with pytest.raises(ValueError, match=rf"parameter {name}={value!r} is not allowed: expected .*{allowed}".replace("(", r"\(").replace("[", r"\[")):
-        check_parameters(DEFAULTS | {name: value}, ANNOTATIONS)
+        check_notebook_parameters(DEFAULTS | {name: value}, ANNOTATIONS)
 
 
 @pytest.mark.parametrize("name,value", WRONG_TYPE)
 def test_a_value_of_the_wrong_type_is_refused(name, value):
     with pytest.raises(TypeError, match=rf"parameter {name}={value!r} is {type(value).__name__}, expected"):
-        check_parameters(DEFAULTS | {name: value}, ANNOTATIONS)
+        check_notebook_parameters(DEFAULTS | {name: value}, ANNOTATIONS)
 
 
 @pytest.mark.parametrize("low,high", [("synthetic_min_side_px", "synthetic_max_side_px"), ("min_pixels", "max_pixels")])
 def test_a_range_whose_ends_cross_is_refused(low, high):
     with pytest.raises(ValueError, match=f"parameter {low}=.* is above {high}="):
-        check_parameters(DEFAULTS | {low: 5000, high: 4000}, ANNOTATIONS)
+        check_notebook_parameters(DEFAULTS | {low: 5000, high: 4000}, ANNOTATIONS)
 
 
 @pytest.mark.parametrize("preset", PRESETS, ids=[p.stem for p in PRESETS])
 def test_the_defaults_and_every_preset_pass(preset):
-    assert check_parameters(DEFAULTS | yaml.safe_load(preset.read_text()), ANNOTATIONS)
+    assert check_notebook_parameters(DEFAULTS | yaml.safe_load(preset.read_text()), ANNOTATIONS)
 
 
 def test_every_rule_sits_beside_its_declaration():
@@ -153,7 +153,7 @@ def test_no_bad_name_deletes_or_writes_anything(tmp_path, monkeypatch, overrides
 
 
 def test_the_offline_cache_replaces_only_its_own_builds(tmp_path):
-    from helpers.run import resolve_model_path
+    from helpers.offline import resolve_model_path
 
     unrelated = tmp_path / "models" / "qwen2_vl"
     unrelated.mkdir(parents=True)
@@ -172,3 +172,17 @@ def test_the_notebook_is_renamed_into_place_only_when_whole(tmp_path, partial_te
     assert json.loads(final.read_text()) == (json.loads(partial_text) if kept else {"previous": True})
     assert partial.exists() != kept
 
+
+
+def test_the_parameter_reference_is_generated_from_the_parameters_cell():
+    reference = Path(__file__).resolve().parent.parent / "docs" / "parameters.md"
+    assert reference.read_text() == parameter_reference(jupytext.read(NOTEBOOK_PATH)), (
+        "docs/parameters.md differs from the parameters cell; regenerate it: python -m helpers.run_notebook --parameter-reference docs/parameters.md"
+    )
+
+
+def test_every_parameter_says_what_it_means():
+    # The reference's "meaning" column is each declaration's trailing comment.
+    table = parameter_reference(jupytext.read(NOTEBOOK_PATH)).splitlines()
+    rows = [line for line in table if line.startswith("| `")]
+    assert len(rows) == len(ANNOTATIONS) and all(not row.rstrip().endswith("|  |") for row in rows)

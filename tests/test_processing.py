@@ -11,9 +11,9 @@ import torch
 from PIL import Image
 from transformers import AutoProcessor
 
-from helpers.boxes import resized_size, visual_token_count
-from helpers.defaults import DEFAULT_MAX_PIXELS, DEFAULT_MIN_PIXELS
-from helpers.processing import (
+from helpers.families.boxes import resized_size, visual_token_count
+from helpers.families.processors import DEFAULT_MAX_PIXELS, DEFAULT_MIN_PIXELS
+from helpers.families.processors import (
     load_processor,
     load_saved_processor,
     model_input_size,
@@ -34,7 +34,7 @@ def test_the_stock_processor_is_what_loads(tiny_checkpoints, family):
 
 def processed(processor, family: str) -> dict:
     """A chat with one image, through the processor: what a model would get."""
-    from helpers.formatting import detection_prompt, format_detection_messages
+    from helpers.families.chat import detection_prompt, format_detection_messages
 
     text = processor.apply_chat_template(format_detection_messages(detection_prompt(family, ["cat"]), "x"), tokenize=False)
     return processor(text=[text], images=[[Image.new("RGB", (300, 170), (90, 30, 200))]], return_tensors="pt")
@@ -48,8 +48,9 @@ def test_a_saved_processor_reloads_through_the_stock_classes(tiny_checkpoints, t
     processor.save_pretrained(tmp_path / "model")
     assert "video_processor" in json.loads((tmp_path / "model" / "processor_config.json").read_text())
     script = (
-        "import sys, json; from transformers import AutoProcessor; from helpers.processing import load_saved_processor; "
-        f"p = load_saved_processor(sys.argv[1], {family!r}); a = AutoProcessor.from_pretrained(sys.argv[1]); "
+        "import sys, json; from transformers import AutoProcessor; from helpers.families.processors import load_saved_processor; "
+        "from helpers.families.registry import get_family; "
+        f"p = load_saved_processor(sys.argv[1], get_family({family.model_type!r})); a = AutoProcessor.from_pretrained(sys.argv[1]); "
         "print(json.dumps([type(p).__name__, type(a).__name__, dict(p.image_processor.size)]))"
     )
     out = subprocess.run([sys.executable, "-c", script, str(tmp_path / "model")], cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
@@ -62,29 +63,12 @@ def test_a_saved_processor_reloads_through_the_stock_classes(tiny_checkpoints, t
         assert torch.equal(value, processed(reloaded, family)[key]), key
 
 
-@pytest.mark.parametrize("family", FAMILIES)
-def test_a_folder_saved_without_video_settings_still_loads(tiny_checkpoints, tmp_path, family):
-    # model/ folders saved by this project's image-only processors (before torchvision was required)
-    # hold an image processor and no video settings: they load, and process images as before.
-    processor = load_processor(tiny_checkpoints[family], DEFAULT_MIN_PIXELS, DEFAULT_MAX_PIXELS)
-    processor.save_pretrained(tmp_path)
-    config = json.loads((tmp_path / "processor_config.json").read_text())
-    legacy = {"image_processor": config["image_processor"], "processor_class": f"ImageOnly{stock_processor_class(family).__name__}"}
-    (tmp_path / "processor_config.json").write_text(json.dumps(legacy))
-    with pytest.raises(OSError, match="Can't load video processor"):
-        stock_processor_class(family).from_pretrained(tmp_path)  # what loading did before
-    reloaded = load_saved_processor(tmp_path, family)
-    assert type(reloaded) is stock_processor_class(family) and reloaded.image_processor.size == processor.image_processor.size
-    for key, value in processed(processor, family).items():
-        assert torch.equal(value, processed(reloaded, family)[key]), key
-
-
 def test_without_torchvision_loading_stops_with_the_fix(tiny_checkpoints):
     # torchvision made unimportable, as on a machine with torch alone.
     script = (
         "import sys; sys.modules['torchvision'] = None\n"
-        "from helpers.defaults import DEFAULT_MAX_PIXELS, DEFAULT_MIN_PIXELS\n"
-        "from helpers.processing import load_processor\n"
+        "from helpers.families.processors import DEFAULT_MAX_PIXELS, DEFAULT_MIN_PIXELS\n"
+        "from helpers.families.processors import load_processor\n"
         "load_processor(sys.argv[1], DEFAULT_MIN_PIXELS, DEFAULT_MAX_PIXELS)\n"
     )
     out = subprocess.run([sys.executable, "-c", script, tiny_checkpoints["qwen2_vl"]], cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)

@@ -11,12 +11,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from helpers.defaults import DEFAULT_MAX_PIXELS, DEFAULT_MIN_PIXELS
-from helpers.families import get_family
-from helpers.formatting import add_chat_columns, detection_prompt, format_detection_messages, generation_prompt
-from helpers.notebook_cells import run_tagged_cells
-from helpers.real_vocab import real_processor, real_qwen2_tokenizer
-from helpers.synthetic import make_synthetic_dataset
+from helpers.families.processors import DEFAULT_MAX_PIXELS, DEFAULT_MIN_PIXELS
+from helpers.families.chat import add_chat_columns, detection_prompt, format_detection_messages, generation_prompt
+from tests.support.notebook_cells import run_tagged_cells
+from tests.support.real_vocab import real_processor, real_qwen2_tokenizer
+from helpers.data.synthetic import make_synthetic_dataset
 from tests.cases import FAMILIES
 
 CELLS = run_tagged_cells("collators")
@@ -33,7 +32,7 @@ def test_the_real_vocabulary_has_the_published_ids():
 @pytest.mark.parametrize("family", FAMILIES)
 def test_labels_are_the_answer_on_the_real_vocabulary(family):
     processor = real_processor(family, DEFAULT_MIN_PIXELS, DEFAULT_MAX_PIXELS)
-    options = get_family(family).chat_template_kwargs
+    options = family.chat_template_kwargs
     dataset = make_synthetic_dataset(4, seed=11, max_objects=4, min_side_px=60, max_side_px=200)
     prompt = detection_prompt(family, ["red circle", "green square"])
     examples = list(add_chat_columns(dataset, family, prompt, DEFAULT_MIN_PIXELS, DEFAULT_MAX_PIXELS))

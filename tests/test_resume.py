@@ -9,13 +9,16 @@ import torch
 from transformers import set_seed
 from trl import SFTTrainer
 
-from helpers.defaults import DEFAULT_MAX_PIXELS, DEFAULT_MIN_PIXELS
-from helpers.formatting import add_chat_columns, detection_prompt
-from helpers.modeling import load_model_and_processor, lora_config, wrap_lora
-from helpers.notebook_cells import run_tagged_cells
-from helpers.synthetic import make_synthetic_dataset
-from helpers.notebook_cells import notebook_sft_config
-from helpers.training import QwenVLSFTTrainer, checkpoint_problems, resolve_resume
+from helpers.families.processors import DEFAULT_MAX_PIXELS, DEFAULT_MIN_PIXELS
+from helpers.families.chat import add_chat_columns, detection_prompt
+from helpers.train.model import load_model_and_processor
+from helpers.train.lora import lora_config, wrap_lora
+from tests.support.notebook_cells import run_tagged_cells
+from helpers.data.synthetic import make_synthetic_dataset
+from tests.support.notebook_cells import notebook_sft_config
+from helpers.train.trainer import QwenVLSFTTrainer
+from helpers.train.resume import checkpoint_problems, resolve_resume
+from helpers.families.registry import get_family
 
 
 
@@ -24,9 +27,9 @@ def train(defaults: dict, checkpoint, out_dir, trainer_class=QwenVLSFTTrainer, u
     set_seed(0)
     model, processor = load_model_and_processor(checkpoint, "none", "sdpa", torch.float32, "cpu", DEFAULT_MIN_PIXELS, DEFAULT_MAX_PIXELS)
     if use_lora:
-        model = wrap_lora(model, lora_config("qwen2_vl", ["language"], 4, 8, 0.0))
-    prompt = detection_prompt("qwen2_vl", ["red circle", "green square", "blue triangle"])
-    data = add_chat_columns(make_synthetic_dataset(32, seed=1), "qwen2_vl", prompt, DEFAULT_MIN_PIXELS, DEFAULT_MAX_PIXELS)
+        model = wrap_lora(model, lora_config(get_family("qwen2_vl"), ["language"], 4, 8, 0.0))
+    prompt = detection_prompt(get_family("qwen2_vl"), ["red circle", "green square", "blue triangle"])
+    data = add_chat_columns(make_synthetic_dataset(32, seed=1), get_family("qwen2_vl"), prompt, DEFAULT_MIN_PIXELS, DEFAULT_MAX_PIXELS)
     params = defaults | {"max_steps": 8, "save_steps": 4, "logging_steps": 1, "eval_steps": 100, "per_device_train_batch_size": 4,
                          "learning_rate": 3e-3}
     config = notebook_sft_config(params, out_dir, "cpu", torch.float32)
@@ -65,7 +68,7 @@ def test_padding_free_training_counts_every_token(tiny_checkpoints, default_para
     model, processor = load_model_and_processor(
         tiny_checkpoints["qwen2_vl"], "none", "sdpa", torch.float32, "cpu", DEFAULT_MIN_PIXELS, DEFAULT_MAX_PIXELS
     )
-    data = add_chat_columns(make_synthetic_dataset(8, seed=1), "qwen2_vl", "Detect.", DEFAULT_MIN_PIXELS, DEFAULT_MAX_PIXELS)
+    data = add_chat_columns(make_synthetic_dataset(8, seed=1), get_family("qwen2_vl"), "Detect.", DEFAULT_MIN_PIXELS, DEFAULT_MAX_PIXELS)
     collator = run_tagged_cells("collators")["PaddingFreeCollator"](processor, model.model.get_rope_index)
     params = default_params | {"max_steps": 2, "logging_steps": 1, "eval_steps": 100, "save_steps": 100, "per_device_train_batch_size": 4}
     trainer = QwenVLSFTTrainer(model=model, args=notebook_sft_config(params, tmp_path, "cpu", torch.float32), train_dataset=data,

@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from helpers.parameters import check_parameters
-from helpers.run import RUN_MARKER, prepare_run_dir, remove_run_dir, resolve_model_path, write_json, write_jsonl
+from helpers.parameters import check_notebook_parameters
+from helpers.runtime.run_folder import RUN_MARKER, prepare_run_dir, remove_run_dir, write_json, write_jsonl
+from helpers.offline import resolve_model_path
 
 ANNOTATIONS = {"lr": float, "steps": int, "name": str, "flag": bool, "classes": list, "maybe": str | None}
 GOOD = {"lr": 1e-3, "steps": 3, "name": "x", "flag": True, "classes": ["a"], "maybe": None}
@@ -31,15 +32,15 @@ GOOD = {"lr": 1e-3, "steps": 3, "name": "x", "flag": True, "classes": ["a"], "ma
 def test_check_parameters(change, error):
     values = GOOD | change
     if error is None:
-        assert check_parameters(values, ANNOTATIONS) == values
+        assert check_notebook_parameters(values, ANNOTATIONS) == values
     else:
         with pytest.raises(TypeError, match=error.replace("(", r"\(")):
-            check_parameters(values, ANNOTATIONS)
+            check_notebook_parameters(values, ANNOTATIONS)
 
 
 def test_unknown_parameter_is_named():
     with pytest.raises(ValueError, match=r"unknown parameters \['lerning_rate'\]"):
-        check_parameters(GOOD | {"lerning_rate": 1.0}, ANNOTATIONS)
+        check_notebook_parameters(GOOD | {"lerning_rate": 1.0}, ANNOTATIONS)
 
 
 @pytest.mark.parametrize("run_name", ["", "a/b", "..", ".", "/abs", "~", ".hidden", "a b", 7, None])
@@ -65,16 +66,13 @@ def test_a_run_folder_carries_its_marker_and_only_such_a_folder_is_removed(tmp_p
     assert not run_dir.exists()
 
 
-def test_a_run_folder_written_before_markers_is_still_recognised(tmp_path):
-    legacy = tmp_path / "old-run"
-    legacy.mkdir()
-    (legacy / "params.json").write_text(json.dumps({"parameters": {"run_name": "old-run"}, "environment": {}}))
-    (tmp_path / "renamed").mkdir()
-    (tmp_path / "renamed" / "params.json").write_text(json.dumps({"parameters": {"run_name": "old-run"}, "environment": {}}))
-    with pytest.raises(FileExistsError):
-        remove_run_dir(tmp_path, "renamed")  # a params.json naming another run is not enough
-    remove_run_dir(tmp_path, "old-run")
-    assert not legacy.exists() and (tmp_path / "renamed").exists()
+def test_a_folder_without_the_marker_is_not_deleted_even_with_a_params_json(tmp_path):
+    unmarked = tmp_path / "old-run"
+    unmarked.mkdir()
+    (unmarked / "params.json").write_text(json.dumps({"parameters": {"run_name": "old-run"}, "environment": {}}))
+    with pytest.raises(FileExistsError, match="will not delete it"):
+        remove_run_dir(tmp_path, "old-run")  # only the marker makes a run folder
+    assert (unmarked / "params.json").is_file()
 
 
 def test_a_folder_holding_only_papermills_output_becomes_a_run_folder(tmp_path):
@@ -97,7 +95,7 @@ def test_run_dir_layout(tmp_path):
 def test_resolve_model_path(tmp_path):
     assert resolve_model_path("Qwen/Qwen2-VL-2B-Instruct", tmp_path) == "Qwen/Qwen2-VL-2B-Instruct"
     assert resolve_model_path("offline:qwen3_vl", tmp_path) == str(tmp_path / "qwen3_vl")
-    with pytest.raises(ValueError, match="offline:<family>"):
+    with pytest.raises(ValueError, match="offline:<model_type>"):
         resolve_model_path("offline:qwen9", tmp_path)
 
 

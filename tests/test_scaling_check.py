@@ -6,11 +6,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import helpers.scaling_check as scaling_check
-from helpers.boxes import resized_size
-from helpers.defaults import DEFAULT_MAX_PIXELS, DEFAULT_MIN_PIXELS
-from helpers.processing import load_processor
-from helpers.synthetic import make_synthetic_dataset
+from helpers.evaluate import scaling_check
+from helpers.families.boxes import resized_size
+from helpers.families.processors import DEFAULT_MAX_PIXELS, DEFAULT_MIN_PIXELS
+from helpers.families.processors import load_processor
+from helpers.data.synthetic import make_synthetic_dataset
+from helpers.families.registry import get_family
 from tests.cases import FAMILIES
 
 
@@ -48,7 +49,7 @@ def test_check_fails_when_the_resize_is_ignored(tiny_checkpoints, dataset, tmp_p
     # A contributor who writes Qwen2.5-VL targets in original pixels: the processor's size differs.
     monkeypatch.setattr(scaling_check, "resized_size", lambda family, w, h, lo, hi: (w, h))
     processor = load_processor(tiny_checkpoints["qwen2_5_vl"], DEFAULT_MIN_PIXELS, DEFAULT_MAX_PIXELS)
-    report = scaling_check.check_coordinate_scaling(dataset, processor, "qwen2_5_vl", DEFAULT_MIN_PIXELS, DEFAULT_MAX_PIXELS, 3, tmp_path / "c.png")
+    report = scaling_check.check_coordinate_scaling(dataset, processor, get_family("qwen2_5_vl"), DEFAULT_MIN_PIXELS, DEFAULT_MAX_PIXELS, 3, tmp_path / "c.png")
     assert not report["ok"]
 
 
@@ -57,5 +58,5 @@ def test_check_fails_when_targets_use_the_wrong_frame(tiny_checkpoints, dataset,
     real = scaling_check.to_model_answer
     monkeypatch.setattr(scaling_check, "to_model_answer", lambda objects, family, size, model_size: real(objects, family, size, size))
     processor = load_processor(tiny_checkpoints["qwen2_5_vl"], DEFAULT_MIN_PIXELS, DEFAULT_MAX_PIXELS)
-    report = scaling_check.check_coordinate_scaling(dataset, processor, "qwen2_5_vl", DEFAULT_MIN_PIXELS, DEFAULT_MAX_PIXELS, 3, tmp_path / "c.png")
+    report = scaling_check.check_coordinate_scaling(dataset, processor, get_family("qwen2_5_vl"), DEFAULT_MIN_PIXELS, DEFAULT_MAX_PIXELS, 3, tmp_path / "c.png")
     assert not report["ok"] and report["worst_error_px"] > 5

@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from helpers.boxes import box_iou
-from helpers.schema import DETECTION_FEATURES
-from helpers.synthetic import CLASS_STYLES, TINT_LEVELS, TINT_NOISE_LEVELS, make_synthetic_dataset
-from helpers.images import open_image, open_images
+from helpers.families.boxes import box_iou
+from helpers.data.schema import DETECTION_FEATURES
+from helpers.data.synthetic import CLASS_STYLES, TINT_LEVELS, TINT_NOISE_LEVELS, make_synthetic_dataset
+from helpers.data.images import open_image, open_images
 
 
 def test_same_seed_same_data_other_seed_other_data():

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from helpers.tracking import configure_reporting, has_wandb_credentials
+from helpers.runtime.tracking import configure_reporting, has_wandb_credentials
 
 
 @pytest.fixture(autouse=True)

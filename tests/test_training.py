@@ -5,14 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from helpers.notebook_cells import notebook_sft_config
-from helpers.training import (
-    device_defaults,
-    latest_complete_checkpoint,
-    print_training_config,
-    resolve_resume,
-    training_arithmetic,
-)
+from tests.support.notebook_cells import notebook_sft_config
+from helpers.train.config import device_defaults, print_training_config, training_arithmetic
+from helpers.train.resume import latest_complete_checkpoint, resolve_resume
 
 
 def test_config_from_notebook_defaults_on_cpu(tmp_path, default_params):

@@ -1,0 +1,157 @@
+"""Detection data in one schema: image references + objects with ``label`` and ``bbox_xyxy_px``.
+
+Every source is turned into records of ``{"image_id", "image", "width", "height", "objects":
+[{"label", "bbox_xyxy_px"}], "crowd_regions": [...]}`` (``helpers.data.schema``). The image is a
+reference (a file path, or a hub dataset's encoded bytes) that ``helpers.data.images.open_image``
+decodes when a batch needs it, so memory does not grow with the number of images; ``width`` and
+``height`` are those of the upright image (EXIF orientation applied) and boxes are ``[x1, y1, x2,
+y2]`` in its pixels. Sources (``dataset_source`` in the notebook; the layout is recognised from the
+files):
+
+- ``"synthetic"``: the generator in ``helpers.data.synthetic``.
+- a Hugging Face dataset, hub id or local ``save_to_disk`` folder, with an ``image`` column and an
+  ``objects`` column of ``bbox`` + ``category`` (the common hub detection layout); ``bbox`` is COCO
+  ``xywh`` or ``xyxy`` pixels, chosen by ``bbox_format``; class names come from the ``ClassLabel``.
+- a COCO folder, one annotation file per split: ``<source>/<split>/annotations.json`` (or Roboflow's
+  ``_annotations.coco.json``) with images under ``<source>/<split>/``, or COCO 2017's
+  ``<source>/annotations/instances_<split>.json`` with images under ``<source>/<split>/``.
+  COCO boxes are always ``xywh``. Crowd annotations (``iscrowd=1``) are never training targets:
+  they are kept as ``crowd_regions``, which the metrics treat as COCO ignore regions.
+- a JSONL folder, ``<source>/<split>.jsonl``, one image per line:
+  ``{"image": "path relative to the folder", "objects": [{"label": "cat", "bbox": [...]}],
+  "image_id": optional}`` with ``bbox`` in ``bbox_format`` (``bbox_xyxy_px`` is also accepted).
+
+Images without objects are kept: they train the empty answer and their predictions count as false
+positives. Image paths must stay inside the dataset folder and name regular files. Labels follow one
+rule in every loader (``helpers.families.labels``). Every other problem is handled by a fixed rule
+(``PROBLEMS``): a skip of the record, box or annotation, or a fix, counted in a ``LoadReport`` with
+example messages naming the record. With ``strict=True`` the first problem raises a ``DataError``
+that names the record and the fix instead.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from datasets import Dataset
+
+from helpers.data.coco import COCO_LAYOUTS, find_coco_annotations, load_coco_split
+from helpers.data.hub import load_hf_detection_split
+from helpers.data.images import ImageCache, cache_key
+from helpers.data.jsonl import load_jsonl_split
+from helpers.families.labels import normalize_label
+from helpers.data.records import ImageLoading, SplitOptions
+from helpers.data.report import DataError, LoadReport
+from helpers.data.synthetic import make_synthetic_dataset
+from helpers.families.boxes import resized_size
+from helpers.families.registry import Family
+from helpers.runtime.checks import expand_path
+
+IMAGE_CACHE_FOLDER = ".image_cache"  # under output_root, beside the offline model cache
+
+
+@dataclass(frozen=True)
+class LoadOptions:
+    """How every split of a source is loaded: box format, accepted labels, strictness, image handling, and the synthetic generator's seed and settings."""
+
+    bbox_format: str = "xywh"  # hub and JSONL pixel boxes (COCO files are always xywh)
+    known_classes: list[str] | None = None  # labels accepted, normalised like every label (None or empty: all)
+    strict: bool = False  # the first problem raises a DataError naming the record and the fix
+    loading: ImageLoading = ImageLoading()
+    seed: int = 0  # synthetic splits are generated from it, a distinct seed per split
+    synthetic: dict = field(default_factory=dict)  # make_synthetic_dataset's keywords (helpers.data.synthetic.synthetic_options)
+
+
+def source_location(source: str) -> str | Path:
+    """Where a ``dataset_source`` is: ``"synthetic"`` and hub ids as given, a local path absolute with ``~`` expanded."""
+    if source == "synthetic" or not (source.startswith((".", "/", "~")) or Path(source).exists()):
+        return source
+    return expand_path(source)
+
+
+def image_cache_for(cache_root: str | Path, source: str, family: Family, min_pixels: int, max_pixels: int) -> ImageCache:
+    """The cache of ``source``'s images at the model's input size for ``family`` and the pixel bounds."""
+    resize_key = f"factor={family.resize_factor},min_pixels={min_pixels},max_pixels={max_pixels}"
+    folder = Path(cache_root) / cache_key(str(source_location(source)), resize_key)[:16]
+    return ImageCache(folder, lambda width, height: resized_size(family, width, height, min_pixels, max_pixels), resize_key)
+
+
+def detect_source_kind(source: str) -> str:
+    """``"synthetic"``, ``"hf_disk"``, ``"coco"``, ``"jsonl"`` or ``"hub"`` for a ``dataset_source``."""
+    location = source_location(source)
+    if isinstance(location, str):
+        return "synthetic" if location == "synthetic" else "hub"
+    if location.is_dir():
+        if (location / "dataset_dict.json").exists() or (location / "dataset_info.json").exists():
+            return "hf_disk"
+        if any(location.glob("*.jsonl")):
+            return "jsonl"
+        if any(any(location.glob(layout.format(split="*"))) for layout in COCO_LAYOUTS):
+            return "coco"
+        raise DataError(
+            f"dataset_source={source!r} is a folder in no supported layout: a `save_to_disk` dataset, "
+            f"<split>.jsonl files, or COCO annotations as one of {COCO_LAYOUTS}"
+        )
+    raise DataError(f"dataset_source={source!r}: expected a folder (see helpers.data.sources for the layouts), found none there")
+
+
+def load_split(location: str | Path, kind: str, options: SplitOptions) -> tuple[Dataset, LoadReport]:
+    """Load one split of a non-synthetic source of the given ``kind`` (``location`` from ``source_location``)."""
+    split = options.split
+    if kind in ("hf_disk", "hub"):
+        return load_hf_detection_split(location, options)
+    if kind == "coco":
+        found = find_coco_annotations(location, split)
+        if found is None:
+            tried = [str(location / layout.format(split=split)) for layout in COCO_LAYOUTS]
+            raise DataError(f"{location}: no COCO annotations for split {split!r}; looked for {tried}. Set the *_split parameters")
+        return load_coco_split(*found, options)
+    if kind == "jsonl":
+        jsonl_file = location / f"{split}.jsonl"
+        if not jsonl_file.is_file():
+            present = sorted(p.stem for p in location.glob("*.jsonl"))
+            raise DataError(f"{location}: no {split}.jsonl (splits there: {present}). Set the *_split parameters")
+        return load_jsonl_split(jsonl_file, options)
+    raise ValueError(f"unknown source kind {kind!r}")
+
+
+def synthetic_split(size: int, name: str, seed: int, options: LoadOptions) -> tuple[Dataset, LoadReport]:
+    """A generated split of exactly ``size`` images, with its report."""
+    if size < 1:
+        raise ValueError(f"{name}_size must be >= 1 for synthetic data, got {size}")
+    split = make_synthetic_dataset(size, seed=seed, **options.synthetic)
+    report = LoadReport("synthetic", name, options.strict)
+    report.counts.update(images_loaded=size, boxes_kept=sum(len(o) for o in split["objects"]))
+    return split, report
+
+
+def dataset_class_names(dataset: Dataset) -> list[str]:
+    """Sorted label names present in a detection dataset."""
+    return sorted({obj["label"] for objects in dataset["objects"] for obj in objects})
+
+
+def load_detection_splits(
+    source: str, split_names: dict[str, str], sizes: dict[str, int], options: LoadOptions = LoadOptions()
+) -> tuple[dict[str, Dataset], dict[str, LoadReport]]:
+    """Load the ``train``/``eval``/``test`` splits from any supported source, with a report per split.
+
+    ``split_names`` maps our split to the source's split name; ``sizes`` caps each split's image count
+    (0 = all; synthetic splits are generated at exactly that size, each from its own seed).
+    """
+    kind = detect_source_kind(source)
+    location = source_location(source)
+    known = frozenset(normalize_label(name) for name in options.known_classes) if options.known_classes else None
+    splits: dict[str, Dataset] = {}
+    reports: dict[str, LoadReport] = {}
+    for offset, (ours, theirs) in enumerate(split_names.items()):
+        if sizes[ours] < 0:
+            raise ValueError(f"{ours}_size must be >= 0 (0: all images), got {sizes[ours]}")
+        if kind == "synthetic":
+            splits[ours], reports[ours] = synthetic_split(sizes[ours], ours, options.seed * 1000 + offset, options)
+        else:
+            split_options = SplitOptions(theirs, sizes[ours] or None, options.bbox_format, known, options.strict, options.loading)
+            splits[ours], reports[ours] = load_split(location, kind, split_options)
+        if len(splits[ours]) == 0:
+            raise DataError(f"{source} [{theirs}]: no usable images; problems: {dict(reports[ours].counts)}, e.g. {reports[ours].examples[:3]}")
+    return splits, reports

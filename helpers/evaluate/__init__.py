@@ -1,0 +1,11 @@
+"""What a model finds: batched generation with scores, evaluation and metrics, the coordinate-scaling check, pictures."""
+
+from helpers.runtime.entry_points import lazy_exports
+
+__getattr__, __dir__ = lazy_exports(__name__, {
+    "generation": ("GenerationSettings", "decoding_config", "explicit_settings", "unused_generation_settings"),
+    "evaluation": ("detect", "evaluate_model"),
+    "metrics": ("MAP_50", "MEAN_IOU", "N_LOOPING_ANSWERS", "PARSE_FAILURE_RATE", "PR_CURVE_50", "format_comparison"),
+    "plotting": ("plot_before_after", "plot_image_grid", "plot_pr_curves", "plot_samples", "plot_training_curves"),
+    "scaling_check": ("check_coordinate_scaling", "scaling_summary"),
+})

@@ -1,0 +1,138 @@
+"""Pictures of the run: samples with boxes, predictions against ground truth, training and PR curves."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+from matplotlib.figure import Figure
+from matplotlib.patches import Rectangle
+from PIL import Image
+
+from helpers.runtime.distributed import is_main_process
+from helpers.data.images import open_image
+from helpers.evaluate.metrics import EVAL_LOSS, EVAL_MEAN_IOU, EVAL_PARSE_FAILURE_RATE, GRAD_NORM, GRAD_NORM_CLIPPED, LEARNING_RATE, LOSS
+
+GROUND_TRUTH_COLOR = "lime"
+PREDICTION_COLOR = "magenta"
+
+
+def draw_boxes(ax, objects: list[dict], color: str, linestyle: str = "-") -> None:
+    """Draw ``bbox_xyxy_px`` boxes with their labels (and scores, when present) on a matplotlib axis."""
+    for obj in objects:
+        x1, y1, x2, y2 = obj["bbox_xyxy_px"]
+        ax.add_patch(Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, edgecolor=color, linewidth=1.5, linestyle=linestyle))
+        text = obj["label"] if "score" not in obj else f"{obj['label']} {obj['score']:.2f}"
+        # Ground truth is labelled above its box, predictions below theirs, so the labels do not cover each other.
+        ax.text(x1, y1 if "score" not in obj else y2, text, color="black", fontsize=6, va="bottom" if "score" not in obj else "top",
+                bbox={"facecolor": color, "alpha": 0.7, "pad": 1, "linewidth": 0})
+
+
+def save_figure(fig: Figure, path: str | Path) -> Figure:
+    """Lay out and save ``fig`` to ``path`` (its folder created; the main process only), and return it for the notebook to show."""
+    fig.tight_layout()
+    if not is_main_process():
+        return fig
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    return fig
+
+
+def plot_image_grid(
+    images: list[Image.Image],
+    box_sets: list[list[tuple[list[dict], str, str]]],
+    titles: list[str],
+    path: str | Path,
+    columns: int = 4,
+    frames: list[tuple[int, int]] | None = None,
+) -> Figure:
+    """A grid of images, each with several ``(objects, color, linestyle)`` box sets; saved to ``path``.
+
+    ``frames`` gives the ``(width, height)`` each image's boxes are in (default: its own size); an image
+    of another size, such as a cached downscaled copy, is stretched over that frame.
+    """
+    frames = frames if frames is not None else [image.size for image in images]
+    rows = max(1, -(-len(images) // columns))
+    fig, axes = plt.subplots(rows, columns, figsize=(3 * columns, 3 * rows), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, image, boxes, title, (width, height) in zip(axes.flat, images, box_sets, titles, frames):
+        ax.imshow(image, extent=(0, width, height, 0))
+        for objects, color, linestyle in boxes:
+            draw_boxes(ax, objects, color, linestyle)
+        ax.set_title(title, fontsize=8)
+    return save_figure(fig, path)
+
+
+def first_images(dataset, n: int) -> tuple[list[Image.Image], list[tuple[int, int]]]:
+    """The first ``n`` images of a split, decoded, and the ``(width, height)`` frame their boxes are in."""
+    subset = dataset.select(range(min(n, len(dataset))))
+    return [open_image(value) for value in subset["image"]], list(zip(subset["width"], subset["height"]))
+
+
+def plot_samples(dataset, n: int, path: str | Path) -> Figure:
+    """The first ``n`` dataset images with their ground-truth boxes."""
+    images, frames = first_images(dataset, n)
+    subset = dataset.select(range(len(images)))
+    return plot_image_grid(
+        images,
+        [[(objects, GROUND_TRUTH_COLOR, "-")] for objects in subset["objects"]],
+        [f"#{i} {w}x{h}px" for i, (w, h) in zip(subset["image_id"], frames)],
+        path,
+        frames=frames,
+    )
+
+
+def plot_before_after(dataset, baseline_records: list[dict], finetuned_records: list[dict], n: int, path: str | Path) -> Figure:
+    """The same ``n`` test images twice, side by side: the baseline's predictions, then the fine-tuned model's (dashed), over the ground truth."""
+    decoded, frames = first_images(dataset, min(n, len(baseline_records), len(finetuned_records)))
+    images, box_sets, titles = [], [], []
+    for image, before, after in zip(decoded, baseline_records, finetuned_records):
+        for stage, record in (("baseline", before), ("fine-tuned", after)):
+            images.append(image)
+            box_sets.append([(record["ground_truth"], GROUND_TRUTH_COLOR, "-"), (record["predictions"], PREDICTION_COLOR, "--")])
+            titles.append(f"#{record['image_id']} {stage}: {len(record['predictions'])} pred / {len(record['ground_truth'])} gt")
+    return plot_image_grid(images, box_sets, titles, path, frames=[frame for frame in frames for _ in range(2)])
+
+
+# Panels of the training-curve figure: (title, [(log key, legend)]).
+TRAINING_PANELS = (
+    ("loss (answer tokens)", [(LOSS, "train"), (EVAL_LOSS, "eval")]),
+    ("gradient norm", [(GRAD_NORM, "before clipping"), (GRAD_NORM_CLIPPED, "after clipping")]),
+    ("held-out detection", [(EVAL_MEAN_IOU, "mean IoU"), (EVAL_PARSE_FAILURE_RATE, "parse failures")]),
+    ("learning rate", [(LEARNING_RATE, "learning rate")]),
+)
+
+
+def plot_training_curves(log_history: list[dict], path: str | Path) -> Figure:
+    """Loss, eval loss, gradient norm, held-out IoU and learning rate against the optimizer step."""
+    fig, axes = plt.subplots(1, len(TRAINING_PANELS), figsize=(4 * len(TRAINING_PANELS), 3.2))
+    for ax, (title, series) in zip(axes, TRAINING_PANELS):
+        for key, label in series:
+            points = [(entry["step"], entry[key]) for entry in log_history if entry.get(key) is not None]
+            if points:
+                steps, values = zip(*points)
+                ax.plot(steps, values, marker="o" if len(points) < 30 else None, markersize=3, label=label)
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel("optimizer step")
+        ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7)
+    return save_figure(fig, path)
+
+
+def plot_pr_curves(curves: dict[str, dict], path: str | Path) -> Figure:
+    """Precision against recall at IoU 0.5 (COCO's 101 recall points, averaged over classes) per model."""
+    fig, ax = plt.subplots(figsize=(4.5, 4))
+    for name, curve in curves.items():
+        if curve["recall"]:
+            ax.plot(curve["recall"], curve["precision"], label=name)
+    ax.set_xlabel("recall")
+    ax.set_ylabel("precision")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.02)
+    ax.set_title("precision-recall at IoU 0.5", fontsize=9)
+    ax.grid(alpha=0.3)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8)
+    return save_figure(fig, path)

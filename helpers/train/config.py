@@ -1,0 +1,74 @@
+"""The training configuration's settings that depend on the machine, the arithmetic of its step counts, and the schedules offered.
+
+Nothing here imports TRL: the parameter rules read ``SCHEDULES`` before any model library loads.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING
+
+import torch
+
+from helpers.runtime.distributed import is_distributed, weights_are_sharded_by_fsdp
+
+if TYPE_CHECKING:
+    from trl import SFTConfig
+
+SCHEDULES = ("cosine", "linear", "constant_with_warmup")  # the learning-rate schedules offered (transformers' names)
+
+
+def device_defaults(device: str, dtype: torch.dtype) -> dict:
+    """Precision, pinned memory and activation checkpointing that suit the device."""
+    on_gpu = device.startswith("cuda")
+    return {
+        "bf16": on_gpu and dtype == torch.bfloat16,  # bf16=True on CPU is an error in this stack
+        "fp16": on_gpu and dtype == torch.float16,
+        "dataloader_pin_memory": on_gpu,  # pinning needs CUDA
+        # Trades compute for memory; on CPU memory is not the limit. Under FSDP the engine checkpoints
+        # (configs/fsdp2.yaml) and the Trainer refuses to do it a second time.
+        "activation_checkpointing": on_gpu and not weights_are_sharded_by_fsdp(),
+        # Several CPU processes under a launcher: without use_cpu the Trainer starts no process group and
+        # each process trains alone (measured with torchrun); with it, DDP over gloo. One process: unchanged.
+        **({"use_cpu": True} if device == "cpu" and is_distributed() else {}),
+    }
+
+
+def training_arithmetic(config: SFTConfig, n_train_examples: int) -> dict:
+    """Effective batch, optimizer steps, warm-up steps and epochs implied by ``config``."""
+    processes = config.world_size
+    effective_batch = config.per_device_train_batch_size * config.gradient_accumulation_steps * processes
+    batches_per_epoch = math.ceil(n_train_examples / (config.per_device_train_batch_size * processes))
+    steps_per_epoch = max(math.ceil(batches_per_epoch / config.gradient_accumulation_steps), 1)  # the trainer rounds up
+    total_steps = config.max_steps if config.max_steps > 0 else math.ceil(config.num_train_epochs * steps_per_epoch)
+    return {
+        "processes": processes,
+        "effective_batch": effective_batch,
+        "steps_per_epoch": steps_per_epoch,
+        "total_steps": total_steps,
+        "warmup_steps": config.get_warmup_steps(total_steps),
+        "epochs": total_steps * effective_batch / n_train_examples,
+    }
+
+
+def print_training_config(config: SFTConfig, n_train_examples: int, print_fn=print) -> dict:
+    """Print the settings that matter, with the arithmetic behind the step counts; return the arithmetic."""
+    a = training_arithmetic(config, n_train_examples)
+    precision = "bf16" if config.bf16 else "fp16" if config.fp16 else "fp32"
+    source = "max_steps" if config.max_steps > 0 else f"{config.num_train_epochs} epochs"
+    lines = [
+        f"effective batch   {a['effective_batch']} = {config.per_device_train_batch_size} per device"
+        f" x {config.gradient_accumulation_steps} accumulation x {a['processes']} process(es)",
+        f"optimizer steps   {a['total_steps']} ({source}); {a['steps_per_epoch']} per epoch of {n_train_examples}"
+        f" training images, so {a['epochs']:.2f} epochs",
+        f"learning rate     {config.learning_rate:g}, {a['warmup_steps']} warm-up steps then {getattr(config.lr_scheduler_type, 'value', config.lr_scheduler_type)}"
+        f"; weight decay {config.weight_decay:g}; "
+        + (f"gradients clipped to norm {config.max_grad_norm:g}" if config.max_grad_norm > 0 else "no gradient clipping"),
+        f"precision         {precision}; activation checkpointing {'on' if config.activation_checkpointing else 'off'}"
+        f"; pin memory {'on' if config.dataloader_pin_memory else 'off'}; seed {config.seed}",
+        f"cadence           log every {config.logging_steps}, eval every {config.eval_steps}, save every {config.save_steps}"
+        f" (keep {config.save_total_limit}) to {config.output_dir}",
+        f"reporting         {', '.join(config.report_to) or 'none'}",
+    ]
+    print_fn("\n".join(lines))
+    return a

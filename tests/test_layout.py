@@ -1,0 +1,68 @@
+"""The code's shape: helpers grouped by pipeline stage with imports pointing one way, a notebook reading a few entry points, a short README."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+# The stages in pipeline order (docs/layout.md): a module may import its own stage and earlier ones, never a later one.
+STAGES = ("runtime", "families", "data", "offline", "evaluate", "train", "parameters", "run_notebook")
+MAX_NOTEBOOK_MODULES = 10
+MAX_README_BYTES = 12_500
+
+
+def stage_of(module: str) -> str:
+    """The stage of a ``helpers`` module: its subpackage, or the top-level module's name."""
+    return module.split(".")[1]
+
+
+def helper_imports(path: Path) -> set[str]:
+    """The ``helpers`` modules a Python file imports (at any depth of the file)."""
+    tree = ast.parse(path.read_text())
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("helpers."):
+            found.add(node.module)
+        elif isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names if alias.name.startswith("helpers."))
+    return found
+
+
+HELPER_FILES = sorted(p for p in (REPO_ROOT / "helpers").rglob("*.py"))
+
+
+def test_every_helper_module_belongs_to_a_stage():
+    stages = {stage_of(".".join(p.relative_to(REPO_ROOT).with_suffix("").parts)) for p in HELPER_FILES if p.name != "__init__.py" or p.parent.name != "helpers"}
+    assert stages <= set(STAGES), sorted(stages - set(STAGES))
+
+
+@pytest.mark.parametrize("path", HELPER_FILES, ids=lambda p: str(p.relative_to(REPO_ROOT)))
+def test_imports_never_point_to_a_later_stage(path):
+    if path == REPO_ROOT / "helpers" / "__init__.py":
+        return
+    own = STAGES.index(stage_of(".".join(path.relative_to(REPO_ROOT).with_suffix("").parts)))
+    later = sorted(module for module in helper_imports(path) if STAGES.index(stage_of(module)) > own)
+    assert not later, f"{path.relative_to(REPO_ROOT)} ({STAGES[own]}) imports a later stage: {later}"
+
+
+def test_the_notebook_reads_a_few_entry_points():
+    modules = helper_imports(REPO_ROOT / "fine_tuning_vlm_for_object_detection_trl.py")
+    assert len(modules) <= MAX_NOTEBOOK_MODULES, sorted(modules)
+    assert all(module.count(".") == 1 for module in modules), "the notebook imports packages' entry points, not their inner modules"
+
+
+def test_entry_points_name_only_what_exists():
+    import importlib
+
+    for package in ("runtime", "families", "data", "evaluate", "train"):
+        module = importlib.import_module(f"helpers.{package}")
+        for name in dir(module):
+            getattr(module, name)  # each lazily exported name resolves to its module's definition
+
+
+def test_the_readme_stays_short():
+    size = len((REPO_ROOT / "README.md").read_bytes())
+    assert size <= MAX_README_BYTES, f"README.md is {size} bytes; depth goes to docs/"
