@@ -156,7 +156,8 @@ print(f"{type(processor).__name__}: {type(processor.image_processor).__name__}, 
 from helpers.data import IMAGE_CACHE_FOLDER, ImageLoading, LoadOptions, image_cache_for, load_detection_splits, synthetic_options
 from helpers.runtime import expand_path
 
-cache = image_cache_for(expand_path(output_root) / IMAGE_CACHE_FOLDER, dataset_source, family, min_pixels, max_pixels) if image_cache else None
+cache_root = expand_path(output_root) / IMAGE_CACHE_FOLDER
+cache = image_cache_for(cache_root, dataset_source, family=family, min_pixels=min_pixels, max_pixels=max_pixels) if image_cache else None
 load_options = LoadOptions(
     bbox_format=dataset_bbox_format, known_classes=dataset_classes, strict=data_strict, loading=ImageLoading(cache=cache),
     seed=seed, synthetic=synthetic_options(params),
@@ -214,7 +215,7 @@ from helpers.families import add_chat_columns, expand_for_grounding, task_prompt
 if task == "grounding":
     splits = {name: expand_for_grounding(ds) for name, ds in splits.items()}
 for name in splits:
-    prompts = task_prompts(splits[name], family, task, class_names)
+    prompts = task_prompts(splits[name], family, task=task, class_names=class_names)
     splits[name] = add_chat_columns(
         splits[name], family, prompts, min_pixels=min_pixels, max_pixels=max_pixels, system_prompt=system_prompt
     )
@@ -227,8 +228,8 @@ for name in splits:
 from helpers.families import format_detection_messages, resized_size, visual_token_count
 
 example = splits["train"][0]
-model_size = resized_size(family, example["width"], example["height"], min_pixels, max_pixels)
-n_visual = visual_token_count(family, example["width"], example["height"], min_pixels, max_pixels)
+model_size = resized_size(family, example["width"], example["height"], min_pixels=min_pixels, max_pixels=max_pixels)
+n_visual = visual_token_count(family, example["width"], example["height"], min_pixels=min_pixels, max_pixels=max_pixels)
 print(f"image {example['width']}x{example['height']}px -> model sees {model_size[0]}x{model_size[1]}px, {n_visual} visual tokens")
 messages = format_detection_messages(example["prompt"], example["answer"], example["system_prompt"])
 print(processor.apply_chat_template(messages, tokenize=False, **family.chat_template_kwargs))
@@ -432,7 +433,7 @@ def choose_training_collator(processor, model, padding_free: bool, family: Famil
 # %%
 from helpers.train import analyze_token_distribution
 
-collator, why = choose_training_collator(processor, model, padding_free, family)
+collator, why = choose_training_collator(processor, model, padding_free=padding_free, family=family)
 print("training collator:", why)
 analyze_token_distribution(collator, splits["train"], processor, n=4 * per_device_train_batch_size, batch_size=per_device_train_batch_size);
 
@@ -572,7 +573,7 @@ print(format_comparison(baseline_metrics, finetuned_metrics))
 # %%
 from helpers.evaluate import plot_before_after
 
-plot_before_after(splits["test"], baseline_records, finetuned_records, n_plot_images, run_dir / "plots" / "predictions.png");
+plot_before_after(splits["test"], baseline_records, finetuned_records, n=n_plot_images, path=run_dir / "plots" / "predictions.png");
 
 # %% [markdown]
 # Loss, gradient norm before and after clipping, held-out IoU and learning rate; then precision
@@ -617,7 +618,7 @@ refusal = merge_refusal(quantization, use_lora) if merge_adapter else None
 if refusal:
     print("merge_adapter:", refusal)
 elif merge_adapter:
-    merged_dir = merge_adapter_into_base(model_path, run_dir / "model", run_dir / "model_merged", dtype)
+    merged_dir = merge_adapter_into_base(model_path, adapter_dir=run_dir / "model", out_dir=run_dir / "model_merged", dtype=dtype)
     print("merge_adapter: base and adapter merged into", merged_dir)
 sorted(str(path.relative_to(run_dir)) for path in run_dir.iterdir())
 
@@ -647,5 +648,8 @@ boxes = detect(
     saved_model, saved_processor, new_image, family=family, prompt=new_prompt, max_new_tokens=max_new_tokens,
     system_prompt=system_prompt, loop_repeats=loop_repeats, duplicate_iou=duplicate_iou,
 )
-plot_image_grid([new_image], [[(boxes, "magenta", "--")]], [f"{new_prompt[:60]}: {len(boxes)} boxes"], run_dir / "plots" / "inference.png", columns=1)
+plot_image_grid(
+    [new_image], box_sets=[[(boxes, "magenta", "--")]], titles=[f"{new_prompt[:60]}: {len(boxes)} boxes"],
+    path=run_dir / "plots" / "inference.png", columns=1,
+)
 boxes

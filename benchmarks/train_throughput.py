@@ -31,6 +31,8 @@ of the difference (``speed_accounting``).
 
 from __future__ import annotations
 
+import argparse
+
 import json
 import time
 from contextlib import nullcontext
@@ -296,8 +298,8 @@ def print_speed(speed: dict[str, dict], ratios: dict[str, dict]) -> None:
         print(f"{name} / {COOKBOOK}: samples/s {r['samples_per_s']:.2f}x, tokens/s {r['tokens_per_s']:.2f}x, peak memory {memory}")
 
 
-def main(argv: list[str] | None = None) -> dict:
-    """Account, train and print; return every figure."""
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """The benchmark's options on top of the shared ones (family, model folder)."""
     parser = benchmark_parser(__doc__.splitlines()[0])
     parser.add_argument("--tiny", action="store_true", help="the offline tiny model and small images: the same code on a CPU")
     parser.add_argument("--count-only", action="store_true", help="token shares and FLOPs only, from the config on the meta device: no weights, no GPU")
@@ -308,32 +310,54 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--liger", choices=["auto", "on", "off"], default="auto", help="auto: add (b)+liger where liger_kernel imports on a GPU")
     parser.add_argument("--peak-tflops", type=float, default=None, help="the GPU's dense bf16 peak for MFU (default: from its name)")
     parser.add_argument("--json", default=None, help="also write every figure to this file")
-    args = parser.parse_args(argv)
-    torch.manual_seed(0)
+    return parser.parse_args(argv)
 
+
+def model_source(args: argparse.Namespace) -> tuple:
+    """``(config, processor, pixel bounds, checkpoint or None)``: the tiny offline model, or the published architecture at real size."""
+    if args.tiny:
+        checkpoint = build_tiny_checkpoint(get_family(args.family), Path(args.model_dir) / args.family)
+        bounds = (DEFAULT_MIN_PIXELS, DEFAULT_MAX_PIXELS)
+        return AutoConfig.from_pretrained(checkpoint), load_processor(checkpoint, *bounds), bounds, checkpoint
+    bounds = (REAL_MIN_PIXELS, REAL_MAX_PIXELS)
+    return acc.real_size_config(args.family), real_processor(get_family(args.family), *bounds), bounds, None
+
+
+def time_recipes(recipes: list[Recipe], figures: dict, examples: list[dict], samples: list, args: argparse.Namespace, setup: dict) -> dict:
+    """Train each recipe for the timed steps; an optional kernel library that fails is reported in the notes, not fatal."""
+    speed: dict = {}
+    for recipe in recipes:
+        try:
+            speed[recipe.name] = run_recipe(recipe, figures[recipe.name], examples, samples, args, setup)
+        except Exception as error:
+            if not recipe.liger:
+                raise
+            setup["notes"].append(f"{recipe.name} failed, so it has no figures: {type(error).__name__}: {error}")
+            print("note:", setup["notes"][-1])
+            clear_memory()
+        print(f"{recipe.name}: {speed.get(recipe.name)}", flush=True)
+        write_json(args.json, setup["results"] | {"speed": speed})  # a run cut short keeps the recipes it finished
+    return speed
+
+
+def main(argv: list[str] | None = None) -> dict:
+    """Account, train and print; return every figure."""
+    args = parse_args(argv)
+    torch.manual_seed(0)
     on_gpu = torch.cuda.is_available() and not args.count_only
     device, dtype = ("cuda", torch.bfloat16) if on_gpu else ("cpu", torch.float32)
     notebook = run_tagged_cells("parameters")  # the notebook's LoRA rank, alpha and dropout
     cells = run_tagged_cells("collators")
-    options = get_family(args.family).chat_template_kwargs
-    if args.tiny:
-        checkpoint = build_tiny_checkpoint(get_family(args.family), Path(args.model_dir) / args.family)
-        bounds = (DEFAULT_MIN_PIXELS, DEFAULT_MAX_PIXELS)
-        config, processor = AutoConfig.from_pretrained(checkpoint), load_processor(checkpoint, *bounds)
-    else:
-        config = acc.real_size_config(args.family)
-        processor, bounds = real_processor(get_family(args.family), REAL_MIN_PIXELS, REAL_MAX_PIXELS), (REAL_MIN_PIXELS, REAL_MAX_PIXELS)
-        checkpoint = None
+    config, processor, bounds, checkpoint = model_source(args)
     meta = acc.meta_model(config)
-    arch = acc.architecture(meta)
     recipes, notes = make_recipes(args.family, args.packing, on_gpu, args.liger, notebook, args.count_only)
     lora = {r.name: acc.lora_parameters(meta, r.lora_targets, r.lora_rank) for r in recipes}
 
     n_samples = (args.warmup_steps + args.steps) * args.batch_size
     examples = make_examples(args.family, n_samples, args.tiny)
-    answer_span = answer_span_fn(processor, cells, options)
+    answer_span = answer_span_fn(processor, cells, get_family(args.family).chat_template_kwargs)
     samples = [acc.sample_tokens(processor, ex, args.family, *bounds, answer_span) for ex in examples]
-    figures = account(recipes, samples, args.batch_size, arch, lora)
+    figures = account(recipes, samples, args.batch_size, acc.architecture(meta), lora)
     size = "tiny offline" if args.tiny else "real-size"
     print(f"{size} {get_family(args.family).name}: {sum(p.numel() for p in meta.parameters()) / 1e9:.3f} B parameters, batch {args.batch_size}, "
           f"{args.warmup_steps} + {args.steps} steps, pixels {bounds[0]}..{bounds[1]}, {device}")
@@ -344,23 +368,13 @@ def main(argv: list[str] | None = None) -> dict:
                "recipes": [r.__dict__ for r in recipes],
                "accounting": {name: {k: v for k, v in f.items() if k not in ("indexes", "spans")} for name, f in figures.items()}}
     if not args.count_only:
-        if checkpoint is None:
-            checkpoint = real_size_checkpoint(args.family, Path(args.model_dir) / f"real-{args.family}", device)
+        checkpoint = checkpoint or real_size_checkpoint(args.family, Path(args.model_dir) / f"real-{args.family}", device)
         name = torch.cuda.get_device_name(0) if on_gpu else "cpu"
+        results["gpu"] = name
         setup = {"cells": cells, "processor": processor, "rope_index": meta.model.get_rope_index, "checkpoint": checkpoint, "device": device,
-                 "dtype": dtype, "notebook": notebook, "peak_tflops": args.peak_tflops or (acc.peak_tflops(name) if on_gpu else None)}
-        results |= {"gpu": name, "speed": {}}
-        for recipe in recipes:
-            try:
-                results["speed"][recipe.name] = run_recipe(recipe, figures[recipe.name], examples, samples, args, setup)
-            except Exception as error:  # an optional kernel library that fails on this stack is reported, not fatal
-                if not recipe.liger:
-                    raise
-                results["notes"].append(f"{recipe.name} failed, so it has no figures: {type(error).__name__}: {error}")
-                print("note:", results["notes"][-1])
-                clear_memory()
-            print(f"{recipe.name}: {results['speed'].get(recipe.name)}", flush=True)
-            write_json(args.json, results)  # a run cut short keeps the recipes it finished
+                 "dtype": dtype, "notebook": notebook, "peak_tflops": args.peak_tflops or (acc.peak_tflops(name) if on_gpu else None),
+                 "notes": notes, "results": results}
+        results["speed"] = time_recipes(recipes, figures, examples, samples, args, setup)
         results["ratios"] = ratios_to_cookbook(results["speed"])
         print_speed(results["speed"], results["ratios"])
     write_json(args.json, results)

@@ -66,3 +66,10 @@ def test_entry_points_name_only_what_exists():
 def test_the_readme_stays_short():
     size = len((REPO_ROOT / "README.md").read_bytes())
     assert size <= MAX_README_BYTES, f"README.md is {size} bytes; depth goes to docs/"
+
+
+def test_notebook_calls_name_their_arguments_beyond_three():
+    source = (REPO_ROOT / "fine_tuning_vlm_for_object_detection_trl.py").read_text()
+    long_calls = [ast.get_source_segment(source, node)[:80] for node in ast.walk(ast.parse(source))
+                  if isinstance(node, ast.Call) and len(node.args) > 3]
+    assert not long_calls, "pass these by keyword: " + "; ".join(long_calls)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,7 @@ import pytest
 from helpers.parameters import check_notebook_parameters
 from helpers.runtime.run_folder import RUN_MARKER, prepare_run_dir, remove_run_dir, write_json, write_jsonl
 from helpers.offline import resolve_model_path
+from helpers.run_notebook import launcher_executable, typed_value
 
 ANNOTATIONS = {"lr": float, "steps": int, "name": str, "flag": bool, "classes": list, "maybe": str | None}
 GOOD = {"lr": 1e-3, "steps": 3, "name": "x", "flag": True, "classes": ["a"], "maybe": None}
@@ -104,3 +106,25 @@ def test_json_writers_are_strict(tmp_path):
     assert json.loads((tmp_path / "m.json").read_text()) == {"a": None, "b": [1.0, None], "c": {"d": 2}}
     write_jsonl(tmp_path / "p.jsonl", [{"x": 1}, {"x": math.nan}])
     assert [json.loads(line) for line in (tmp_path / "p.jsonl").read_text().splitlines()] == [{"x": 1}, {"x": None}]
+
+
+def test_a_launcher_beside_the_interpreter_is_found_without_the_environment_on_path(monkeypatch, tmp_path):
+    monkeypatch.setenv("PATH", str(tmp_path))  # an environment not activated: nothing of it on PATH
+    assert launcher_executable(["torchrun", "--nproc_per_node", "2"]) == str(Path(sys.executable).parent / "torchrun")
+
+
+def test_a_missing_launcher_says_how_to_fix_it(monkeypatch, tmp_path):
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with pytest.raises(SystemExit, match="'no-such-launcher' is neither on PATH nor beside .*install accelerate"):
+        launcher_executable(["no-such-launcher", "--nproc_per_node", "2"])
+
+
+@pytest.mark.parametrize(
+    "text,value",
+    [("True", True), ("False", False), ("None", None), ("3", 3), ("-2", -2), ("1e-4", 1e-4), ("0.5", 0.5),
+     ("offline:qwen2_vl", "offline:qwen2_vl"), ("true", "true"), ("", "")],
+)
+def test_p_values_are_typed_as_papermill_types_them(text, value):
+    # The table papermill's command line follows: True/False/None, then int, then float, else the string.
+    typed = typed_value(text)
+    assert typed == value and type(typed) is type(value)

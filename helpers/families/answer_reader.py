@@ -85,18 +85,20 @@ def _scalar(kind: str, token: str):
     return _WORDS.get(token.lower(), token)
 
 
-def read_dicts(text: str, keys: tuple[str, ...]) -> list[tuple[dict, tuple[int, int]]]:
-    """Every dict closed in ``text`` that holds one of ``keys``, innermost first, with its ``(start, end)`` characters."""
-    found: list[tuple[dict, tuple[int, int]]] = []
-    stack: list[_Frame] = []
-    skipped = 0  # containers open beyond MAX_DEPTH
-    pos, end_of_text = 0, len(text)
+class _DictReader:
+    """The reader's state while it walks one answer: the open containers, how many are skipped, the dicts found."""
 
-    def deliver(value) -> None:
+    def __init__(self, keys: tuple[str, ...]):
+        self.keys = keys
+        self.found: list[tuple[dict, tuple[int, int]]] = []
+        self.stack: list[_Frame] = []
+        self.skipped = 0  # containers open beyond MAX_DEPTH
+
+    def deliver(self, value) -> None:
         """Give a finished value to the innermost open container."""
-        if skipped or not stack:
+        if self.skipped or not self.stack:
             return
-        frame = stack[-1]
+        frame = self.stack[-1]
         if not frame.is_dict:
             frame.value.append(value)
         elif frame.key is _ABSENT:
@@ -106,47 +108,58 @@ def read_dicts(text: str, keys: tuple[str, ...]) -> list[tuple[dict, tuple[int, 
                 frame.value[frame.key] = value
             frame.key = _ABSENT
 
-    def close(want_dict: bool, end: int) -> None:
+    def open(self, is_dict: bool, start: int) -> None:
+        """Open a container, or count it as skipped beyond MAX_DEPTH."""
+        if len(self.stack) >= MAX_DEPTH or self.skipped:
+            self.skipped += 1
+        else:
+            self.stack.append(_Frame(is_dict, start, {} if is_dict else []))
+
+    def close(self, want_dict: bool, end: int) -> None:
         """Close the innermost container of the kind; containers left open inside it close with it."""
-        nonlocal skipped
-        if skipped:
-            skipped -= 1
+        if self.skipped:
+            self.skipped -= 1
             return
-        if not (stack and stack[-1].is_dict == want_dict) and not any(frame.is_dict == want_dict for frame in stack):
+        if not (self.stack and self.stack[-1].is_dict == want_dict) and not any(frame.is_dict == want_dict for frame in self.stack):
             return  # a stray closing bracket (the common case, a matching one on top, skips the search)
         while True:
-            frame = stack.pop()
-            if frame.is_dict and any(key in frame.value for key in keys):
-                found.append((frame.value, (frame.start, end)))
-            deliver(frame.value)
+            frame = self.stack.pop()
+            if frame.is_dict and any(key in frame.value for key in self.keys):
+                self.found.append((frame.value, (frame.start, end)))
+            self.deliver(frame.value)
             if frame.is_dict == want_dict:
                 return
 
-    while pos < end_of_text:
-        if not stack and not skipped:
-            opener = _OPENER_RE.search(text, pos)
-            if opener is None:
-                break
-            pos = opener.start()
-        token = _TOKEN_RE.match(text, pos)
-        if token is None:
-            break  # only whitespace is left
-        kind, value, pos = token.lastgroup, token.group(token.lastgroup), token.end()
-        if kind == "punct":
-            if value in "{[(":
-                if len(stack) >= MAX_DEPTH or skipped:
-                    skipped += 1
-                else:
-                    stack.append(_Frame(value == "{", token.start(), {} if value == "{" else []))
-            elif value in "}])":
-                close(value == "}", pos)
-            elif value == "," and stack and stack[-1].is_dict:
-                stack[-1].key = _ABSENT  # "a": , or a key left without value
-        elif kind == "open_quote":
-            break  # a string cut off by the end of the answer: nothing after it closes
-        elif kind in ("string", "number", "word"):
-            deliver(_scalar(kind, value))
-    return found
+    def read(self, text: str) -> list[tuple[dict, tuple[int, int]]]:
+        """Walk ``text`` token by token and return the dicts found."""
+        pos, end_of_text = 0, len(text)
+        while pos < end_of_text:
+            if not self.stack and not self.skipped:
+                opener = _OPENER_RE.search(text, pos)
+                if opener is None:
+                    break
+                pos = opener.start()
+            token = _TOKEN_RE.match(text, pos)
+            if token is None:
+                break  # only whitespace is left
+            kind, value, pos = token.lastgroup, token.group(token.lastgroup), token.end()
+            if kind == "punct":
+                if value in "{[(":
+                    self.open(value == "{", token.start())
+                elif value in "}])":
+                    self.close(value == "}", pos)
+                elif value == "," and self.stack and self.stack[-1].is_dict:
+                    self.stack[-1].key = _ABSENT  # "a": , or a key left without value
+            elif kind == "open_quote":
+                break  # a string cut off by the end of the answer: nothing after it closes
+            elif kind in ("string", "number", "word"):
+                self.deliver(_scalar(kind, value))
+        return self.found
+
+
+def read_dicts(text: str, keys: tuple[str, ...]) -> list[tuple[dict, tuple[int, int]]]:
+    """Every dict closed in ``text`` that holds one of ``keys``, innermost first, with its ``(start, end)`` characters."""
+    return _DictReader(keys).read(text)
 
 
 def read_tag_boxes(text: str) -> list[tuple[str, list[float], tuple[int, int]]]:
