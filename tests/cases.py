@@ -63,3 +63,22 @@ def write_coco_split(dataset, folder, split: str, missing_images: int = 0) -> No
                                 "bbox": [x1, y1, x2 - x1, y2 - y1], "iscrowd": 0, "area": (x2 - x1) * (y2 - y1)})
     categories = [{"id": i + 1, "name": name} for i, name in enumerate(names)]
     (split_dir / "annotations.json").write_text(json.dumps({"images": images, "annotations": annotations, "categories": categories}))
+
+
+def write_yolo_split(dataset, folder, split: str, names: list[str]) -> None:
+    """Write a schema dataset as an Ultralytics YOLO split: ``images/<split>/*.png``, ``labels/<split>/*.txt`` (normalised centre boxes)."""
+    from pathlib import Path
+
+    images, labels = Path(folder) / "images" / split, Path(folder) / "labels" / split
+    images.mkdir(parents=True, exist_ok=True)
+    labels.mkdir(parents=True, exist_ok=True)
+    for index, example in enumerate(dataset):
+        open_image(example["image"]).save(images / f"{index:05d}.png")
+        width, height = example["width"], example["height"]
+        lines = []
+        for obj in example["objects"]:
+            x1, y1, x2, y2 = obj["bbox_xyxy_px"]
+            lines.append(f"{names.index(obj['label'])} {(x1 + x2) / 2 / width:.6f} {(y1 + y2) / 2 / height:.6f} "
+                         f"{(x2 - x1) / width:.6f} {(y2 - y1) / height:.6f}")
+        (labels / f"{index:05d}.txt").write_text("\n".join(lines) + ("\n" if lines else ""))
+    (Path(folder) / "data.yaml").write_text("names:\n" + "".join(f"  - {name}\n" for name in names))

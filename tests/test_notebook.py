@@ -26,7 +26,7 @@ from helpers.evaluate.metrics import (
     AP_50_PER_CLASS, EVAL_MEAN_IOU, MAP_50, MAP_50_95, MAP_75, MEAN_IOU, N_DUPLICATE_BOXES_DROPPED, N_IMAGES, N_LOOPING_ANSWERS,
     PARSE_FAILURE_RATE, PRECISION_50, RECALL_50,
 )
-from tests.cases import write_coco_split
+from tests.cases import write_coco_split, write_yolo_split
 
 NOTEBOOK = jupytext.read(NOTEBOOK_PATH)
 
@@ -85,11 +85,19 @@ def synthetic_coco_folder(root: Path) -> Path:
     return root
 
 
+def synthetic_yolo_folder(root: Path) -> Path:
+    """The smoke preset's synthetic splits written as an Ultralytics YOLO folder (its validation split is 'val')."""
+    names = ["red circle", "green square", "blue triangle"]
+    for offset, (split, size) in enumerate({"train": 32, "val": 8, "test": 8}.items()):
+        write_yolo_split(make_synthetic_dataset(size, seed=100 + offset), root, split, names)
+    return root
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize(
     "model_id,source",
-    [("offline:qwen2_vl", "synthetic"), ("offline:qwen2_5_vl", "coco")],
-    ids=["qwen2_vl-synthetic", "qwen2_5_vl-coco"],
+    [("offline:qwen2_vl", "synthetic"), ("offline:qwen2_5_vl", "coco"), ("offline:qwen2_vl", "yolo")],
+    ids=["qwen2_vl-synthetic", "qwen2_5_vl-coco", "qwen2_vl-yolo"],
 )
 def test_offline_run_end_to_end(tmp_path, model_id, source, run_notebook):
     repo_entries_before = sorted(p.name for p in REPO_ROOT.iterdir())
@@ -97,13 +105,15 @@ def test_offline_run_end_to_end(tmp_path, model_id, source, run_notebook):
     overrides = [f"model_id={model_id}"]
     if source == "coco":
         overrides += [f"dataset_source={synthetic_coco_folder(data_dir)}", "eval_split=valid", "train_size=0", "eval_size=0", "test_size=0"]
+    if source == "yolo":  # eval_split stays 'validation': the folder's 'val' is found and named in the report
+        overrides += [f"dataset_source={synthetic_yolo_folder(data_dir)}", "train_size=0", "eval_size=0", "test_size=0"]
     result = run_notebook(tmp_path, *overrides)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     run_dir = tmp_path / "offline-smoke"
     assert f"run folder: {run_dir}" in result.stdout
 
     # Everything the run wrote is in its folder (plus the shared offline-model cache we pointed at tmp).
-    image_cache = [IMAGE_CACHE_FOLDER] if source == "coco" else []  # files are cached downscaled; synthetic images are not
+    image_cache = [IMAGE_CACHE_FOLDER] if source in ("coco", "yolo") else []  # files are cached downscaled; synthetic images are not
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([*image_cache, TOOL_CACHE, "models", "offline-smoke"])
     assert sorted(p.name for p in REPO_ROOT.iterdir()) == repo_entries_before
     for name in ["notebook.ipynb", "params.json", "metrics.json", "predictions.jsonl", "predictions_baseline.jsonl",
@@ -122,6 +132,9 @@ def test_offline_run_end_to_end(tmp_path, model_id, source, run_notebook):
     data_report = json.loads((run_dir / "data_report.json").read_text())
     assert data_report["train"]["counts"]["images_loaded"] == 32
     assert data_report["train"]["counts"].get("missing_image", 0) == (2 if source == "coco" else 0)
+    if source == "yolo":
+        assert data_report["eval"]["notes"] == ["split 'validation' read from the folder's 'val'"]
+        assert data_report["eval"]["counts"]["images_loaded"] == 8 and data_report["train"]["counts"]["boxes_kept"] > 32
 
     notebook = nbformat.read(run_dir / "notebook.ipynb", as_version=4)
     assert not [o for c in notebook.cells for o in c.get("outputs", []) if o.get("output_type") == "error"]

@@ -15,7 +15,7 @@ from datasets import Dataset, concatenate_datasets
 
 from helpers.data.images import ImageCache, NotARegularFile, PreparedImage, prepare_images
 from helpers.families.labels import LABEL_PROBLEMS, label_problem, normalize_label
-from helpers.data.report import LoadReport, short
+from helpers.data.report import PROBLEMS, LoadReport, short
 from helpers.data.schema import DETECTION_FEATURES
 from helpers.families.boxes import clip_xyxy, is_box_of_numbers, xywh_to_xyxy
 
@@ -49,13 +49,46 @@ class SplitOptions:
             raise ValueError(f"unknown bbox_format {self.bbox_format!r}; expected one of {BBOX_FORMATS}")
 
 
-def to_xyxy_px(bbox: list[float], bbox_format: str) -> list[float]:
-    """Convert one pixel box from ``bbox_format`` to ``[x1, y1, x2, y2]``."""
-    if bbox_format == "xywh":
-        return xywh_to_xyxy(bbox)
-    if bbox_format == "xyxy":
-        return list(bbox)
-    raise ValueError(f"unknown bbox_format {bbox_format!r}; expected one of {BBOX_FORMATS}")
+def cxcywh_norm_to_xyxy_px(bbox: list[float], width: int, height: int) -> list[float]:
+    """YOLO's box, centre and size as fractions of the upright image, in that image's pixels."""
+    cx, cy, w, h = (float(v) for v in bbox)
+    return [(cx - w / 2) * width, (cy - h / 2) * height, (cx + w / 2) * width, (cy + h / 2) * height]
+
+
+def voc_to_xyxy_px(bbox: list[float], width: int, height: int) -> list[float]:
+    """Pascal VOC's corners, 1-based pixel indices with both ends inside the box, as continuous pixel corners.
+
+    The VOC devkit numbers pixels from 1 and includes ``xmax``: (1, 1, W, H) is the whole image, which is
+    (0, 0, W, H) here, so only the first corner moves (detectron2's ``pascal_voc`` loader reads it the same way).
+    """
+    x1, y1, x2, y2 = (float(v) for v in bbox)
+    return [x1 - 1, y1 - 1, x2, y2]
+
+
+# Every box frame a loader reads, to [x1, y1, x2, y2] pixels of the upright image: the two a user names
+# (BBOX_FORMATS), and the ones a file format fixes.
+BOX_FRAMES = {
+    "xywh": lambda bbox, width, height: xywh_to_xyxy(bbox),
+    "xyxy": lambda bbox, width, height: [float(v) for v in bbox],
+    "cxcywh_norm": cxcywh_norm_to_xyxy_px,
+    "voc": voc_to_xyxy_px,
+}
+
+
+# The names a folder may give the validation split: Ultralytics writes "val", Roboflow "valid", the hub "validation".
+SPLIT_ALIASES = {"val": ("val", "valid", "validation"), "valid": ("valid", "val", "validation"), "validation": ("validation", "val", "valid")}
+
+
+def split_candidates(split: str) -> tuple[str, ...]:
+    """The folder names a split may have, the requested one first."""
+    return SPLIT_ALIASES.get(split, (split,))
+
+
+def to_xyxy_px(bbox: list[float], bbox_format: str, width: int = 0, height: int = 0) -> list[float]:
+    """Convert one box from ``bbox_format`` (a key of ``BOX_FRAMES``) to ``[x1, y1, x2, y2]`` pixels of a ``width`` x ``height`` image."""
+    if bbox_format not in BOX_FRAMES:
+        raise ValueError(f"unknown bbox_format {bbox_format!r}; expected one of {BBOX_FORMATS}")
+    return BOX_FRAMES[bbox_format](bbox, width, height)
 
 
 def clean_box(bbox_xyxy_px: list[float], width: int, height: int) -> tuple[list[float] | None, str]:
@@ -95,7 +128,7 @@ def clean_objects(
         if bad_label is not None:
             report.problem(where, bad_label, f"label {short(label)} {LABEL_PROBLEMS[bad_label]}")
             continue
-        box, status = clean_box(to_xyxy_px(bbox, bbox_format), width, height)
+        box, status = clean_box(to_xyxy_px(bbox, bbox_format, width, height), width, height)
         if box is None:
             report.problem(where, status, f"bbox {list(bbox)} ({bbox_format}) on a {width}x{height}px image")
             continue
@@ -117,6 +150,7 @@ class PendingRecord:
     bbox_format: str
     crowds: list[tuple] = field(default_factory=list)
     row: int = -1  # the source row (hub datasets)
+    size_problem: str = "size_mismatch"  # the PROBLEMS kind of a declared size the image does not have
 
 
 def confined_path(root: Path, relative: object) -> Path | None:
@@ -139,6 +173,16 @@ def image_problem(error: Exception) -> str:
     return "unreadable_image"
 
 
+def declared_size_differs(item: PendingRecord, image: PreparedImage) -> bool:
+    """True when the annotations give a size the upright image does not have (a size left out counts only where the format requires it)."""
+    declared = item.declared_size
+    if declared is None:
+        return False
+    if item.size_problem == "size_mismatch" and any(v is None for v in declared):
+        return False  # COCO, JSONL and hub records may leave the size out
+    return tuple(declared) != (image.width, image.height)
+
+
 def checked_images(
     pending: list[PendingRecord], references: Iterable[dict], report: LoadReport, loading: ImageLoading
 ) -> Iterator[tuple[PendingRecord, PreparedImage]]:
@@ -152,13 +196,14 @@ def checked_images(
                 continue
             report.counts["images_cached"] += result.how == "cache_built"
             report.counts["images_from_cache"] += result.how == "cache_hit"
-            declared = item.declared_size
-            if declared is not None and all(v is not None for v in declared) and tuple(declared) != (result.width, result.height):
+            if declared_size_differs(item, result):
+                declared = item.declared_size
                 report.problem(
-                    item.record, "size_mismatch",
+                    item.record, item.size_problem,
                     f"annotations say {short(declared[0])}x{short(declared[1])}px, the upright image is {result.width}x{result.height}px",
                 )
-                continue
+                if PROBLEMS[item.size_problem][0] == "record skipped":
+                    continue
             yield item, result
     finally:
         if loading.cache is not None:

@@ -30,11 +30,24 @@ PROBLEMS: dict[str, tuple[str, str]] = {
     "outside_box": ("box skipped", "the box lies entirely outside the image; check its coordinates"),
     "degenerate_box": ("box skipped", "the box is under 1 px wide or high; remove it"),
     "clipped_box": ("box clipped to the image", "make the box fit inside the image"),
+    # YOLO label files (helpers.data.yolo)
+    "malformed_label_line": ("box skipped", "write each line as 'class cx cy w h' (or 'class x1 y1 x2 y2 ...' for a polygon), numbers only"),
+    "unknown_class_id": ("box skipped", "use a class id listed under 'names' in the dataset YAML, or add the class there"),
+    "out_of_range_coordinates": ("box skipped", "write YOLO coordinates normalised to the image, between 0 and 1"),
+    "orphan_label_file": ("label file skipped", "add its image under the images folder, or remove the label file"),
+    # Pascal VOC annotation files (helpers.data.voc)
+    "missing_annotation": ("record skipped", "add the XML, or remove its id from ImageSets/Main/<split>.txt"),
+    "malformed_xml": ("record skipped", "re-export the annotation: it is not well-formed Pascal VOC XML"),
+    "unsafe_xml": ("record skipped", "remove the DTD, entity declarations and external references from the XML"),
+    "xml_size_ignored": ("the image's own size used", "re-export the annotation for the upright image so that <size> matches it"),
 }
 
 
 # What a loader kept, in the report's first rows.
-KEPT_COUNTS = ("images_loaded", "images_without_objects", "boxes_kept", "crowd_regions_kept", "images_cached", "images_from_cache")
+KEPT_COUNTS = (
+    "images_loaded", "images_without_objects", "images_without_label_file", "boxes_kept", "crowd_regions_kept", "images_cached",
+    "images_from_cache",
+)
 
 
 class DataError(ValueError):
@@ -50,6 +63,7 @@ class LoadReport:
     strict: bool = False
     counts: Counter = field(default_factory=Counter)
     examples: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # how the source was read (a split found under another name, ...)
 
     def problem(self, record: str, kind: str, detail: str) -> None:
         """Count one problem of ``kind`` (see ``PROBLEMS``), or raise it in strict mode."""
@@ -63,7 +77,7 @@ class LoadReport:
 
     def as_dict(self) -> dict:
         """Counts and example messages as plain JSON-able values."""
-        return {"source": self.source, "split": self.split, "counts": dict(self.counts), "examples": list(self.examples)}
+        return {"source": self.source, "split": self.split, "counts": dict(self.counts), "examples": list(self.examples), "notes": list(self.notes)}
 
 
 def short(value, limit: int = 60) -> str:
@@ -82,4 +96,5 @@ def format_data_report(reports: dict[str, LoadReport]) -> str:
     for kind in kinds:
         action = f"   ({PROBLEMS[kind][0]})" if kind in PROBLEMS else ""
         lines.append(f"{kind:<{width}}" + "".join(f"{reports[name].counts[kind]:>10}" for name in names) + action)
+    lines += [f"{name}: {note}" for name, report in reports.items() for note in report.notes]
     return "\n".join(lines)

@@ -20,6 +20,10 @@ files):
 - a JSONL folder, ``<source>/<split>.jsonl``, one image per line:
   ``{"image": "path relative to the folder", "objects": [{"label": "cat", "bbox": [...]}],
   "image_id": optional}`` with ``bbox`` in ``bbox_format`` (``bbox_xyxy_px`` is also accepted).
+- a YOLO detection folder (Ultralytics or Roboflow's export; ``helpers.data.yolo``): normalised centre boxes.
+- a Pascal VOC folder (devkit, CVAT, Roboflow's export, LabelImg; ``helpers.data.voc``): 1-based pixel corners.
+
+A folder is in exactly one layout (``FOLDER_LAYOUTS``): two at once is an error naming both.
 
 Images without objects are kept: they train the empty answer and their predictions count as false
 positives. Image paths must stay inside the dataset folder and name regular files. Labels follow one
@@ -33,6 +37,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 from datasets import Dataset
 
@@ -44,6 +49,8 @@ from helpers.families.labels import normalize_label
 from helpers.data.records import ImageLoading, SplitOptions
 from helpers.data.report import DataError, LoadReport
 from helpers.data.synthetic import make_synthetic_dataset
+from helpers.data.voc import VOC_LAYOUTS, is_devkit, load_voc_split
+from helpers.data.yolo import YOLO_LAYOUTS, dataset_yaml, load_yolo_split
 from helpers.families.boxes import resized_size
 from helpers.families.registry import Family
 from helpers.runtime.checks import expand_path
@@ -77,23 +84,32 @@ def image_cache_for(cache_root: str | Path, source: str, family: Family, min_pix
     return ImageCache(folder, lambda width, height: resized_size(family, width, height, min_pixels, max_pixels), resize_key)
 
 
+# Each folder layout: how it is recognised, and the tree it expects (named in the error for an unknown folder).
+FOLDER_LAYOUTS: dict[str, tuple[Callable[[Path], bool], tuple[str, ...]]] = {
+    "hf_disk": (lambda root: (root / "dataset_dict.json").exists() or (root / "dataset_info.json").exists(),
+                ("a `save_to_disk` dataset: dataset_dict.json with one folder per split",)),
+    "jsonl": (lambda root: any(root.glob("*.jsonl")), ("JSONL: <split>.jsonl, one image per line",)),
+    "coco": (lambda root: any(any(root.glob(layout.format(split="*"))) for layout in COCO_LAYOUTS),
+             tuple(f"COCO: {layout} with images under <split>/" for layout in COCO_LAYOUTS)),
+    "yolo": (lambda root: dataset_yaml(root) is not None, YOLO_LAYOUTS),
+    "voc": (lambda root: is_devkit(root) or any(root.glob("*/*.xml")), VOC_LAYOUTS),
+}
+
+
 def detect_source_kind(source: str) -> str:
-    """``"synthetic"``, ``"hf_disk"``, ``"coco"``, ``"jsonl"`` or ``"hub"`` for a ``dataset_source``."""
+    """``"synthetic"``, ``"hub"``, or the one folder layout (``FOLDER_LAYOUTS``) a ``dataset_source`` folder is in."""
     location = source_location(source)
     if isinstance(location, str):
         return "synthetic" if location == "synthetic" else "hub"
-    if location.is_dir():
-        if (location / "dataset_dict.json").exists() or (location / "dataset_info.json").exists():
-            return "hf_disk"
-        if any(location.glob("*.jsonl")):
-            return "jsonl"
-        if any(any(location.glob(layout.format(split="*"))) for layout in COCO_LAYOUTS):
-            return "coco"
-        raise DataError(
-            f"dataset_source={source!r} is a folder in no supported layout: a `save_to_disk` dataset, "
-            f"<split>.jsonl files, or COCO annotations as one of {COCO_LAYOUTS}"
-        )
-    raise DataError(f"dataset_source={source!r}: expected a folder (see helpers.data.sources for the layouts), found none there")
+    if not location.is_dir():
+        raise DataError(f"dataset_source={source!r}: expected a folder (see docs/data.md for the layouts), found none there")
+    kinds = [kind for kind, (matches, _tree) in FOLDER_LAYOUTS.items() if matches(location)]
+    if len(kinds) > 1:
+        raise DataError(f"dataset_source={source!r} holds {' and '.join(kinds)} layouts at once; point it at a folder with one of them")
+    if not kinds:
+        trees = "\n".join(f"  - {tree}" for _matches, trees in FOLDER_LAYOUTS.values() for tree in trees)
+        raise DataError(f"dataset_source={source!r} is a folder in no supported layout; the layouts are:\n{trees}")
+    return kinds[0]
 
 
 def load_split(location: str | Path, kind: str, options: SplitOptions) -> tuple[Dataset, LoadReport]:
@@ -113,6 +129,10 @@ def load_split(location: str | Path, kind: str, options: SplitOptions) -> tuple[
             present = sorted(p.stem for p in location.glob("*.jsonl"))
             raise DataError(f"{location}: no {split}.jsonl (splits there: {present}). Set the *_split parameters")
         return load_jsonl_split(jsonl_file, options)
+    if kind == "yolo":
+        return load_yolo_split(location, options)
+    if kind == "voc":
+        return load_voc_split(location, options)
     raise ValueError(f"unknown source kind {kind!r}")
 
 
