@@ -1,5 +1,6 @@
 # The README's two commands: `make demo` (offline notebook run) and `make test` (pytest).
-# Both create or reuse .venv/ and reinstall requirements.txt only when it changed.
+# Both create or reuse .venv/, reinstall requirements.txt only when it or pyproject.toml changed, and install the kit
+# itself in editable mode (pip install -e .), so scripts outside the checkout import it.
 PYTHON ?= python3
 VENV := .venv
 VPY := $(VENV)/bin/python
@@ -14,11 +15,11 @@ TORCH_PINS = $$(grep -E '^torch(vision)?==' requirements.txt)
 
 venv:
 	@test -x $(VPY) || $(PYTHON) -m venv $(VENV)
-	@if cmp -s requirements.txt $(STAMP); then \
+	@if cat requirements.txt pyproject.toml | cmp -s - $(STAMP); then \
 		echo "venv: requirements unchanged"; \
 	else \
 		if [ -n "$(TORCH_INDEX)" ]; then $(PIP) --index-url $(TORCH_INDEX) $(TORCH_PINS) || exit 1; fi; \
-		$(PIP) -r requirements.txt && cp requirements.txt $(STAMP); \
+		$(PIP) -r requirements.txt && $(PIP) --no-deps --no-build-isolation -e . && cat requirements.txt pyproject.toml > $(STAMP); \
 	fi
 
 demo: venv

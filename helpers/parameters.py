@@ -37,9 +37,11 @@ def check_notebook_parameters(values: dict, annotations: dict) -> dict:
 
 
 def notebook_parameters(namespace: dict) -> dict:
-    """The notebook's parameters, read from its namespace by their declarations and checked."""
+    """The notebook's parameters, read from its namespace by their declarations and checked; number-like text becomes the number there too."""
     annotations = namespace["__annotations__"]
-    return check_notebook_parameters({name: namespace[name] for name in annotations}, annotations)
+    params = check_notebook_parameters({name: namespace[name] for name in annotations}, annotations)
+    namespace.update(params)  # papermill injected "1e-3" as text: the notebook's cells read the number
+    return params
 
 
 def parameter_table(params: dict, columns: int = 2, value_chars: int = 28) -> str:

@@ -33,7 +33,7 @@ from papermill.iorw import NoDatesSafeLoader
 
 from helpers.evaluate.metrics import format_comparison
 from helpers.parameters import check_notebook_parameters
-from helpers.runtime.checks import expand_path, split_annotation, type_name
+from helpers.runtime.checks import expand_path, split_annotation, type_name, unknown_names_message
 from helpers.runtime.run_folder import HEADLESS_ENV, prepare_run_dir, remove_run_dir, run_folder
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -105,9 +105,9 @@ def typed_value(text: str):
 def resolve_parameters(defaults: dict, preset: dict, overrides: dict) -> dict:
     """Defaults, then the preset, then the command line's overrides; unknown names are an error."""
     for origin, values in (("preset", preset), ("command line", overrides)):
-        unknown = sorted(set(values) - set(defaults))
+        unknown = set(values) - set(defaults)
         if unknown:
-            raise SystemExit(f"{origin}: unknown parameters {unknown}; known: {sorted(defaults)}")
+            raise SystemExit(unknown_names_message(unknown, list(defaults), origin))
     return defaults | preset | overrides
 
 
@@ -153,14 +153,22 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def command_line_parameters(args: argparse.Namespace) -> tuple[dict, dict]:
-    """The presets' values, and the overrides from -y, -p and -r (applied in papermill's order)."""
+def command_line_parameters(args: argparse.Namespace, known: list[str] | None = None) -> tuple[dict, dict]:
+    """The presets' values, and the overrides from -y, -p and -r (applied in papermill's order); with ``known``, a name
+    outside it is an error naming the file or option that holds it."""
+
+    def read(text: str, origin: str) -> dict:
+        values = read_parameter_yaml(text, origin)
+        if known is not None and set(values) - set(known):
+            raise SystemExit(unknown_names_message(set(values) - set(known), known, origin))
+        return values
+
     preset: dict = {}
     for path in args.presets:
-        preset |= read_parameter_yaml(path.read_text(), str(path))
+        preset |= read(path.read_text(), str(path))
     overrides: dict = {}
     for index, text in enumerate(args.parameters_yaml):
-        overrides |= read_parameter_yaml(text, f"-y #{index + 1}")
+        overrides |= read(text, f"-y #{index + 1}")
     overrides |= {name: typed_value(value) for name, value in args.parameters}
     overrides |= {name: value for name, value in args.parameters_raw}
     return preset, overrides
@@ -187,12 +195,13 @@ def main(argv: list[str] | None = None) -> Path:
         print(f"wrote {args.parameter_reference}")
         return args.parameter_reference
     defaults, annotations = notebook_declarations(notebook)
-    preset, overrides = command_line_parameters(args)
+    preset, overrides = command_line_parameters(args, known=list(defaults))
     parameters = resolve_parameters(defaults, preset, overrides)
     try:
-        check_notebook_parameters(parameters, annotations)  # the notebook's first cell checks the same, for direct papermill use
+        parameters = check_notebook_parameters(parameters, annotations)  # the notebook's first cell checks the same, for direct papermill use
     except (TypeError, ValueError) as error:
         raise SystemExit(str(error)) from error
+    given = {name: parameters[name] for name in preset | overrides}  # as checked: YAML's "1e-3" text is the number
     run_dir = run_folder(parameters["output_root"], parameters["run_name"])
     if run_dir.exists() and parameters["resume_from_checkpoint"] not in (False, "", None):
         print(f"resuming in the existing run folder {run_dir}")  # its checkpoints are what we resume from
@@ -214,7 +223,7 @@ def main(argv: list[str] | None = None) -> Path:
         os.environ.setdefault(variable, str(tool_cache / folder))
     if args.launch:
         headless_environment()
-        launch_script(notebook, preset | overrides, run_dir, args.launch)
+        launch_script(notebook, given, run_dir, args.launch)
         return report_run(run_dir)
     headless_environment()  # the kernel inherits it
     # papermill logs the cells' printed output at INFO; show it so a headless run reads like the notebook.
@@ -224,7 +233,7 @@ def main(argv: list[str] | None = None) -> Path:
         papermill.execute_notebook(
             notebook,
             str(partial),
-            parameters=preset | overrides,
+            parameters=given,
             kernel_name="python3",
             cwd=str(REPO_ROOT),
             log_output=True,

@@ -73,3 +73,15 @@ def test_notebook_calls_name_their_arguments_beyond_three():
     long_calls = [ast.get_source_segment(source, node)[:80] for node in ast.walk(ast.parse(source))
                   if isinstance(node, ast.Call) and len(node.args) > 3]
     assert not long_calls, "pass these by keyword: " + "; ".join(long_calls)
+
+
+def test_a_script_outside_the_checkout_imports_the_kit(tmp_path):
+    # make installs the checkout in editable mode (pyproject.toml), so no sys.path edits are needed anywhere.
+    import os
+    import subprocess
+    import sys
+
+    env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
+    script = "import helpers.families, helpers.data; print(helpers.families.get_family('qwen2_vl').name)"
+    out = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "Qwen2-VL", out.stderr[-2000:]

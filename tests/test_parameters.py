@@ -57,7 +57,7 @@ BAD = [  # (name, value, what the error says is allowed); each was accepted, or 
     ("resume_from_checkpoint", "", "not empty"),
 ]
 WRONG_TYPE = [
-    ("run_name", 7), ("run_name", None), ("learning_rate", "2e-4"), ("max_steps", 2.5), ("use_lora", "yes"), ("synthetic_classes", "a,b"),
+    ("run_name", 7), ("run_name", None), ("learning_rate", "fast"), ("max_steps", 2.5), ("use_lora", "yes"), ("synthetic_classes", "a,b"),
 ]
 
 
@@ -186,3 +186,33 @@ def test_every_parameter_says_what_it_means():
     table = parameter_reference(jupytext.read(NOTEBOOK_PATH)).splitlines()
     rows = [line for line in table if line.startswith("| `")]
     assert len(rows) == len(ANNOTATIONS) and all(not row.rstrip().endswith("|  |") for row in rows)
+
+
+@pytest.mark.parametrize(
+    "text,name,value",
+    [("learning_rate: 1e-3\n", "learning_rate", 1e-3), ("weight_decay: 1E-2\n", "weight_decay", 0.01),
+     ("max_steps: '20'\n", "max_steps", 20), ("warmup_steps: 5e1\n", "warmup_steps", 50.0)],
+    ids=["1e-3", "1E-2", "quoted-int", "5e1"],
+)
+def test_numbers_written_as_yaml_1_1_text_are_read_as_numbers(tmp_path, text, name, value):
+    # PyYAML follows YAML 1.1, where 1e-3 (no dot) is a string; a numeric parameter takes it as the number.
+    preset = tmp_path / "preset.yaml"
+    preset.write_text(text)
+    values = command_line_parameters(parse_args(["-f", str(preset)]), known=list(DEFAULTS))[0]
+    assert isinstance(values[name], str)
+    checked = check_notebook_parameters(DEFAULTS | values, ANNOTATIONS)[name]
+    assert checked == value and type(checked) is type(value)
+
+
+def test_text_for_a_number_that_is_no_number_is_still_refused_by_type():
+    with pytest.raises(TypeError, match="parameter learning_rate='fast' is str, expected float"):
+        check_notebook_parameters(DEFAULTS | {"learning_rate": "fast"}, ANNOTATIONS)
+
+
+def test_an_unknown_name_in_a_preset_names_the_file_and_the_closest_parameter(tmp_path):
+    preset = tmp_path / "mine.yaml"
+    preset.write_text("lerning_rate: 0.1\nmax_steps: 3\n")
+    with pytest.raises(SystemExit, match=rf"{preset}: unknown parameters \['lerning_rate'\] \('lerning_rate': did you mean 'learning_rate'\?\)"):
+        command_line_parameters(parse_args(["-f", str(preset)]), known=list(DEFAULTS))
+    with pytest.raises(SystemExit, match=r"-y #1: unknown parameters \['maxsteps'\] \('maxsteps': did you mean 'max_steps'\?\)"):
+        command_line_parameters(parse_args(["-y", "maxsteps: 3"]), known=list(DEFAULTS))

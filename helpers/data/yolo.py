@@ -76,7 +76,8 @@ def yaml_split_folders(root: Path, config: dict, name: str) -> tuple[Path, ...]:
         candidates = [confined_path(root, os.path.join(base, item)) if isinstance(item, str) else None for base in bases]
         found = next((folder for folder in candidates if folder is not None and folder.is_dir()), None)
         if found is None:
-            raise DataError(f"{root}: the YAML's {name}: {short(item)} is not a folder inside the dataset folder; give image folders relative to it")
+            raise DataError(f"{root}: the YAML's {name}: {short(item)} is not a folder inside the dataset folder; give image folders "
+                            "relative to it (image list files, .txt, are not read)")
         folders.append(found)
     return tuple(folders)
 

@@ -7,6 +7,7 @@ in ``helpers.parameters``.
 
 from __future__ import annotations
 
+import difflib
 import math
 import re
 import types
@@ -136,11 +137,36 @@ def check_value(name: str, value, annotation) -> None:
             raise ValueError(f"parameter {name}={value!r} is not allowed: expected {rule.describe()}")
 
 
+def unknown_names_message(names: set, known: list[str], origin: str) -> str:
+    """What to say of parameter names nobody declared: each with the closest known name, where one is close."""
+    guesses = {name: difflib.get_close_matches(str(name), known, n=1) for name in names}
+    hints = "; ".join(f"{name!r}: did you mean {close[0]!r}?" for name, close in sorted(guesses.items()) if close)
+    return f"{origin}: unknown parameters {sorted(names)}" + (f" ({hints})" if hints else "") + f"; the notebook's parameters are {sorted(known)}"
+
+
+def numbers_from_text(values: dict, annotations: dict) -> dict:
+    """``values`` with numeric parameters given as number-like text made numbers: YAML 1.1 reads ``1e-3`` as a string."""
+    converted = dict(values)
+    for name, value in values.items():
+        allowed = _allowed_types(split_annotation(annotations[name])[0]) if name in annotations else ()
+        if isinstance(value, str) and str not in allowed and (float in allowed or int in allowed):
+            try:
+                number = float(value)
+            except ValueError:
+                continue  # the check names it with its type
+            converted[name] = int(number) if int in allowed and float not in allowed and number.is_integer() else number
+    return converted
+
+
 def check_parameters(values: dict, annotations: dict, ordered_pairs: tuple[tuple[str, str], ...] = ()) -> dict:
-    """Check every parameter against its declared type and rule, and each ``(low, high)`` pair's order; return them as a dict."""
-    unknown = sorted(set(values) - set(annotations))
+    """Check every parameter against its declared type and rule, and each ``(low, high)`` pair's order; return them as a dict.
+
+    Number-like text for a numeric parameter is read as the number first (``numbers_from_text``).
+    """
+    unknown = set(values) - set(annotations)
     if unknown:
-        raise ValueError(f"unknown parameters {unknown}; the notebook's parameters are {sorted(annotations)}")
+        raise ValueError(unknown_names_message(unknown, list(annotations), "parameters"))
+    values = numbers_from_text(values, annotations)
     for name, annotation in annotations.items():
         check_value(name, values[name], annotation)
     for low, high in ordered_pairs:
