@@ -597,10 +597,18 @@ plot_pr_curves({"baseline": baseline_metrics[PR_CURVE_50], "fine-tuned": finetun
 # metrics and every prediction.
 
 # %%
-from helpers.runtime import barrier, write_jsonl
+from helpers.detect import InferenceSettings, save_inference_settings
+from helpers.runtime import barrier, is_main_process, write_jsonl
 from helpers.train import save_trained_model
 
 save_trained_model(trainer, processor, run_dir / "model")
+inference = InferenceSettings(
+    model_type=family.model_type, task=task, class_names=class_names, system_prompt=system_prompt, min_pixels=min_pixels,
+    max_pixels=max_pixels, max_new_tokens=max_new_tokens, loop_repeats=loop_repeats, duplicate_iou=duplicate_iou,
+    base_model=model_path if use_lora else "",  # an adapter needs its base; whole weights need nothing else
+)
+if is_main_process():
+    save_inference_settings(run_dir / "model", inference)  # model/ alone is then enough to detect (section 11)
 write_json(run_dir / "metrics.json", metrics | {"train": train_metrics})
 write_jsonl(run_dir / "predictions.jsonl", finetuned_records)
 write_jsonl(run_dir / "predictions_baseline.jsonl", baseline_records)
@@ -625,31 +633,27 @@ sorted(str(path.relative_to(run_dir)) for path in run_dir.iterdir())
 # %% [markdown]
 # ## 11. Inference with the saved model
 #
-# What you do after training: load `model/` fresh and read boxes, with labels and scores, in the
-# pixels of an image it has not trained on (here, a held-out test image).
+# What you do after training: load the run's `model/` fresh, with the prompt, classes and settings saved
+# beside it, and read boxes, with labels and scores, in the pixels of an image it has not trained on (here, a
+# held-out test image). The same from a shell: `python -m helpers.detect <run folder> photo.jpg --out drawn.png`.
 
 # %%
+from helpers.detect import Detector
 from helpers.runtime import release_model
-from helpers.train import load_trained_model
 
 release_model(model)  # the training copy's memory, before a second copy loads
-saved_model, saved_processor = load_trained_model(
-    run_dir / "model", base_model=model_path, quantization=quantization, attn_implementation=attn_implementation, dtype=dtype, device=device
-)
+detector = Detector.from_folder(run_dir, quantization=quantization, attn_implementation=attn_implementation)
+detector.settings
 
 # %%
-from helpers.evaluate import detect, plot_image_grid
-from helpers.families import detection_prompt, grounding_prompt
+from helpers.evaluate import plot_image_grid
 
 held_out = splits["test"][0]
 new_image = open_image(held_out["image"])
-new_prompt = grounding_prompt(family, held_out["query"]) if task == "grounding" else detection_prompt(family, class_names)
-boxes = detect(
-    saved_model, saved_processor, new_image, family=family, prompt=new_prompt, max_new_tokens=max_new_tokens,
-    system_prompt=system_prompt, loop_repeats=loop_repeats, duplicate_iou=duplicate_iou,
-)
+result = detector(new_image, classes=[held_out["query"]] if task == "grounding" else None)
+print("raw answer:", repr(result.raw_answer[:200]))
 plot_image_grid(
-    [new_image], box_sets=[[(boxes, "magenta", "--")]], titles=[f"{new_prompt[:60]}: {len(boxes)} boxes"],
+    [new_image], box_sets=[[(result.boxes, "magenta", "--")]], titles=[f"{len(result.boxes)} boxes"],
     path=run_dir / "plots" / "inference.png", columns=1,
 )
-boxes
+result.as_dict()["boxes"]

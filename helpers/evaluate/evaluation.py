@@ -43,15 +43,20 @@ def load_image_input(source: str | Path | Image.Image) -> Image.Image:
     return to_rgb8(make_upright(image))  # the upright image, as the training data was
 
 
-def detect(
+def detect_with_answer(
     model, processor, image: str | Path | Image.Image, *, family: Family, prompt: str, max_new_tokens: int, system_prompt: str = "",
     loop_repeats: int = LOOP_REPEATS, duplicate_iou: float = DUPLICATE_IOU,
-) -> list[dict]:
-    """Boxes with labels and scores, in the image's pixels, for one image: what a user calls after training."""
+) -> tuple[list[dict], str]:
+    """Boxes with labels and scores, in the image's pixels, for one image, and the answer they were read from."""
     image = load_image_input(image)
     settings = GenerationSettings(max_new_tokens=max_new_tokens, batch_size=1, loop_repeats=loop_repeats)
     (generation,) = generate(model, processor, [image], [prompt], settings, [system_prompt], family.chat_template_kwargs)
-    return drop_duplicate_boxes(scored_predictions(generation, family, image.size), duplicate_iou)[0]
+    return drop_duplicate_boxes(scored_predictions(generation, family, image.size), duplicate_iou)[0], generation.text
+
+
+def detect(model, processor, image: str | Path | Image.Image, **settings) -> list[dict]:
+    """Boxes with labels and scores, in the image's pixels, for one image (``detect_with_answer``'s keywords)."""
+    return detect_with_answer(model, processor, image, **settings)[0]
 
 
 def evaluate_model(
