@@ -32,9 +32,11 @@ import yaml
 from papermill.iorw import NoDatesSafeLoader
 
 from helpers.evaluate.metrics import format_comparison
+from helpers.data.report import DataError
+from helpers.data.sources import check_splits
 from helpers.parameters import check_notebook_parameters
 from helpers.runtime.checks import expand_path, split_annotation, type_name, unknown_names_message
-from helpers.runtime.run_folder import HEADLESS_ENV, prepare_run_dir, remove_run_dir, run_folder
+from helpers.runtime.run_folder import HEADLESS_ENV, prepare_run_dir, remove_run_dir, run_folder, stopped_before_training
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOK_PATH = REPO_ROOT / "fine_tuning_vlm_for_object_detection_trl.py"
@@ -202,9 +204,16 @@ def main(argv: list[str] | None = None) -> Path:
     except (TypeError, ValueError) as error:
         raise SystemExit(str(error)) from error
     given = {name: parameters[name] for name in preset | overrides}  # as checked: YAML's "1e-3" text is the number
+    try:  # a wrong path or split name stops here, before a kernel starts or a run folder is made
+        check_splits(parameters["dataset_source"], {ours: parameters[f"{ours}_split"] for ours in ("train", "eval", "test")})
+    except DataError as error:
+        raise SystemExit(str(error)) from error
     run_dir = run_folder(parameters["output_root"], parameters["run_name"])
     if run_dir.exists() and parameters["resume_from_checkpoint"] not in (False, "", None):
         print(f"resuming in the existing run folder {run_dir}")  # its checkpoints are what we resume from
+    elif stopped_before_training(run_dir):
+        print(f"replacing {run_dir}: its run stopped before training (no checkpoint, no metrics)")
+        remove_run_dir(parameters["output_root"], parameters["run_name"])
     elif run_dir.exists() or run_dir.is_symlink():
         if not args.overwrite:
             raise SystemExit(f"run folder {run_dir} exists; choose another run_name, pass --overwrite, or resume")

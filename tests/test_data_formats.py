@@ -324,3 +324,18 @@ def test_seeded_fuzz_of_label_files_and_xml_raises_nothing_but_counted_problems(
         write(tmp_path / "voc" / "train" / f"{index}.xml", (good[:cut] + insert + good[cut:]).replace("a.png", f"{index}.png"))
     split, report = load_voc_split(tmp_path / "voc", SplitOptions(split="train"))
     assert 0 < len(split) <= 150 and sum(report.counts.values()) > 0
+
+
+@pytest.mark.parametrize("layout", ["yolo", "voc"])
+def test_a_capped_split_says_how_many_of_how_many_images_it_loaded(tmp_path, layout):
+    folder = tmp_path / "images" / "train" if layout == "yolo" else tmp_path / "train"
+    for index in range(5):
+        write_image(folder / f"{index}.png", 40, 30)
+        if layout == "voc":
+            write(folder / f"{index}.xml", voc_xml(f"{index}.png", (40, 30), [("cat", (1, 1, 9, 9), False)]))
+    if layout == "yolo":
+        write(tmp_path / "data.yaml", "names: [cat]\n")
+    splits, reports = load_detection_splits(str(tmp_path), {"test": "train"}, {"test": 2}, LoadOptions())
+    assert len(splits["test"]) == 2
+    assert reports["test"].notes == ["2 of 5 images loaded: the split's *_size parameter caps it (0 loads all)"]
+    assert "test: 2 of 5 images loaded" in format_data_report(reports)

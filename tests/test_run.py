@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from helpers.parameters import check_notebook_parameters
-from helpers.runtime.run_folder import RUN_MARKER, prepare_run_dir, remove_run_dir, write_json, write_jsonl
+from helpers.runtime.run_folder import RUN_MARKER, prepare_run_dir, remove_run_dir, stopped_before_training, write_json, write_jsonl
 from helpers.offline import resolve_model_path
 from helpers.run_notebook import launcher_executable, typed_value
 
@@ -128,3 +128,48 @@ def test_p_values_are_typed_as_papermill_types_them(text, value):
     # The table papermill's command line follows: True/False/None, then int, then float, else the string.
     typed = typed_value(text)
     assert typed == value and type(typed) is type(value)
+
+
+def yolo_folder(root: Path, splits: tuple[str, ...]) -> Path:
+    """A YOLO folder in Roboflow's layout with one image per split."""
+    from PIL import Image
+
+    for split in splits:
+        (root / split / "images").mkdir(parents=True)
+        Image.new("RGB", (32, 32)).save(root / split / "images" / "a.png")
+    (root / "data.yaml").write_text("names: [cat]\n")
+    return root
+
+
+@pytest.mark.parametrize(
+    "source,splits,message",
+    [("{tmp}/nope", (), "expected a folder at .*nope, found none there"),
+     ("{tmp}/data", ("train", "valid", "test"), None),  # 'validation' is found as 'valid'
+     ("{tmp}/data", ("train", "valid"), r"has no split 'test' for test_split; it holds \['train', 'valid'\]"),
+     ("{tmp}/data", ("train", "vaild", "test"), r"no split 'validation' for eval_split.*did you mean -p eval_split vaild\?"),
+     ("my data", (), "found none there")],  # not org/name: never taken for a hub id
+    ids=["missing-path", "valid-for-validation", "missing-split", "typo", "not-a-hub-id"],
+)
+def test_a_wrong_source_or_split_stops_before_a_kernel_or_a_run_folder(tmp_path, source, splits, message):
+    from helpers.run_notebook import main
+
+    if splits:
+        yolo_folder(tmp_path / "data", splits)
+    argv = ["-r", "dataset_source", source.format(tmp=tmp_path), "-r", "output_root", str(tmp_path / "out")]
+    if message is None:
+        from helpers.data.sources import check_splits
+
+        check_splits(source.format(tmp=tmp_path), {"train": "train", "eval": "validation", "test": "test"})
+        return
+    with pytest.raises(SystemExit, match=message):
+        main(argv)
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_run_that_stopped_before_training_is_replaced_without_overwrite(tmp_path):
+    stopped = prepare_run_dir(tmp_path, "again")
+    write_json(stopped / "params.json", {"parameters": {}, "environment": {}})
+    assert stopped_before_training(stopped)
+    (stopped / "checkpoints" / "checkpoint-6").mkdir(parents=True)
+    assert not stopped_before_training(stopped)  # a checkpoint is worth keeping: resume or --overwrite
+    assert not stopped_before_training(tmp_path / "not-ours")

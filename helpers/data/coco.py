@@ -9,7 +9,7 @@ from pathlib import Path
 from datasets import Dataset
 
 from helpers.families.labels import normalize_label
-from helpers.data.records import PendingRecord, SplitOptions, label_for, load_files
+from helpers.data.records import PendingRecord, SplitOptions, first_records, label_for, load_files
 from helpers.data.report import DataError, LoadReport, short
 
 COCO_LAYOUTS = ("{split}/annotations.json", "{split}/_annotations.coco.json", "annotations/instances_{split}.json")
@@ -88,15 +88,14 @@ def coco_annotations_by_image(entries: list, image_ids: set, report: LoadReport)
 
 def load_coco_split(annotation_file: Path, image_dir: Path, options: SplitOptions = SplitOptions()) -> tuple[Dataset, LoadReport]:
     """Load a COCO annotation file (``images``, ``annotations``, ``categories``; boxes ``xywh``)."""
-    max_images, known_classes = options.max_images, options.known_classes
+    known_classes = options.known_classes
     coco = read_coco_file(annotation_file)
     report = LoadReport(str(annotation_file), options.split, options.strict)
     categories = coco_categories(coco.get("categories", []), report)
     images, shared_ids = coco_image_entries(coco["images"], report)
     # The annotations of a shared id go with its skipped images: they are not orphans.
     by_image = coco_annotations_by_image(coco["annotations"], {entry["id"] for entry in images} | shared_ids, report)
-    if max_images is not None:
-        images = images[:max_images]
+    images = first_records(images, options, report)
     pending = []
     for entry in images:
         objects, crowds = [], []

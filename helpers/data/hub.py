@@ -7,7 +7,7 @@ from pathlib import Path
 from datasets import ClassLabel, Dataset, Features, concatenate_datasets, load_dataset, load_from_disk
 from datasets import Image as ImageFeature
 
-from helpers.data.records import PendingRecord, SplitOptions, checked_images, label_for, records_to_dataset, schema_row
+from helpers.data.records import PendingRecord, SplitOptions, cap_note, checked_images, label_for, records_to_dataset, schema_row
 from helpers.data.report import DataError, LoadReport, short
 from helpers.data.schema import DETECTION_FEATURES
 
@@ -50,11 +50,12 @@ def load_hf_detection_split(source: str | Path, options: SplitOptions) -> tuple[
         raise DataError(f"{source}[{split}]: expected columns 'image' and 'objects', got {raw.column_names}")
     if not isinstance(raw.features["image"], ImageFeature):
         raise DataError(f"{source}[{split}]: column 'image' is {raw.features['image']}, expected an Image feature")
-    if max_images is not None:
-        raw = raw.select(range(min(max_images, len(raw))))
+    report = LoadReport(source, split, options.strict)
+    if max_images is not None and len(raw) > max_images:
+        report.notes.append(cap_note(max_images, len(raw)))
+        raw = raw.select(range(max_images))
     raw = raw.cast_column("image", ImageFeature(decode=False))  # decoded here one at a time, so a bad file is one counted record
     names = category_names(raw.features["objects"])
-    report = LoadReport(source, split, options.strict)
     pending = []
     for index, example in enumerate(raw.remove_columns("image")):  # annotations only: no image bytes read here
         record = f"row {index} (image_id {short(example.get('image_id', index))})"

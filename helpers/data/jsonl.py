@@ -7,17 +7,16 @@ from pathlib import Path
 
 from datasets import Dataset
 
-from helpers.data.records import PendingRecord, SplitOptions, label_for, load_files, to_xyxy_px
+from helpers.data.records import PendingRecord, SplitOptions, first_records, label_for, load_files, to_xyxy_px
 from helpers.data.report import LoadReport
 from helpers.families.boxes import is_box_of_numbers
 
 def load_jsonl_split(jsonl_file: Path, options: SplitOptions) -> tuple[Dataset, LoadReport]:
     """Load one JSONL file: ``{"image", "objects": [{"label", "bbox"}], "image_id"?}`` per line."""
-    max_images, known_classes, bbox_format = options.max_images, options.known_classes, options.bbox_format
+    known_classes, bbox_format = options.known_classes, options.bbox_format
     report = LoadReport(str(jsonl_file), options.split, options.strict)
     lines = [(number, line) for number, line in enumerate(jsonl_file.read_text().splitlines(), start=1) if line.strip()]
-    if max_images is not None:
-        lines = lines[:max_images]
+    lines = first_records(lines, options, report)
     pending, paths = [], []
     for number, line in lines:
         record = f"line {number}"

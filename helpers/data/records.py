@@ -49,6 +49,19 @@ class SplitOptions:
             raise ValueError(f"unknown bbox_format {self.bbox_format!r}; expected one of {BBOX_FORMATS}")
 
 
+def cap_note(kept: int, available: int) -> str:
+    """What the report says of a split its size parameter caps."""
+    return f"{kept} of {available} images loaded: the split's *_size parameter caps it (0 loads all)"
+
+
+def first_records(items: list, options: SplitOptions, report: LoadReport) -> list:
+    """The first ``max_images`` items; a cap that leaves some out is said in the report ("10 of 28 images loaded")."""
+    if options.max_images is None or len(items) <= options.max_images:
+        return items
+    report.notes.append(cap_note(options.max_images, len(items)))
+    return items[: options.max_images]
+
+
 def cxcywh_norm_to_xyxy_px(bbox: list[float], width: int, height: int) -> list[float]:
     """YOLO's box, centre and size as fractions of the upright image, in that image's pixels."""
     cx, cy, w, h = (float(v) for v in bbox)

@@ -35,6 +35,9 @@ that names the record and the fix instead.
 
 from __future__ import annotations
 
+import difflib
+import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -46,11 +49,11 @@ from helpers.data.hub import load_hf_detection_split
 from helpers.data.images import ImageCache, cache_key
 from helpers.data.jsonl import load_jsonl_split
 from helpers.families.labels import normalize_label
-from helpers.data.records import ImageLoading, SplitOptions
+from helpers.data.records import ImageLoading, SplitOptions, split_candidates
 from helpers.data.report import DataError, LoadReport
 from helpers.data.synthetic import make_synthetic_dataset
-from helpers.data.voc import VOC_LAYOUTS, is_devkit, load_voc_split
-from helpers.data.yolo import YOLO_LAYOUTS, dataset_yaml, load_yolo_split
+from helpers.data.voc import VOC_LAYOUTS, is_devkit, load_voc_split, voc_splits
+from helpers.data.yolo import YOLO_LAYOUTS, dataset_yaml, load_yolo_split, yolo_splits
 from helpers.families.boxes import resized_size
 from helpers.families.registry import Family
 from helpers.runtime.checks import expand_path
@@ -70,9 +73,15 @@ class LoadOptions:
     synthetic: dict = field(default_factory=dict)  # make_synthetic_dataset's keywords (helpers.data.synthetic.synthetic_options)
 
 
+HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")  # org/name
+
+
 def source_location(source: str) -> str | Path:
-    """Where a ``dataset_source`` is: ``"synthetic"`` and hub ids as given, a local path absolute with ``~`` expanded."""
-    if source == "synthetic" or not (source.startswith((".", "/", "~")) or Path(source).exists()):
+    """Where a ``dataset_source`` is: ``"synthetic"`` and hub ids (``org/name``) as given, a local path absolute with ``~`` expanded.
+
+    A hub id is only taken where no local path of that name exists: a folder always wins.
+    """
+    if source == "synthetic" or (HUB_ID.fullmatch(source) and not Path(source).exists()):
         return source
     return expand_path(source)
 
@@ -102,7 +111,8 @@ def detect_source_kind(source: str) -> str:
     if isinstance(location, str):
         return "synthetic" if location == "synthetic" else "hub"
     if not location.is_dir():
-        raise DataError(f"dataset_source={source!r}: expected a folder (see docs/data.md for the layouts), found none there")
+        raise DataError(f"dataset_source={source!r}: expected a folder at {location}, found none there (nor is it a hub id, "
+                        "org/name); give the folder holding your data, or a hub dataset id (docs/data.md)")
     kinds = [kind for kind, (matches, _tree) in FOLDER_LAYOUTS.items() if matches(location)]
     if len(kinds) > 1:
         raise DataError(f"dataset_source={source!r} holds {' and '.join(kinds)} layouts at once; point it at a folder with one of them")
@@ -112,23 +122,63 @@ def detect_source_kind(source: str) -> str:
     return kinds[0]
 
 
+def available_splits(location: Path, kind: str) -> list[str] | None:
+    """The split names a local folder of ``kind`` holds (None: a single-split dataset, which any split name reads)."""
+    if kind == "hf_disk":
+        listing = location / "dataset_dict.json"
+        return json.loads(listing.read_text()).get("splits", []) if listing.is_file() else None
+    if kind == "jsonl":
+        return sorted(p.stem for p in location.glob("*.jsonl"))
+    if kind == "coco":
+        found = set()
+        for layout in COCO_LAYOUTS:
+            for path in location.glob(layout.format(split="*")):
+                found.add(path.stem.removeprefix("instances_") if layout.startswith("annotations/") else path.parent.name)
+        return sorted(found)
+    if kind == "yolo":
+        return yolo_splits(location)
+    return voc_splits(location)
+
+
+def check_splits(source: str, split_names: dict[str, str]) -> None:
+    """Before any work: a local ``dataset_source`` exists in one layout and holds every named split; otherwise a ``DataError`` saying what it holds."""
+    kind = detect_source_kind(source)
+    if kind in ("synthetic", "hub"):
+        return
+    present = available_splits(source_location(source), kind)
+    for ours, theirs in split_names.items():
+        names = (theirs,) if kind == "hf_disk" else split_candidates(theirs)  # a saved DatasetDict names its splits exactly
+        if present is None or any(name in present for name in names):
+            continue
+        close = [match for name in names for match in difflib.get_close_matches(name, present, n=1)]
+        hint = f"; did you mean -p {ours}_split {close[0]}?" if close else ""
+        raise DataError(f"dataset_source={source!r} ({kind}) has no split {theirs!r} for {ours}_split; it holds {present}{hint}")
+
+
+def with_split_note(loaded: tuple[Dataset, LoadReport], asked: str, found: str) -> tuple[Dataset, LoadReport]:
+    """A loaded split whose report says when it was found under another name (Roboflow's 'valid' for 'validation')."""
+    if found != asked:
+        loaded[1].notes.append(f"split {asked!r} read from the folder's {found!r}")
+    return loaded
+
+
 def load_split(location: str | Path, kind: str, options: SplitOptions) -> tuple[Dataset, LoadReport]:
     """Load one split of a non-synthetic source of the given ``kind`` (``location`` from ``source_location``)."""
     split = options.split
     if kind in ("hf_disk", "hub"):
         return load_hf_detection_split(location, options)
     if kind == "coco":
-        found = find_coco_annotations(location, split)
+        found = next(((name, f) for name in split_candidates(split) if (f := find_coco_annotations(location, name))), None)
         if found is None:
             tried = [str(location / layout.format(split=split)) for layout in COCO_LAYOUTS]
             raise DataError(f"{location}: no COCO annotations for split {split!r}; looked for {tried}. Set the *_split parameters")
-        return load_coco_split(*found, options)
+        return with_split_note(load_coco_split(*found[1], options), split, found[0])
     if kind == "jsonl":
-        jsonl_file = location / f"{split}.jsonl"
-        if not jsonl_file.is_file():
+        found = next((name for name in split_candidates(split) if (location / f"{name}.jsonl").is_file()), None)
+        if found is None:
             present = sorted(p.stem for p in location.glob("*.jsonl"))
             raise DataError(f"{location}: no {split}.jsonl (splits there: {present}). Set the *_split parameters")
-        return load_jsonl_split(jsonl_file, options)
+        return with_split_note(load_jsonl_split(location / f"{found}.jsonl", options), split, found)
     if kind == "yolo":
         return load_yolo_split(location, options)
     if kind == "voc":

@@ -18,7 +18,7 @@ import defusedxml
 import defusedxml.ElementTree as SafeElementTree
 from datasets import Dataset
 
-from helpers.data.records import PendingRecord, SplitOptions, confined_path, label_for, load_files, split_candidates
+from helpers.data.records import PendingRecord, SplitOptions, confined_path, first_records, label_for, load_files, split_candidates
 from helpers.data.report import DataError, LoadReport, short
 
 DEVKIT_FOLDERS = ("Annotations", "JPEGImages", "ImageSets/Main")
@@ -32,6 +32,13 @@ VOC_LAYOUTS = (
 def is_devkit(root: Path) -> bool:
     """True for the devkit layout: an ``Annotations`` folder of XML files."""
     return (root / "Annotations").is_dir() and any((root / "Annotations").glob("*.xml"))
+
+
+def voc_splits(root: Path) -> list[str]:
+    """The split names a VOC folder holds: its ImageSets listings, or its folders of XML files."""
+    if is_devkit(root):
+        return sorted(p.stem for p in (root / "ImageSets" / "Main").glob("*.txt"))
+    return sorted(p.name for p in root.iterdir() if p.is_dir() and any(p.glob("*.xml")))
 
 
 def split_xml_files(root: Path, split: str, report: LoadReport) -> list[Path]:
@@ -50,9 +57,7 @@ def split_xml_files(root: Path, split: str, report: LoadReport) -> list[Path]:
         if name != split:
             report.notes.append(f"split {split!r} read from the folder's {name!r}")
         return files
-    present = sorted(p.stem for p in (root / "ImageSets" / "Main").glob("*.txt")) if is_devkit(root) else sorted(
-        p.name for p in root.iterdir() if p.is_dir() and any(p.glob("*.xml")))
-    raise DataError(f"{root}: no split {split!r} (splits there: {present}). Set the *_split parameters")
+    raise DataError(f"{root}: no split {split!r} (splits there: {voc_splits(root)}). Set the *_split parameters")
 
 
 def parse_voc_xml(path: Path) -> ElementTree.Element:
@@ -104,8 +109,7 @@ def load_voc_split(root: Path, options: SplitOptions) -> tuple[Dataset, LoadRepo
     """Load one split of a Pascal VOC folder (``VOC_LAYOUTS``)."""
     report = LoadReport(str(root), options.split, options.strict)
     files = split_xml_files(root, options.split, report)
-    if options.max_images is not None:
-        files = files[: options.max_images]
+    files = first_records(files, options, report)
     pending, paths = [], []
     for xml_path in files:
         record = str(xml_path.relative_to(root))

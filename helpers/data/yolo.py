@@ -18,7 +18,7 @@ from pathlib import Path
 import yaml
 from datasets import Dataset
 
-from helpers.data.records import PendingRecord, SplitOptions, confined_path, label_for, load_files, split_candidates
+from helpers.data.records import PendingRecord, SplitOptions, confined_path, first_records, label_for, load_files, split_candidates
 from helpers.data.report import DataError, LoadReport, short
 
 # Image files Ultralytics reads (its IMG_FORMATS), by extension.
@@ -93,6 +93,16 @@ def find_split(root: Path, config: dict, split: str) -> YoloSplit | None:
         if folders:
             return YoloSplit(folders, name)
     return None
+
+
+def yolo_splits(root: Path) -> list[str]:
+    """The split names a YOLO folder holds: its image folders by layout, and the YAML's split keys."""
+    names = {p.name for p in (root / "images").iterdir() if p.is_dir()} if (root / "images").is_dir() else set()
+    names |= {p.name for p in root.iterdir() if (p / "images").is_dir()}
+    yaml_path = dataset_yaml(root)
+    config = read_yaml(yaml_path) if yaml_path else {}
+    names |= {key for key in ("train", "val", "test") if isinstance(config, dict) and config.get(key)}
+    return sorted(names)
 
 
 def label_path(image: Path) -> Path:
@@ -179,8 +189,7 @@ def load_yolo_split(root: Path, options: SplitOptions) -> tuple[Dataset, LoadRep
         report.notes.append(f"split {options.split!r} read from the folder's {split.found_as!r}")
     images = split_images(split)
     count_orphan_labels(split, images, report)
-    if options.max_images is not None:
-        images = images[: options.max_images]
+    images = first_records(images, options, report)
     pending = []
     for image in images:
         record = str(image.relative_to(root))

@@ -31,6 +31,12 @@ def is_run_folder(path: Path) -> bool:
     return path.is_dir() and not path.is_symlink() and (path / RUN_MARKER).is_file()
 
 
+def stopped_before_training(run_dir: Path) -> bool:
+    """True for a run folder of this project whose run stopped before its first checkpoint and its metrics: nothing in it is worth keeping."""
+    checkpoints = run_dir / "checkpoints"
+    return is_run_folder(run_dir) and not (run_dir / "metrics.json").exists() and not (checkpoints.is_dir() and any(checkpoints.iterdir()))
+
+
 def prepare_run_dir(output_root: str | Path, run_name: str) -> Path:
     """Create ``<output_root>/<run_name>/`` with its ``plots/`` folder and marker; refuse a folder this project did not create."""
     run_dir = run_folder(output_root, run_name)
