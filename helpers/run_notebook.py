@@ -33,13 +33,14 @@ from papermill.iorw import NoDatesSafeLoader
 
 from helpers.evaluate.metrics import format_comparison
 from helpers.data.report import DataError
-from helpers.data.sources import check_splits
+from helpers.data.sources import check_splits, source_location
 from helpers.parameters import check_notebook_parameters
 from helpers.runtime.checks import expand_path, split_annotation, type_name, unknown_names_message
 from helpers.runtime.run_folder import HEADLESS_ENV, prepare_run_dir, remove_run_dir, run_folder, stopped_before_training
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOK_PATH = REPO_ROOT / "fine_tuning_vlm_for_object_detection_trl.py"
+PATH_PARAMETERS = ("output_root", "offline_model_dir")  # folders named relative to where the runner is started
 TOOL_CACHE = ".tool_cache"  # in output_root: matplotlib's and IPython's caches for headless runs
 SCRIPT_NAME = "notebook_script.py"  # what a launched run executes, kept in its run folder
 
@@ -204,6 +205,10 @@ def main(argv: list[str] | None = None) -> Path:
     except (TypeError, ValueError) as error:
         raise SystemExit(str(error)) from error
     given = {name: parameters[name] for name in preset | overrides}  # as checked: YAML's "1e-3" text is the number
+    # Paths are the user's, read from where the runner was started; the kernel starts in the repository root.
+    given |= {name: str(expand_path(parameters[name])) for name in PATH_PARAMETERS}
+    if isinstance(source_location(parameters["dataset_source"]), Path):
+        given["dataset_source"] = str(source_location(parameters["dataset_source"]))
     try:  # a wrong path or split name stops here, before a kernel starts or a run folder is made
         check_splits(parameters["dataset_source"], {ours: parameters[f"{ours}_split"] for ours in ("train", "eval", "test")})
     except DataError as error:

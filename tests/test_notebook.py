@@ -21,14 +21,15 @@ from helpers.families.processors import DEFAULT_MAX_PIXELS, DEFAULT_MIN_PIXELS
 from helpers.parameters import check_notebook_parameters
 from helpers.data.synthetic import make_synthetic_dataset
 from helpers.data.sources import IMAGE_CACHE_FOLDER
+from helpers.data.writers import write_coco_split, write_yolo_split
 from helpers.run_notebook import NOTEBOOK_PATH, REPO_ROOT, TOOL_CACHE, notebook_declarations, resolve_parameters
 from helpers.evaluate.metrics import (
     AP_50_PER_CLASS, EVAL_MEAN_IOU, MAP_50, MAP_50_95, MAP_75, MEAN_IOU, N_DUPLICATE_BOXES_DROPPED, N_IMAGES, N_LOOPING_ANSWERS,
     PARSE_FAILURE_RATE, PRECISION_50, RECALL_50,
 )
-from tests.cases import write_coco_split, write_yolo_split
 
 NOTEBOOK = jupytext.read(NOTEBOOK_PATH)
+SHAPES = ["blue triangle", "green square", "red circle"]  # the synthetic classes, in COCO category order
 
 
 def parameter_annotations() -> dict:
@@ -81,15 +82,14 @@ def synthetic_coco_folder(root: Path) -> Path:
     """The smoke preset's synthetic splits written as a COCO folder, two train images missing."""
     splits = {"train": (32, 2), "valid": (8, 0), "test": (8, 0)}
     for offset, (split, (size, missing)) in enumerate(splits.items()):
-        write_coco_split(make_synthetic_dataset(size + missing, seed=100 + offset), root, split, missing_images=missing)
+        write_coco_split(make_synthetic_dataset(size + missing, seed=100 + offset), root, split, SHAPES, missing_images=missing)
     return root
 
 
 def synthetic_yolo_folder(root: Path) -> Path:
     """The smoke preset's synthetic splits written as an Ultralytics YOLO folder (its validation split is 'val')."""
-    names = ["red circle", "green square", "blue triangle"]
     for offset, (split, size) in enumerate({"train": 32, "val": 8, "test": 8}.items()):
-        write_yolo_split(make_synthetic_dataset(size, seed=100 + offset), root, split, names)
+        write_yolo_split(make_synthetic_dataset(size, seed=100 + offset), root, split, SHAPES)
     return root
 
 
