@@ -26,7 +26,7 @@
 from typing import Annotated  # each knob: name: Annotated[type, the values it allows] = default
 
 from helpers.parameters import AT_LEAST_0, AT_LEAST_1, ATTENTION, BBOX_FORMAT, FRACTION, NON_EMPTY, POSITIVE, QUANTIZATION  # noqa: I001
-from helpers.parameters import REPEATS, REPORT_TO, RUN_NAME, SCHEDULE, SIDE_PX, STEPS, TASK
+from helpers.parameters import KEEP, REPEATS, REPORT_TO, RUN_NAME, SCHEDULE, SIDE_PX, STEPS, TASK
 
 model_id: Annotated[str, NON_EMPTY] = "offline:qwen2_vl"  # hub id, local checkpoint dir, or "offline:<model_type>" (tiny random model built here; see helpers.families.registry)
 task: Annotated[str, TASK] = "detection"  # "detection": find every class in one answer; "grounding": the prompt names one class to find
@@ -74,6 +74,7 @@ logging_steps: Annotated[int, AT_LEAST_1] = 50  # log the training loss every N 
 eval_steps: Annotated[int, AT_LEAST_1] = 500  # compute the eval loss every N steps
 save_steps: Annotated[int, AT_LEAST_1] = 750  # write a checkpoint every N steps
 save_total_limit: Annotated[int, AT_LEAST_1] = 2  # checkpoints kept in the run folder
+keep_checkpoint: Annotated[str, KEEP] = "last"  # model/ holds the final weights, or "best_eval_loss" / "best_eval_iou": the best checkpoint (save_steps a multiple of eval_steps)
 resume_from_checkpoint: Annotated[bool | str, NON_EMPTY] = False  # True: continue from this run's latest checkpoint; or a checkpoint path
 merge_adapter: bool = False  # LoRA on an unquantised base: also save model_merged/, base and adapter in one
 seed: Annotated[int, AT_LEAST_0] = 42  # seeds Python, NumPy, torch and the synthetic data
@@ -479,6 +480,7 @@ device_settings
 from trl import SFTConfig
 
 from helpers.runtime import is_headless
+from helpers.train import best_model_settings
 
 training_args = SFTConfig(
     output_dir=str(run_dir / "checkpoints"),  # checkpoints stay in the run folder
@@ -507,6 +509,7 @@ training_args = SFTConfig(
     dataset_kwargs={"skip_prepare_dataset": True},  # the collator tokenises
     max_length=None,  # never truncate an answer
     disable_tqdm=is_headless(),  # headless runs print ConsoleLogCallback's lines instead of a progress table
+    **best_model_settings(keep_checkpoint),  # the final weights, or the best checkpoint reloaded at the end
     **device_settings,  # bf16/fp16, pinned memory, activation checkpointing (and gloo DDP for CPU processes)
 )
 
@@ -599,7 +602,7 @@ plot_pr_curves({"baseline": baseline_metrics[PR_CURVE_50], "fine-tuned": finetun
 # %%
 from helpers.detect import InferenceSettings, save_inference_settings
 from helpers.runtime import barrier, is_main_process, write_jsonl
-from helpers.train import save_trained_model
+from helpers.train import kept_checkpoint, save_trained_model
 
 save_trained_model(trainer, processor, run_dir / "model")
 inference = InferenceSettings(
@@ -609,7 +612,7 @@ inference = InferenceSettings(
 )
 if is_main_process():
     save_inference_settings(run_dir / "model", inference)  # model/ alone is then enough to detect (section 11)
-write_json(run_dir / "metrics.json", metrics | {"train": train_metrics})
+write_json(run_dir / "metrics.json", metrics | {"train": train_metrics, "kept": kept_checkpoint(trainer.state, keep_checkpoint)})
 write_jsonl(run_dir / "predictions.jsonl", finetuned_records)
 write_jsonl(run_dir / "predictions_baseline.jsonl", baseline_records)
 write_json(run_dir / "log_history.json", trainer.state.log_history)

@@ -13,7 +13,7 @@ from helpers.families.chat import TASKS
 from helpers.runtime.checks import Choice, Either, NonEmpty, Range, RunName, check_parameters
 from helpers.runtime.tracking import REPORT_TO_CHOICES
 from helpers.train.model import ATTENTION_CHOICES, QUANTIZATION_CHOICES
-from helpers.train.config import SCHEDULES
+from helpers.train.config import KEEP_CHOICES, SCHEDULES, best_checkpoint_problem
 
 # The rules the parameters cell names (plain names, so papermill's --help-notebook still reads each line).
 AT_LEAST_1 = Range(1)
@@ -27,13 +27,19 @@ NON_EMPTY = NonEmpty()
 RUN_NAME = RunName()
 TASK, BBOX_FORMAT, QUANTIZATION = Choice(TASKS), Choice(BBOX_FORMATS), Choice(QUANTIZATION_CHOICES)
 ATTENTION, SCHEDULE, REPORT_TO = Choice(ATTENTION_CHOICES), Choice(SCHEDULES), Choice(REPORT_TO_CHOICES)
+KEEP = Choice(KEEP_CHOICES)
 # Pairs whose first value may not exceed the second.
 ORDERED_PAIRS = (("synthetic_min_side_px", "synthetic_max_side_px"), ("min_pixels", "max_pixels"))
 
 
 def check_notebook_parameters(values: dict, annotations: dict) -> dict:
-    """Check the notebook's parameters against their declarations and ``ORDERED_PAIRS``; return them as a dict."""
-    return check_parameters(values, annotations, ORDERED_PAIRS)
+    """Check the notebook's parameters against their declarations, ``ORDERED_PAIRS`` and the best-checkpoint rule; return them as a dict."""
+    checked = check_parameters(values, annotations, ORDERED_PAIRS)
+    if "keep_checkpoint" in checked:
+        problem = best_checkpoint_problem(checked["keep_checkpoint"], checked["save_steps"], checked["eval_steps"], checked["iou_eval_images"])
+        if problem:
+            raise ValueError(f"parameter {problem}")
+    return checked
 
 
 def notebook_parameters(namespace: dict) -> dict:

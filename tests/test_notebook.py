@@ -106,7 +106,8 @@ def test_offline_run_end_to_end(tmp_path, model_id, source, run_notebook):
     if source == "coco":
         overrides += [f"dataset_source={synthetic_coco_folder(data_dir)}", "eval_split=valid", "train_size=0", "eval_size=0", "test_size=0"]
     if source == "yolo":  # eval_split stays 'validation': the folder's 'val' is found and named in the report
-        overrides += [f"dataset_source={synthetic_yolo_folder(data_dir)}", "train_size=0", "eval_size=0", "test_size=0"]
+        overrides += [f"dataset_source={synthetic_yolo_folder(data_dir)}", "train_size=0", "eval_size=0", "test_size=0",
+                      "keep_checkpoint=best_eval_iou"]
     result = run_notebook(tmp_path, *overrides)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     run_dir = tmp_path / "offline-smoke"
@@ -132,6 +133,8 @@ def test_offline_run_end_to_end(tmp_path, model_id, source, run_notebook):
     data_report = json.loads((run_dir / "data_report.json").read_text())
     assert data_report["train"]["counts"]["images_loaded"] == 32
     assert data_report["train"]["counts"].get("missing_image", 0) == (2 if source == "coco" else 0)
+    kept = json.loads((run_dir / "metrics.json").read_text())["kept"]
+    assert kept == {"rule": "last", "step": 12} if source != "yolo" else (kept["rule"] == "best_eval_iou" and kept["step"] in (6, 12))
     if source == "yolo":
         assert data_report["eval"]["notes"] == ["split 'validation' read from the folder's 'val'"]
         assert data_report["eval"]["counts"]["images_loaded"] == 8 and data_report["train"]["counts"]["boxes_kept"] > 32

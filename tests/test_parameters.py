@@ -216,3 +216,9 @@ def test_an_unknown_name_in_a_preset_names_the_file_and_the_closest_parameter(tm
         command_line_parameters(parse_args(["-f", str(preset)]), known=list(DEFAULTS))
     with pytest.raises(SystemExit, match=r"-y #1: unknown parameters \['maxsteps'\] \('maxsteps': did you mean 'max_steps'\?\)"):
         command_line_parameters(parse_args(["-y", "maxsteps: 3"]), known=list(DEFAULTS))
+
+
+def test_keeping_the_best_checkpoint_is_checked_before_any_work():
+    with pytest.raises(ValueError, match="parameter keep_checkpoint='best_eval_loss' compares checkpoints at evaluations"):
+        check_notebook_parameters(DEFAULTS | {"keep_checkpoint": "best_eval_loss"}, ANNOTATIONS)  # save 750, eval 500
+    assert check_notebook_parameters(DEFAULTS | {"keep_checkpoint": "best_eval_loss", "save_steps": 1000}, ANNOTATIONS)

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from tests.support.notebook_cells import notebook_sft_config
-from helpers.train.config import device_defaults, print_training_config, training_arithmetic
+from helpers.train.callbacks import ConsoleLogCallback
+from helpers.train.config import best_checkpoint_problem, best_model_settings, device_defaults, print_training_config, training_arithmetic
 from helpers.train.resume import latest_complete_checkpoint, resolve_resume
 
 
@@ -120,3 +121,35 @@ def test_resume_checks_every_shard_of_a_sharded_checkpoint(tmp_path):
         {"weight_map": {"a": "model-00001-of-00002.safetensors", "b": "model-00002-of-00002.safetensors"}}))
     with pytest.raises(ValueError, match="model-00002-of-00002.safetensors is missing"):
         resolve_resume(str(folder), tmp_path)
+
+
+@pytest.mark.parametrize(
+    "keep,save,evaluate,iou_images,problem",
+    [("last", 750, 500, 16, None), ("best_eval_loss", 1000, 500, 16, None), ("best_eval_iou", 500, 500, 16, None),
+     ("best_eval_loss", 750, 500, 16, "save_steps=750 must be a multiple of eval_steps=500 (set save_steps to 1000)"),
+     ("best_eval_iou", 500, 500, 0, "set iou_eval_images to 1 or more")],
+)
+def test_keeping_the_best_checkpoint_needs_checkpoints_at_evaluations(keep, save, evaluate, iou_images, problem):
+    found = best_checkpoint_problem(keep, save, evaluate, iou_images)
+    assert (found is None) if problem is None else (problem in found)
+
+
+@pytest.mark.parametrize(
+    "keep,expected",
+    [("last", {"load_best_model_at_end": False}),
+     ("best_eval_loss", {"load_best_model_at_end": True, "metric_for_best_model": "eval_loss", "greater_is_better": False}),
+     ("best_eval_iou", {"load_best_model_at_end": True, "metric_for_best_model": "eval_mean_iou", "greater_is_better": True})],
+)
+def test_best_model_settings_name_the_metric_and_its_direction(keep, expected):
+    assert best_model_settings(keep) == expected
+
+
+def test_the_console_warns_when_eval_loss_keeps_rising():
+    printed = []
+    console = ConsoleLogCallback(print_fn=printed.append)
+    state = type("State", (), {"global_step": 1, "max_steps": 10})()
+    for loss in (0.9, 0.8, 0.85, 0.9, 0.95):
+        console.on_log(None, state, None, logs={"eval_loss": loss})
+    warnings = [line for line in printed if line.startswith("WARNING")]
+    assert warnings == ["WARNING: eval loss has risen 3 evaluations in a row (0.8 -> 0.95): the model may be overfitting; "
+                        "keep_checkpoint='best_eval_loss' keeps the best one"]

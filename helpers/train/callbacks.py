@@ -69,6 +69,7 @@ class IoUEvalCallback(TrainerCallback):
         self.processor = processor
         self.subset = dataset.select(range(min(n_images, len(dataset))))
         self.settings = eval_settings
+        self.last: dict | None = None  # the figures of the latest evaluation
 
     def on_log(self, args, state, control, logs=None, model=None, **kwargs):
         if logs is None or EVAL_LOSS not in logs or model is None:
@@ -78,24 +79,41 @@ class IoUEvalCallback(TrainerCallback):
             _, metrics = evaluate_model(model, self.processor, self.subset, **self.settings)
         finally:
             model.train(was_training)
-        add_to_log(state, logs, {EVAL_MEAN_IOU: metrics[MEAN_IOU], EVAL_PARSE_FAILURE_RATE: metrics[PARSE_FAILURE_RATE]})
+        self.last = {EVAL_MEAN_IOU: metrics[MEAN_IOU], EVAL_PARSE_FAILURE_RATE: metrics[PARSE_FAILURE_RATE]}
+        add_to_log(state, logs, self.last)
+
+    def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+        # The trainer logs an evaluation (on_log above) before it calls on_evaluate with the same figures, which
+        # it then compares to keep the best checkpoint: the IoU joins them there, so it can be that metric.
+        if metrics is not None and self.last is not None:
+            metrics.update(self.last)
 
 
 DEFAULT_CONSOLE_KEYS = (LOSS, GRAD_NORM, GRAD_NORM_CLIPPED, LEARNING_RATE, EVAL_LOSS, EVAL_MEAN_IOU, EVAL_PARSE_FAILURE_RATE, TRAIN_RUNTIME)
 
 
+RISING_EVALUATIONS = 3  # eval loss rising this many evaluations in a row: the console says the model is overfitting
+
+
 class ConsoleLogCallback(TrainerCallback):
-    """Print one compact line per log record (``step 50/1500 | loss 0.912 | ...``), for notebooks and papermill logs."""
+    """Print one compact line per log record (``step 50/1500 | loss 0.912 | ...``), and a warning when eval loss keeps rising."""
 
     adds_to_logs = False
 
     def __init__(self, keys: tuple[str, ...] = DEFAULT_CONSOLE_KEYS, print_fn=print):
         self.keys = keys
         self.print_fn = print_fn
+        self.eval_losses: list[float] = []
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if not logs:
             return
+        if EVAL_LOSS in logs:
+            self.eval_losses.append(logs[EVAL_LOSS])
+            recent = self.eval_losses[-(RISING_EVALUATIONS + 1) :]
+            if len(recent) == RISING_EVALUATIONS + 1 and all(a < b for a, b in zip(recent, recent[1:])):
+                self.print_fn(f"WARNING: eval loss has risen {RISING_EVALUATIONS} evaluations in a row ({recent[0]:.4g} -> {recent[-1]:.4g}): "
+                              "the model may be overfitting; keep_checkpoint='best_eval_loss' keeps the best one")
         parts = [f"step {state.global_step}/{state.max_steps}"]
         for key in self.keys:
             if key in logs:

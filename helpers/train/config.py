@@ -10,12 +10,46 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from helpers.evaluate.metrics import EVAL_LOSS, EVAL_MEAN_IOU
 from helpers.runtime.distributed import is_distributed, weights_are_sharded_by_fsdp
 
 if TYPE_CHECKING:
     from trl import SFTConfig
 
 SCHEDULES = ("cosine", "linear", "constant_with_warmup")  # the learning-rate schedules offered (transformers' names)
+# What the run keeps in model/: the final weights, or the checkpoint best by a metric of the evaluations
+# (its log key, and whether higher is better).
+KEEP_CHECKPOINT: dict[str, tuple[str, bool] | None] = {"last": None, "best_eval_loss": (EVAL_LOSS, False), "best_eval_iou": (EVAL_MEAN_IOU, True)}
+KEEP_CHOICES = tuple(KEEP_CHECKPOINT)
+
+
+def best_checkpoint_problem(keep_checkpoint: str, save_steps: int, eval_steps: int, iou_eval_images: int) -> str | None:
+    """Why keeping the best checkpoint cannot work with these settings (None when it can, or when the last is kept)."""
+    if KEEP_CHECKPOINT[keep_checkpoint] is None:
+        return None
+    if save_steps % eval_steps:
+        return (f"keep_checkpoint={keep_checkpoint!r} compares checkpoints at evaluations: save_steps={save_steps} must be a multiple "
+                f"of eval_steps={eval_steps} (set save_steps to {eval_steps * max(1, round(save_steps / eval_steps))})")
+    if keep_checkpoint == "best_eval_iou" and iou_eval_images < 1:
+        return "keep_checkpoint='best_eval_iou' needs the IoU at each evaluation: set iou_eval_images to 1 or more"
+    return None
+
+
+def best_model_settings(keep_checkpoint: str) -> dict:
+    """The ``SFTConfig`` fields that keep the best checkpoint by ``keep_checkpoint`` (none for "last")."""
+    rule = KEEP_CHECKPOINT[keep_checkpoint]
+    if rule is None:
+        return {"load_best_model_at_end": False}
+    metric, higher_is_better = rule
+    return {"load_best_model_at_end": True, "metric_for_best_model": metric, "greater_is_better": higher_is_better}
+
+
+def kept_checkpoint(state, keep_checkpoint: str) -> dict:
+    """Which weights model/ holds: the step, and for a best checkpoint its metric and value (for metrics.json)."""
+    if KEEP_CHECKPOINT[keep_checkpoint] is None or state.best_model_checkpoint is None:
+        return {"rule": "last", "step": state.global_step}
+    step = int(state.best_model_checkpoint.rstrip("/").rsplit("-", 1)[-1])
+    return {"rule": keep_checkpoint, "step": step, "metric": KEEP_CHECKPOINT[keep_checkpoint][0], "value": state.best_metric}
 
 
 def device_defaults(device: str, dtype: torch.dtype) -> dict:
