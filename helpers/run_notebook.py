@@ -235,6 +235,7 @@ def main(argv: list[str] | None = None) -> Path:
     tool_cache = expand_path(parameters["output_root"]) / TOOL_CACHE
     for variable, folder in (("MPLCONFIGDIR", "matplotlib"), ("IPYTHONDIR", "ipython")):
         os.environ.setdefault(variable, str(tool_cache / folder))
+        Path(os.environ[variable]).mkdir(parents=True, exist_ok=True)  # IPython warns of a profile folder whose parent does not exist
     if args.launch:
         headless_environment()
         launch_script(notebook, given, run_dir, args.launch)
@@ -242,7 +243,7 @@ def main(argv: list[str] | None = None) -> Path:
     headless_environment()  # the kernel inherits it
     # papermill logs the cells' printed output at INFO; show it so a headless run reads like the notebook.
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    partial = run_dir / ".notebook.ipynb.partial"  # papermill saves as it goes; the final name only ever holds a whole file
+    partial = run_dir / ".notebook.partial.ipynb"  # papermill saves as it goes; the final name only ever holds a whole file
     try:
         papermill.execute_notebook(
             notebook,
@@ -261,6 +262,9 @@ def main(argv: list[str] | None = None) -> Path:
 def headless_environment() -> None:
     """Mark the run headless: the trainer prints console lines instead of an HTML table, and hub progress bars stay off."""
     os.environ[HEADLESS_ENV] = "1"
+    # tqdm.auto warns in a kernel without ipywidgets when the parameters cell's imports load it, before the set-up
+    # cell's quiet_known_warnings(); a headless run has no widgets to show, so its kernel starts with the filter.
+    os.environ["PYTHONWARNINGS"] = ",".join(filter(None, [os.environ.get("PYTHONWARNINGS"), "ignore:IProgress not found"]))
     # Loading and saving bars ("Loading weights", "Writing model shards") repeat in a log with every checkpoint.
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 

@@ -156,7 +156,7 @@ def test_offline_run_end_to_end(tmp_path, model_id, source, run_notebook):
         assert metrics[stage][N_LOOPING_ANSWERS] <= 8 and metrics[stage][N_DUPLICATE_BOXES_DROPPED] >= 0
     for name in ("predictions.jsonl", "predictions_baseline.jsonl"):
         rows = [json.loads(line) for line in (run_dir / name).read_text().splitlines()]
-        assert len(rows) == 8 and all(set(row) == {"image_id", "ground_truth", "crowd_regions", "raw_text", "predictions", "loop_stopped", "duplicates_dropped"} for row in rows)
+        assert len(rows) == 8 and all(set(row) == {"image_id", "file_name", "ground_truth", "crowd_regions", "raw_text", "predictions", "loop_stopped", "duplicates_dropped"} for row in rows)
         for prediction in (p for row in rows for p in row["predictions"]):
             assert set(prediction) == {"label", "bbox_xyxy_px", "score"} and 0 <= prediction["score"] <= 1
     history = json.loads((run_dir / "log_history.json").read_text())

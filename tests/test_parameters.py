@@ -165,7 +165,7 @@ def test_the_offline_cache_replaces_only_its_own_builds(tmp_path):
 
 @pytest.mark.parametrize("partial_text,kept", [('{"cells": []}', True), ('{"cells": [', False)])
 def test_the_notebook_is_renamed_into_place_only_when_whole(tmp_path, partial_text, kept):
-    partial, final = tmp_path / ".notebook.ipynb.partial", tmp_path / "notebook.ipynb"
+    partial, final = tmp_path / ".notebook.partial.ipynb", tmp_path / "notebook.ipynb"
     final.write_text('{"previous": true}')
     partial.write_text(partial_text)
     keep_whole_notebook(partial, final)

@@ -59,6 +59,11 @@ def detect(model, processor, image: str | Path | Image.Image, **settings) -> lis
     return detect_with_answer(model, processor, image, **settings)[0]
 
 
+def file_name(reference: dict | None) -> str | None:
+    """The image file's name, for a record read from files (None for images held as bytes)."""
+    return Path(reference["path"]).name if isinstance(reference, dict) and reference.get("path") else None
+
+
 def evaluate_model(
     model, processor, dataset: Dataset, *, family: Family, settings: GenerationSettings,
     class_names: list[str] | None = None, duplicate_iou: float = DUPLICATE_IOU,
@@ -84,12 +89,13 @@ def evaluate_model(
     generations = generate(model, processor, dataset["image"], list(dataset["prompt"]), settings, system_prompts, family.chat_template_kwargs)
     records = []
     columns = ["image_id", "width", "height", "objects", *(["crowd_regions"] if "crowd_regions" in dataset.column_names else [])]
-    for example, generation in zip(dataset.select_columns(columns), generations):
+    for example, image, generation in zip(dataset.select_columns(columns), dataset["image"], generations):
         image_size = (example["width"], example["height"])
         predictions, duplicates = drop_duplicate_boxes(scored_predictions(generation, family, image_size), duplicate_iou)
         records.append(
             {
                 "image_id": example["image_id"],
+                "file_name": file_name(image),
                 "ground_truth": example["objects"],
                 "crowd_regions": example.get("crowd_regions", []),
                 "raw_text": generation.text,

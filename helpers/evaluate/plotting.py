@@ -135,4 +135,7 @@ def plot_pr_curves(curves: dict[str, dict], path: str | Path) -> Figure:
     ax.grid(alpha=0.3)
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=8)
+    empty = [name for name, curve in curves.items() if not curve["recall"]]
+    if empty:  # a model that predicted nothing has no curve: say so rather than leave the panel blank
+        ax.text(0.5, 0.5, f"no predictions: {', '.join(empty)}", ha="center", va="center", fontsize=9, color="gray", transform=ax.transAxes)
     return save_figure(fig, path)

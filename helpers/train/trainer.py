@@ -23,6 +23,12 @@ class QwenVLSFTTrainer(SFTTrainer):
     which for Qwen-VL's (4, 1, L) packed positions is 1; the logged ``num_tokens`` gets the rest.
     """
 
+    def create_model_card(self, *args, **kwargs) -> None:
+        # TRL writes a README.md into every checkpoint naming the base model by its hub id; for a local or offline
+        # checkpoint it reads "fine-tuned version of [None]" with a text-generation example. The run folder
+        # documents the run instead (params.json, metrics.json, model/inference.json).
+        return None
+
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         packed = "attention_mask" not in inputs and inputs.get("position_ids") is not None and inputs["position_ids"].dim() == 3
         result = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
