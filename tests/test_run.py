@@ -173,3 +173,18 @@ def test_a_run_that_stopped_before_training_is_replaced_without_overwrite(tmp_pa
     (stopped / "checkpoints" / "checkpoint-6").mkdir(parents=True)
     assert not stopped_before_training(stopped)  # a checkpoint is worth keeping: resume or --overwrite
     assert not stopped_before_training(tmp_path / "not-ours")
+
+
+def test_the_runner_starts_again_where_a_run_stopped_before_training(tmp_path, monkeypatch):
+    import helpers.run_notebook as runner
+
+    stopped = prepare_run_dir(tmp_path, "again")
+    (stopped / "notebook.ipynb").write_text("{}")  # what a run that failed in its data section leaves
+    started = []
+    monkeypatch.setattr(runner.papermill, "execute_notebook", lambda *args, **kwargs: started.append(kwargs["parameters"]))
+    monkeypatch.setattr(runner, "report_run", lambda run_dir: run_dir)
+    assert runner.main(["-r", "output_root", str(tmp_path), "-r", "run_name", "again"]) == stopped  # no --overwrite needed
+    assert started and started[0]["output_root"] == str(tmp_path) and not (stopped / "notebook.ipynb").exists()
+    (stopped / "metrics.json").write_text("{}")  # a run that trained is kept: resume, or --overwrite
+    with pytest.raises(SystemExit, match="exists; choose another run_name, pass --overwrite, or resume"):
+        runner.main(["-r", "output_root", str(tmp_path), "-r", "run_name", "again"])
