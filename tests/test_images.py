@@ -190,3 +190,17 @@ def test_cached_loading_keeps_boxes_in_the_original_frame(tmp_path):
     assert first_counts["images_cached"] == 1 and second_counts["images_from_cache"] == 1
     assert second == first
     assert open_image(first["image"]).size == resized_size(get_family("qwen2_vl"), 900, 1200, DEFAULT_MIN_PIXELS, DEFAULT_MAX_PIXELS)
+
+
+def test_the_progress_bar_counts_the_last_image_too(tmp_path, capsys):
+    from helpers.data.images import prepare_images
+
+    references = []
+    for index in range(3):
+        Image.new("RGB", (8, 8)).save(tmp_path / f"{index}.png")
+        references.append({"path": str(tmp_path / f"{index}.png"), "bytes": None})
+    prepared = prepare_images(references, 3, None, 1, "images")
+    for _reference, _result in zip(range(3), prepared):  # zip stops at the last item without resuming the generator
+        pass
+    prepared.close()
+    assert "3/3" in capsys.readouterr().err

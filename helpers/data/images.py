@@ -294,5 +294,6 @@ def prepare_images(
                 error = future.exception()
                 if error is not None and not isinstance(error, (OSError, ValueError)):
                     raise error  # a bug, not a bad image
-                yield error if error is not None else future.result()
+                # Counted before it is handed over: the caller may stop at the last item without resuming this loop.
                 bar.update(1)
+                yield error if error is not None else future.result()
