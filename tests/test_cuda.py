@@ -1,5 +1,5 @@
 """What only a CUDA GPU can show: 4-bit QLoRA training, bf16 with activation checkpointing, padding-free
-attention kernels, and the offline notebook on the GPU. Skipped without CUDA; `.ci/gpu_check` runs them on a device."""
+attention kernels, and the offline notebook on the GPU. Skipped without CUDA; `.ci/gpu_check` runs them on a CUDA machine."""
 
 from __future__ import annotations
 
