@@ -54,8 +54,8 @@ def real_size_model(family: str, model_dir: str):
     return model, real_processor(get_family(family), REAL_MIN_PIXELS, REAL_MAX_PIXELS), detection_prompt(get_family(family), CLASSES)
 
 
-def main(argv: list[str] | None = None) -> dict:
-    """Measure, check and print; return images/s, tokens and peak memory by mode, the ratio and the answers' agreement."""
+def parse_args(argv: list[str] | None):
+    """The benchmark's options on top of the shared ones (family, model folder); --tiny fills in the test suite's sizes."""
     parser = benchmark_parser(__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=32)
     parser.add_argument("--batch-size", type=int, default=8)
@@ -69,7 +69,46 @@ def main(argv: list[str] | None = None) -> dict:
         parser.error("--tiny and --real-size exclude each other")
     if args.tiny:
         vars(args).update(TINY)
+    return args
 
+
+def timed_generation(run, batch_size: int) -> tuple[dict, list[str]]:
+    """One mode's figures (after a warm-up batch) and its answers."""
+    run(batch_size, slice(0, batch_size))  # warm-up
+    clear_memory()
+    reset_peak_memory()
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    generations = run(batch_size, slice(None))
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    seconds = time.perf_counter() - start
+    figures = {
+        "images_per_s": len(generations) / seconds, "images": len(generations), "batch_size": batch_size,
+        "generated_tokens": sum(len(g.token_ids) for g in generations), "loop_stopped": sum(g.loop_stopped for g in generations),
+        "peak_memory_gib": peak_memory_report().get("gpu_peak_allocated_gib"),
+    }
+    return figures, [g.text for g in generations]
+
+
+def print_results(results: dict, args) -> None:
+    """The table of both modes and their ratio."""
+    size = f"real-size {get_family(args.family).name} (random weights)" if args.real_size else f"offline {args.family}"
+    print(f"{size}: {results['images']} images, max_new_tokens {args.max_new_tokens}, loop_repeats {args.loop_repeats}, "
+          f"{results['device']}, {torch.get_num_threads()} threads")
+    print(f"{'mode':<24}{'images/s':>10}{'tokens':>9}{'loop-stopped':>14}{'peak GiB':>10}")
+    for name in ("batched", "one-by-one"):
+        r = results[name]
+        label = f"{name} ({r['batch_size']} per call)"
+        memory = f"{r['peak_memory_gib']:.2f}" if r["peak_memory_gib"] is not None else "n/a"
+        print(f"{label:<24}{r['images_per_s']:>10.2f}{r['generated_tokens']:>9}{r['loop_stopped']:>14}{memory:>10}")
+    print(f"ratio                   {results['ratio']:>10.2f}x   identical answers: {results['identical_answers']:.0%}")
+
+
+def main(argv: list[str] | None = None) -> dict:
+    """Measure, check and print; return images/s, tokens and peak memory by mode, the ratio and the answers' agreement."""
+    args = parse_args(argv)
     if args.real_size:
         model, processor, prompt = real_size_model(args.family, args.model_dir)
         low, high = REAL_SIDES_PX
@@ -87,35 +126,10 @@ def main(argv: list[str] | None = None) -> dict:
     results: dict = {"family": args.family, "real_size": args.real_size, "images": len(images), "device": str(model.device)}
     answers = {}
     for name, batch_size in (("batched", args.batch_size), ("one-by-one", 1)):
-        run(batch_size, slice(0, batch_size))  # warm-up
-        clear_memory()
-        reset_peak_memory()
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        generations = run(batch_size, slice(None))
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        seconds = time.perf_counter() - start
-        answers[name] = [g.text for g in generations]
-        results[name] = {
-            "images_per_s": len(generations) / seconds, "images": len(generations), "batch_size": batch_size,
-            "generated_tokens": sum(len(g.token_ids) for g in generations), "loop_stopped": sum(g.loop_stopped for g in generations),
-            "peak_memory_gib": peak_memory_report().get("gpu_peak_allocated_gib"),
-        }
+        results[name], answers[name] = timed_generation(run, batch_size)
     results["ratio"] = results["batched"]["images_per_s"] / results["one-by-one"]["images_per_s"]
     results["identical_answers"] = sum(a == b for a, b in zip(answers["batched"], answers["one-by-one"])) / len(images)
-
-    size = f"real-size {get_family(args.family).name} (random weights)" if args.real_size else f"offline {args.family}"
-    print(f"{size}: {len(images)} images, max_new_tokens {args.max_new_tokens}, loop_repeats {args.loop_repeats}, "
-          f"{results['device']}, {torch.get_num_threads()} threads")
-    print(f"{'mode':<24}{'images/s':>10}{'tokens':>9}{'loop-stopped':>14}{'peak GiB':>10}")
-    for name in ("batched", "one-by-one"):
-        r = results[name]
-        label = f"{name} ({r['batch_size']} per call)"
-        memory = f"{r['peak_memory_gib']:.2f}" if r["peak_memory_gib"] is not None else "n/a"
-        print(f"{label:<24}{r['images_per_s']:>10.2f}{r['generated_tokens']:>9}{r['loop_stopped']:>14}{memory:>10}")
-    print(f"ratio                   {results['ratio']:>10.2f}x   identical answers: {results['identical_answers']:.0%}")
+    print_results(results, args)
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))
     if not args.real_size and results["identical_answers"] < 1:

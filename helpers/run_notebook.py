@@ -32,7 +32,6 @@ import yaml
 from papermill.iorw import NoDatesSafeLoader
 
 from helpers.evaluate.metrics import format_comparison
-from helpers.data.report import DataError
 from helpers.data.sources import check_splits, source_location
 from helpers.parameters import check_notebook_parameters
 from helpers.runtime.checks import expand_path, split_annotation, type_name, unknown_names_message
@@ -189,6 +188,64 @@ def keep_whole_notebook(partial: Path, final: Path) -> None:
     os.replace(partial, final)
 
 
+def checked_parameters(args: argparse.Namespace, notebook) -> tuple[dict, dict]:
+    """Every parameter checked (defaults, presets, overrides), and the ones to inject, with folders made absolute."""
+    defaults, annotations = notebook_declarations(notebook)
+    preset, overrides = command_line_parameters(args, known=list(defaults))
+    try:
+        parameters = check_notebook_parameters(resolve_parameters(defaults, preset, overrides), annotations)
+        # A wrong path or split name stops here, before a kernel starts or a run folder is made.
+        check_splits(parameters["dataset_source"], {ours: parameters[f"{ours}_split"] for ours in ("train", "eval", "test")})
+    except (TypeError, ValueError) as error:  # DataError is a ValueError
+        raise SystemExit(str(error)) from error
+    given = {name: parameters[name] for name in preset | overrides}  # as checked: YAML's "1e-3" text is the number
+    # Paths are the user's, read from where the runner was started; the kernel starts in the repository root.
+    given |= {name: str(expand_path(parameters[name])) for name in PATH_PARAMETERS}
+    if isinstance(source_location(parameters["dataset_source"]), Path):
+        given["dataset_source"] = str(source_location(parameters["dataset_source"]))
+    return parameters, given
+
+
+def make_run_folder(parameters: dict, overwrite: bool) -> Path:
+    """The run folder, new; or kept to resume in; or replaced (with --overwrite, or when its run stopped before training)."""
+    output_root, run_name = parameters["output_root"], parameters["run_name"]
+    run_dir = run_folder(output_root, run_name)
+    try:
+        if run_dir.exists() and parameters["resume_from_checkpoint"] not in (False, "", None):
+            print(f"resuming in the existing run folder {run_dir}")  # its checkpoints are what we resume from
+        elif stopped_before_training(run_dir):
+            print(f"replacing {run_dir}: its run stopped before training (no checkpoint, no metrics)")
+            remove_run_dir(output_root, run_name)
+        elif run_dir.exists() or run_dir.is_symlink():
+            if not overwrite:
+                raise SystemExit(f"run folder {run_dir} exists; choose another run_name, pass --overwrite, or resume")
+            remove_run_dir(output_root, run_name)
+        return prepare_run_dir(output_root, run_name)
+    except FileExistsError as error:
+        raise SystemExit(str(error)) from error
+
+
+def tool_caches(output_root: str) -> None:
+    """Keep the kernel's tool caches (matplotlib's font list, IPython's profile) beside the offline checkpoints, unless the user chose."""
+    tool_cache = expand_path(output_root) / TOOL_CACHE
+    for variable, folder in (("MPLCONFIGDIR", "matplotlib"), ("IPYTHONDIR", "ipython")):
+        os.environ.setdefault(variable, str(tool_cache / folder))
+        Path(os.environ[variable]).mkdir(parents=True, exist_ok=True)  # IPython warns of a profile folder whose parent does not exist
+
+
+def execute_notebook(notebook, given: dict, run_dir: Path) -> None:
+    """Run the notebook through papermill into ``run_dir/notebook.ipynb``, its cells' output in this log."""
+    # papermill logs the cells' printed output at INFO; show it so a headless run reads like the notebook.
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    partial = run_dir / ".notebook.partial.ipynb"  # papermill saves as it goes; the final name only ever holds a whole file
+    try:
+        papermill.execute_notebook(
+            notebook, str(partial), parameters=given, kernel_name="python3", cwd=str(REPO_ROOT), log_output=True, progress_bar=False,
+        )
+    finally:
+        keep_whole_notebook(partial, run_dir / "notebook.ipynb")
+
+
 def main(argv: list[str] | None = None) -> Path:
     """Check the parameters, make the run folder, execute the notebook and return the run folder."""
     args = parse_args(sys.argv[1:] if argv is None else argv)
@@ -197,65 +254,14 @@ def main(argv: list[str] | None = None) -> Path:
         args.parameter_reference.write_text(parameter_reference(notebook))
         print(f"wrote {args.parameter_reference}")
         return args.parameter_reference
-    defaults, annotations = notebook_declarations(notebook)
-    preset, overrides = command_line_parameters(args, known=list(defaults))
-    parameters = resolve_parameters(defaults, preset, overrides)
-    try:
-        parameters = check_notebook_parameters(parameters, annotations)  # the notebook's first cell checks the same, for direct papermill use
-    except (TypeError, ValueError) as error:
-        raise SystemExit(str(error)) from error
-    given = {name: parameters[name] for name in preset | overrides}  # as checked: YAML's "1e-3" text is the number
-    # Paths are the user's, read from where the runner was started; the kernel starts in the repository root.
-    given |= {name: str(expand_path(parameters[name])) for name in PATH_PARAMETERS}
-    if isinstance(source_location(parameters["dataset_source"]), Path):
-        given["dataset_source"] = str(source_location(parameters["dataset_source"]))
-    try:  # a wrong path or split name stops here, before a kernel starts or a run folder is made
-        check_splits(parameters["dataset_source"], {ours: parameters[f"{ours}_split"] for ours in ("train", "eval", "test")})
-    except DataError as error:
-        raise SystemExit(str(error)) from error
-    run_dir = run_folder(parameters["output_root"], parameters["run_name"])
-    if run_dir.exists() and parameters["resume_from_checkpoint"] not in (False, "", None):
-        print(f"resuming in the existing run folder {run_dir}")  # its checkpoints are what we resume from
-    elif stopped_before_training(run_dir):
-        print(f"replacing {run_dir}: its run stopped before training (no checkpoint, no metrics)")
-        remove_run_dir(parameters["output_root"], parameters["run_name"])
-    elif run_dir.exists() or run_dir.is_symlink():
-        if not args.overwrite:
-            raise SystemExit(f"run folder {run_dir} exists; choose another run_name, pass --overwrite, or resume")
-        try:
-            remove_run_dir(parameters["output_root"], parameters["run_name"])
-        except FileExistsError as error:
-            raise SystemExit(str(error)) from error
-    try:
-        prepare_run_dir(parameters["output_root"], parameters["run_name"])
-    except FileExistsError as error:
-        raise SystemExit(str(error)) from error
-    # The kernel's tools keep caches in the home folder (matplotlib's font list, IPython's profile): keep them
-    # beside the offline checkpoints instead, unless the user has chosen where they go.
-    tool_cache = expand_path(parameters["output_root"]) / TOOL_CACHE
-    for variable, folder in (("MPLCONFIGDIR", "matplotlib"), ("IPYTHONDIR", "ipython")):
-        os.environ.setdefault(variable, str(tool_cache / folder))
-        Path(os.environ[variable]).mkdir(parents=True, exist_ok=True)  # IPython warns of a profile folder whose parent does not exist
+    parameters, given = checked_parameters(args, notebook)
+    run_dir = make_run_folder(parameters, args.overwrite)
+    tool_caches(parameters["output_root"])
+    headless_environment()  # the kernel or the launched processes inherit it
     if args.launch:
-        headless_environment()
         launch_script(notebook, given, run_dir, args.launch)
-        return report_run(run_dir)
-    headless_environment()  # the kernel inherits it
-    # papermill logs the cells' printed output at INFO; show it so a headless run reads like the notebook.
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    partial = run_dir / ".notebook.partial.ipynb"  # papermill saves as it goes; the final name only ever holds a whole file
-    try:
-        papermill.execute_notebook(
-            notebook,
-            str(partial),
-            parameters=given,
-            kernel_name="python3",
-            cwd=str(REPO_ROOT),
-            log_output=True,
-            progress_bar=False,
-        )
-    finally:
-        keep_whole_notebook(partial, run_dir / "notebook.ipynb")
+    else:
+        execute_notebook(notebook, given, run_dir)
     return report_run(run_dir)
 
 
