@@ -601,7 +601,7 @@ plot_pr_curves({"baseline": baseline_metrics[PR_CURVE_50], "fine-tuned": finetun
 
 # %%
 from helpers.detect import InferenceSettings, save_inference_settings
-from helpers.runtime import barrier, is_main_process, write_jsonl
+from helpers.runtime import barrier, write_jsonl
 from helpers.train import kept_checkpoint, save_trained_model
 
 save_trained_model(trainer, processor, run_dir / "model")
@@ -610,8 +610,7 @@ inference = InferenceSettings(
     max_pixels=max_pixels, max_new_tokens=max_new_tokens, loop_repeats=loop_repeats, duplicate_iou=duplicate_iou,
     base_model=model_path if use_lora else "",  # an adapter needs its base; whole weights need nothing else
 )
-if is_main_process():
-    save_inference_settings(run_dir / "model", inference)  # model/ alone is then enough to detect (section 11)
+save_inference_settings(run_dir / "model", inference)  # model/ alone is then enough to detect (section 11)
 write_json(run_dir / "metrics.json", metrics | {"train": train_metrics, "kept": kept_checkpoint(trainer.state, keep_checkpoint)})
 write_jsonl(run_dir / "predictions.jsonl", finetuned_records)
 write_jsonl(run_dir / "predictions_baseline.jsonl", baseline_records)

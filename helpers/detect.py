@@ -19,7 +19,6 @@ import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import torch
 from PIL import Image
 
 from helpers.evaluate.evaluation import detect_with_answer, load_image_input
@@ -28,6 +27,7 @@ from helpers.families.chat import detection_prompt, grounding_prompt
 from helpers.families.registry import Family, get_family
 from helpers.runtime.console import quiet_known_warnings
 from helpers.runtime.device import pick_device_and_dtype
+from helpers.runtime.run_folder import write_json
 
 INFERENCE_FILE = "inference.json"  # in model/, beside the weights
 BOX_DECIMALS = 1  # pixels: a tenth is finer than any annotation
@@ -62,10 +62,8 @@ class InferenceSettings:
 
 
 def save_inference_settings(model_dir: str | Path, settings: InferenceSettings) -> Path:
-    """Write ``inference.json`` into ``model_dir``."""
-    path = Path(model_dir) / INFERENCE_FILE
-    path.write_text(json.dumps(asdict(settings), indent=2) + "\n")
-    return path
+    """Write ``inference.json`` into ``model_dir`` (the main process only, as every run file)."""
+    return write_json(Path(model_dir) / INFERENCE_FILE, asdict(settings))
 
 
 def model_folder(path: str | Path) -> Path:
@@ -118,11 +116,10 @@ class Detector:
     def __call__(self, image: str | Path | Image.Image, classes: list[str] | None = None) -> DetectionResult:
         """Boxes for the trained classes (or ``classes``, a subset of them) in one image, with the raw answer."""
         prompt = self.settings.prompt(self.family, classes)
-        with torch.inference_mode():
-            boxes, raw_answer = detect_with_answer(
-                self.model, self.processor, image, family=self.family, prompt=prompt, max_new_tokens=self.settings.max_new_tokens,
-                system_prompt=self.settings.system_prompt, loop_repeats=self.settings.loop_repeats, duplicate_iou=self.settings.duplicate_iou,
-            )
+        boxes, raw_answer = detect_with_answer(
+            self.model, self.processor, image, family=self.family, prompt=prompt, max_new_tokens=self.settings.max_new_tokens,
+            system_prompt=self.settings.system_prompt, loop_repeats=self.settings.loop_repeats, duplicate_iou=self.settings.duplicate_iou,
+        )
         return DetectionResult(boxes, raw_answer, prompt)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import sys
 from pathlib import Path
 
 import pytest
@@ -54,13 +55,19 @@ def test_the_notebook_reads_a_few_entry_points():
     assert all(module.count(".") == 1 for module in modules), "the notebook imports packages' entry points, not their inner modules"
 
 
-def test_entry_points_name_only_what_exists():
+@pytest.mark.parametrize("package", ["runtime", "families", "data", "evaluate", "train"])
+def test_entry_points_name_only_what_exists(package):
     import importlib
 
-    for package in ("runtime", "families", "data", "evaluate", "train"):
-        module = importlib.import_module(f"helpers.{package}")
-        for name in dir(module):
-            getattr(module, name)  # each lazily exported name resolves to its module's definition
+    module = importlib.import_module(f"helpers.{package}")
+    names = dir(module)
+    assert names, f"helpers.{package} exports nothing"
+    for name in names:  # each exported name is its module's own definition, not a copy
+        value = getattr(module, name)
+        defined_in = {sub: getattr(importlib.import_module(sub), name, None) for sub in list(sys.modules) if sub.startswith(f"helpers.{package}.")}
+        assert any(found is value for found in defined_in.values()), f"helpers.{package}.{name}"
+    with pytest.raises(AttributeError, match=f"module 'helpers.{package}' has no attribute 'nonexistent'; it exports"):
+        getattr(module, "nonexistent")
 
 
 def test_the_readme_stays_short():

@@ -85,11 +85,11 @@ def evaluate_model(
     dataset = dataset.select(shard_indices(n_images))  # under a launcher each rank answers its share; one process: all
     system_prompts = dataset["system_prompt"] if "system_prompt" in dataset.column_names else None
     settings = replace(settings, synced_gpus=generation_needs_all_ranks())
-    # Images stay references, read lazily batch by batch.
-    generations = generate(model, processor, dataset["image"], list(dataset["prompt"]), settings, system_prompts, family.chat_template_kwargs)
+    images = dataset["image"]  # references, decoded batch by batch (read once: a hub split's column holds encoded bytes)
+    generations = generate(model, processor, images, list(dataset["prompt"]), settings, system_prompts, family.chat_template_kwargs)
     records = []
     columns = ["image_id", "width", "height", "objects", *(["crowd_regions"] if "crowd_regions" in dataset.column_names else [])]
-    for example, image, generation in zip(dataset.select_columns(columns), dataset["image"], generations):
+    for example, image, generation in zip(dataset.select_columns(columns), images, generations):
         image_size = (example["width"], example["height"])
         predictions, duplicates = drop_duplicate_boxes(scored_predictions(generation, family, image_size), duplicate_iou)
         records.append(
