@@ -98,6 +98,11 @@ def generation_prompt(processor, chat_template_kwargs: dict | None = None) -> st
     return with_prompt[len(without) :]
 
 
+def answer_for(objects: list[dict], family: Family, image_size: tuple[int, int], min_pixels: int, max_pixels: int) -> str:
+    """The target answer for ``objects`` (pixel boxes of an image of ``image_size``), in the frame of what the processor makes of it."""
+    return to_model_answer(objects, family, image_size, resized_size(family, *image_size, min_pixels, max_pixels))
+
+
 def add_chat_columns(
     dataset: Dataset, family: Family, prompts: str | list[str], min_pixels: int, max_pixels: int, system_prompt: str = ""
 ) -> Dataset:
@@ -105,10 +110,10 @@ def add_chat_columns(
     prompts = [prompts] * len(dataset) if isinstance(prompts, str) else list(prompts)
     if len(prompts) != len(dataset):
         raise ValueError(f"got {len(prompts)} prompts for {len(dataset)} records")
-    answers = []
-    for objects, width, height in zip(dataset["objects"], dataset["width"], dataset["height"]):
-        model_size = resized_size(family, width, height, min_pixels, max_pixels)
-        answers.append(to_model_answer(objects, family, (width, height), model_size))
+    answers = [
+        answer_for(objects, family, (width, height), min_pixels, max_pixels)
+        for objects, width, height in zip(dataset["objects"], dataset["width"], dataset["height"])
+    ]
     dataset = dataset.add_column("system_prompt", [system_prompt] * len(dataset))
     return dataset.add_column("prompt", prompts).add_column("answer", answers)
 

@@ -82,6 +82,9 @@ class Family:
     def __repr__(self) -> str:
         return f"Family({self.model_type!r})"  # the record's name; its fields are in FAMILIES
 
+    def __reduce__(self):
+        return get_family, (self.model_type,)  # a pickled record (a data-loader worker's copy) is the registry's own
+
     @property
     def resize_factor(self) -> int:
         """Image sides after the processor's resize are multiples of this (patch * merge)."""
