@@ -26,7 +26,7 @@
 from typing import Annotated  # each knob: name: Annotated[type, the values it allows] = default
 
 from helpers.parameters import AT_LEAST_0, AT_LEAST_1, ATTENTION, BBOX_FORMAT, FRACTION, NON_EMPTY, POSITIVE, QUANTIZATION  # noqa: I001
-from helpers.parameters import KEEP, REPEATS, REPORT_TO, RUN_NAME, SCHEDULE, SIDE_PX, STEPS, TASK
+from helpers.parameters import AUGMENTATION, KEEP, REPEATS, REPORT_TO, RUN_NAME, SCHEDULE, SIDE_PX, STEPS, TASK, WORKERS
 
 model_id: Annotated[str, NON_EMPTY] = "offline:qwen2_vl"  # hub id, local checkpoint dir, or "offline:<model_type>" (tiny random model built here; see helpers.families.registry)
 task: Annotated[str, TASK] = "detection"  # "detection": find every class in one answer; "grounding": the prompt names one class to find
@@ -50,6 +50,9 @@ synthetic_max_objects: Annotated[int, AT_LEAST_1] = 4  # 1..N objects per synthe
 synthetic_position_tint: bool = True  # red/green background tint along x/y: a sense of place for a random vision tower
 synthetic_square_images: bool = False  # square images of varied size (all resized to one grid when min_pixels equals max_pixels)
 synthetic_empty_fraction: Annotated[float, FRACTION] = 0.0  # share of synthetic images without objects (they teach the empty answer)
+augmentation: Annotated[str, AUGMENTATION] = "none"  # training images: "none", or "standard" (flip, scale, shift, crop, colour; boxes moved, answers rewritten)
+augmentation_flip: bool = True  # "standard" flips left-right; False for label sets with left/right meaning
+dataloader_num_workers: Annotated[int, WORKERS] = -1  # processes decoding and collating batches beside training (-1: 0 on CPU, up to 4 per GPU)
 min_pixels: Annotated[int, AT_LEAST_1] = 3136  # 56*56: smallest image area the processor resizes up to
 max_pixels: Annotated[int, AT_LEAST_1] = 50176  # 224*224: largest area (Qwen2-VL's default is 28*28*1280, 1003520)
 use_lora: bool = False  # False: full fine-tuning (the offline model starts from random weights)
@@ -204,6 +207,28 @@ scaling = check_coordinate_scaling(
 print(scaling_summary(scaling))
 
 # %% [markdown]
+# **Augmentation** (`augmentation="standard"`): each training sample is flipped, scaled, shifted,
+# cropped and recoloured at random, its boxes moved with it by albumentations (clipped at the border;
+# an object keeping under 30% of its area is dropped, an emptied image becomes a negative), and its
+# answer is written from the moved boxes in the family's frame. Seeded per sample and epoch from
+# `seed`; evaluation never augments. Each row: one image, then three epochs of it; below, the
+# coordinate check again, on augmented samples.
+
+# %%
+from helpers.data import augmented_examples, augmenter_for
+from helpers.evaluate import plot_augmentations
+
+augmenter = augmenter_for(augmentation, family, min_pixels=min_pixels, max_pixels=max_pixels, horizontal_flip=augmentation_flip)
+if augmenter is not None:
+    plot_augmentations(splits["train"], augmenter, seed, n_images=min(n_plot_images, 4), path=run_dir / "plots" / "augmentation.png")
+    augmented = augmented_examples(splits["train"], augmenter, seed=seed, n=n_scaling_check_images)
+    print(scaling_summary(check_coordinate_scaling(
+        augmented, processor, family, min_pixels=min_pixels, max_pixels=max_pixels, n_examples=n_scaling_check_images,
+        path=run_dir / "plots" / "coordinate_check_augmented.png",
+    )))
+print("augmentation:", augmentation)
+
+# %% [markdown]
 # ## 3. Formatting as chat messages
 #
 # Each record becomes a user turn (the image and an instruction naming the classes and the answer
@@ -268,20 +293,25 @@ summarize_trainables(model);
 # %% tags=["collators"]
 import torch
 
-from helpers.data import open_image
+from helpers.data import AUGMENTATION_COUNTS, batch_images_and_answers
 from helpers.families import IGNORE_INDEX, Family, format_detection_messages, generation_prompt, vision_token_ids
 
 
-def encode_chat_batch(processor, examples: list[dict], chat_template_kwargs: dict | None = None) -> dict:
+def encode_chat_batch(processor, examples: list[dict], chat_template_kwargs: dict | None = None, augmenter=None) -> dict:
     """Render each example's chat (system, user with image, assistant answer) and tokenise the batch."""
+    # Images are decoded here, one batch at a time. With an augmenter, a training sample's image and
+    # boxes are transformed first and its answer written from the moved boxes.
+    images, answers, counts = batch_images_and_answers(examples, augmenter)
     texts = [
         processor.apply_chat_template(
-            format_detection_messages(ex["prompt"], ex["answer"], ex["system_prompt"]), tokenize=False, **(chat_template_kwargs or {})
+            format_detection_messages(ex["prompt"], answer, ex["system_prompt"]), tokenize=False, **(chat_template_kwargs or {})
         )
-        for ex in examples
+        for ex, answer in zip(examples, answers)
     ]
-    images = [[open_image(ex["image"])] for ex in examples]  # decoded here, one batch at a time
-    return processor(text=texts, images=images, return_tensors="pt", padding=True)
+    batch = processor(text=texts, images=[[image] for image in images], return_tensors="pt", padding=True)
+    if counts is not None:
+        batch[AUGMENTATION_COUNTS] = counts.as_tensor()  # objects cut, images emptied: the trainer adds them up
+    return batch
 
 
 def find_subsequence_end(ids: list[int], pattern: list[int]) -> int:
@@ -328,9 +358,10 @@ print(f"input_ids {tuple(demo_batch['input_ids'].shape)}, {int((demo_batch['labe
 class AssistantOnlyCollator:
     """Batch examples; labels only on the assistant's answer and its end-of-turn token."""
 
-    def __init__(self, processor, chat_template_kwargs: dict | None = None):
+    def __init__(self, processor, chat_template_kwargs: dict | None = None, augmenter=None):
         self.processor = processor
         self.chat_template_kwargs = chat_template_kwargs
+        self.augmenter = augmenter  # transforms training samples (helpers.data.augment); None: as they are
         tokenizer = processor.tokenizer
         # The answer starts right after the generation prompt the template writes: "<|im_start|>assistant\n",
         # or for Qwen3.5 in non-thinking mode "<|im_start|>assistant\n<think>\n\n</think>\n\n", which the
@@ -339,7 +370,7 @@ class AssistantOnlyCollator:
         self.end_of_turn_id = tokenizer.convert_tokens_to_ids("<|im_end|>")
 
     def __call__(self, examples: list[dict]) -> dict:
-        batch = encode_chat_batch(self.processor, examples, self.chat_template_kwargs)
+        batch = encode_chat_batch(self.processor, examples, self.chat_template_kwargs, augmenter=self.augmenter)
         labels = torch.full_like(batch["input_ids"], IGNORE_INDEX)
         # Padding (<|endoftext|>) never matches the markers, so this works for either padding side.
         for row, ids in enumerate(batch["input_ids"].tolist()):
@@ -375,8 +406,8 @@ VerboseCollator(assistant_only, processor, max_samples=1)(demo_examples[:2]);
 class PaddingFreeCollator:
     """Assistant-only labels, the batch packed into one row with per-sample (4, 1, L) position ids."""
 
-    def __init__(self, processor, rope_index_fn, chat_template_kwargs: dict | None = None):
-        self.assistant_only = AssistantOnlyCollator(processor, chat_template_kwargs)
+    def __init__(self, processor, rope_index_fn, chat_template_kwargs: dict | None = None, augmenter=None):
+        self.assistant_only = AssistantOnlyCollator(processor, chat_template_kwargs, augmenter=augmenter)
         self.rope_index_fn = rope_index_fn  # the model's get_rope_index: M-RoPE rows need the image grids
 
     def __call__(self, examples: list[dict]) -> dict:
@@ -399,6 +430,8 @@ class PaddingFreeCollator:
         # No attention mask: the model then reads the sample boundaries from the restarting text positions.
         packed["pixel_values"] = padded["pixel_values"]
         packed["image_grid_thw"] = padded["image_grid_thw"]
+        if AUGMENTATION_COUNTS in padded:
+            packed[AUGMENTATION_COUNTS] = padded[AUGMENTATION_COUNTS]
         return packed
 
 
@@ -418,23 +451,24 @@ print(f"input_ids {tuple(demo_batch['input_ids'].shape)}, {int((demo_batch['labe
 # padding is compute the padding-free collator saves.
 
 # %% tags=["collators"]
-def choose_training_collator(processor, model, padding_free: bool, family: Family):
+def choose_training_collator(processor, model, padding_free: bool, family: Family, augmenter=None):
     """The collator to train with, and why: assistant-only, or padding-free where the family and the attention allow it."""
     chat_options = family.chat_template_kwargs
     if not padding_free:
-        return AssistantOnlyCollator(processor, chat_options), "assistant-only (padding_free is off)"
+        return AssistantOnlyCollator(processor, chat_options, augmenter), "assistant-only (padding_free is off)"
     if family.padding_free_refusal:
-        return AssistantOnlyCollator(processor, chat_options), f"assistant-only: {family.name} cannot be packed: {family.padding_free_refusal}"
+        reason = f"assistant-only: {family.name} cannot be packed: {family.padding_free_refusal}"
+        return AssistantOnlyCollator(processor, chat_options, augmenter), reason
     # Every attention the model loads with separates packed samples by their restarting position ids:
     # flash-attention through its variable-length kernel, sdpa and eager through a block-diagonal mask.
     attention = model.config._attn_implementation
     note = "" if attention.startswith("flash_attention") else ", correct but over a dense mask of the packed row"
-    return PaddingFreeCollator(processor, rope_index_fn(model), chat_options), f"padding-free with {attention}{note}"
+    return PaddingFreeCollator(processor, rope_index_fn(model), chat_options, augmenter=augmenter), f"padding-free with {attention}{note}"
 
 # %%
 from helpers.train import analyze_token_distribution
 
-collator, why = choose_training_collator(processor, model, padding_free=padding_free, family=family)
+collator, why = choose_training_collator(processor, model, padding_free=padding_free, family=family, augmenter=augmenter)
 print("training collator:", why)
 analyze_token_distribution(collator, splits["train"], processor, n=4 * per_device_train_batch_size, batch_size=per_device_train_batch_size);
 
@@ -467,10 +501,11 @@ print("first answer:", repr(baseline_records[0]["raw_text"][:200]))
 # The device decides precision, pinned memory and activation checkpointing, in one place:
 
 # %%
-from helpers.train import device_defaults
+from helpers.train import data_loader_settings, device_defaults
 
 device_settings = device_defaults(device, dtype)
-device_settings
+loader_settings = data_loader_settings(dataloader_num_workers, device)  # workers decode, augment and collate beside training
+device_settings | loader_settings
 
 # %% [markdown]
 # TRL's `SFTConfig`. Our collator tokenises, so TRL keeps the raw columns, leaves the dataset alone and
@@ -511,6 +546,7 @@ training_args = SFTConfig(
     disable_tqdm=is_headless(),  # headless runs print ConsoleLogCallback's lines instead of a progress table
     **best_model_settings(keep_checkpoint),  # the final weights, or the best checkpoint reloaded at the end
     **device_settings,  # bf16/fp16, pinned memory, activation checkpointing (and gloo DDP for CPU processes)
+    **loader_settings,  # dataloader_num_workers, persistent workers, prefetch
 )
 
 # %%
@@ -528,7 +564,7 @@ from helpers.train import ConsoleLogCallback, GradNormCallback, IoUEvalCallback,
 
 trainer = QwenVLSFTTrainer(
     model=model, args=training_args, train_dataset=splits["train"], eval_dataset=splits["eval"], data_collator=collator,
-    processing_class=processor,
+    processing_class=processor, augment_seed=seed if augmenter is not None else None,  # training samples seeded per epoch
 )
 callbacks = [GradNormCallback(), ConsoleLogCallback()]
 if iou_eval_images > 0:
@@ -551,6 +587,11 @@ train_result = trainer.train(resume_from_checkpoint=resume_from)
 from helpers.runtime import peak_memory_report
 
 train_metrics = train_result.metrics | peak_memory_report()  # measured before evaluation adds its own peak
+if augmenter is not None:  # what augmentation cut, into the data report beside what loading kept and skipped
+    augmentation_counts = trainer.augmentation_counts().as_dict()
+    write_json(run_dir / "data_report.json", {name: report.as_dict() for name, report in load_reports.items()}
+               | {"augmentation": {"policy": augmentation, **augmentation_counts}})
+    print("augmentation:", augmentation_counts)
 train_metrics
 
 # %% [markdown]
@@ -648,6 +689,7 @@ detector = Detector.from_folder(run_dir, quantization=quantization, attn_impleme
 detector.settings
 
 # %%
+from helpers.data import open_image
 from helpers.evaluate import plot_image_grid
 
 held_out = splits["test"][0]

@@ -8,6 +8,7 @@ that acts on it and imported here; the rule classes are in ``helpers.runtime.che
 
 from __future__ import annotations
 
+from helpers.data.augment import AUGMENTATIONS
 from helpers.data.records import BBOX_FORMATS
 from helpers.families.chat import TASKS
 from helpers.runtime.checks import Choice, Either, NonEmpty, Range, RunName, check_parameters
@@ -27,7 +28,8 @@ NON_EMPTY = NonEmpty()
 RUN_NAME = RunName()
 TASK, BBOX_FORMAT, QUANTIZATION = Choice(TASKS), Choice(BBOX_FORMATS), Choice(QUANTIZATION_CHOICES)
 ATTENTION, SCHEDULE, REPORT_TO = Choice(ATTENTION_CHOICES), Choice(SCHEDULES), Choice(REPORT_TO_CHOICES)
-KEEP = Choice(KEEP_CHOICES)
+KEEP, AUGMENTATION = Choice(KEEP_CHOICES), Choice(AUGMENTATIONS)
+WORKERS = Either((Choice((-1,)), AT_LEAST_0))  # -1: chosen for the device (helpers.train.config.data_loader_settings)
 # Pairs whose first value may not exceed the second.
 ORDERED_PAIRS = (("synthetic_min_side_px", "synthetic_max_side_px"), ("min_pixels", "max_pixels"))
 

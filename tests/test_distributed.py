@@ -93,13 +93,13 @@ LAUNCH_OVERRIDES = ["-p", "max_steps", "6", "-p", "eval_steps", "3", "-p", "save
                     "-p", "per_device_train_batch_size", "4", "-p", "per_device_eval_batch_size", "4"]
 
 
-def launched_run(tmp_path: Path, name: str, processes: int, accumulation: int) -> tuple[Path, dict]:
+def launched_run(tmp_path: Path, name: str, processes: int, accumulation: int, augmentation: str = "none") -> tuple[Path, dict]:
     """The smoke preset through the documented launch command; returns the run folder and each rank's written files."""
     audit = tmp_path / f"audit-{name}"
     audit.mkdir()
     launcher = f"{sys.executable} -m torch.distributed.run --standalone --nproc_per_node {processes} tests/launch_audit.py"
     command = [sys.executable, "-m", "helpers.run_notebook", "--preset", "params/offline_smoke.yaml", *LAUNCH_OVERRIDES,
-               "-p", "gradient_accumulation_steps", str(accumulation), "-p", "run_name", name, "-p", "output_root", str(tmp_path / "outputs"),
+               "-p", "gradient_accumulation_steps", str(accumulation), "-p", "augmentation", augmentation, "-p", "run_name", name, "-p", "output_root", str(tmp_path / "outputs"),
                "-p", "offline_model_dir", str(tmp_path / "outputs" / ".offline_models"), "--launch", launcher]
     result = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, env={**os.environ, "WRITE_AUDIT_DIR": str(audit)})
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
@@ -116,9 +116,12 @@ def run_files(run_dir: Path) -> set[str]:
 
 
 @pytest.mark.slow
-def test_two_gloo_processes_equal_one_process_with_the_same_effective_batch(tmp_path):
-    one_dir, _ = launched_run(tmp_path, "one", processes=1, accumulation=2)
-    two_dir, writes = launched_run(tmp_path, "two", processes=2, accumulation=1)
+@pytest.mark.parametrize("augmentation", ["none", "standard"])  # augmented samples are seeded per sample, not per process
+def test_two_gloo_processes_equal_one_process_with_the_same_effective_batch(tmp_path, augmentation):
+    one_dir, _ = launched_run(tmp_path, "one", processes=1, accumulation=2, augmentation=augmentation)
+    two_dir, writes = launched_run(tmp_path, "two", processes=2, accumulation=1, augmentation=augmentation)
+    one_report, two_report = (json.loads((d / "data_report.json").read_text()) for d in (one_dir, two_dir))
+    assert two_report == one_report  # augmentation's counts summed over both processes
     one_log = json.loads((one_dir / "log_history.json").read_text())
     two_log = json.loads((two_dir / "log_history.json").read_text())
     losses = [[entry["loss"] for entry in log if "loss" in entry] for log in (one_log, two_log)]

@@ -6,6 +6,6 @@ __getattr__, __dir__ = lazy_exports(__name__, {
     "generation": ("GenerationSettings", "decoding_config", "explicit_settings", "unused_generation_settings"),
     "evaluation": ("detect", "detect_with_answer", "evaluate_model"),
     "metrics": ("MAP_50", "MEAN_IOU", "N_LOOPING_ANSWERS", "PARSE_FAILURE_RATE", "PR_CURVE_50", "format_comparison"),
-    "plotting": ("plot_before_after", "plot_image_grid", "plot_pr_curves", "plot_samples", "plot_training_curves"),
+    "plotting": ("plot_augmentations", "plot_before_after", "plot_image_grid", "plot_pr_curves", "plot_samples", "plot_training_curves"),
     "scaling_check": ("check_coordinate_scaling", "scaling_summary"),
 })

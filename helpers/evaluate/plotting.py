@@ -10,6 +10,7 @@ from matplotlib.patches import Rectangle
 from PIL import Image
 
 from helpers.runtime.distributed import is_main_process
+from helpers.data.augment import Augmenter, sample_seed
 from helpers.data.images import open_image
 from helpers.evaluate.metrics import EVAL_LOSS, EVAL_MEAN_IOU, EVAL_PARSE_FAILURE_RATE, GRAD_NORM, GRAD_NORM_CLIPPED, LEARNING_RATE, LOSS
 
@@ -81,6 +82,25 @@ def plot_samples(dataset, n: int, path: str | Path) -> Figure:
         path,
         frames=frames,
     )
+
+
+def plot_augmentations(dataset, augmenter: Augmenter, seed: int, n_images: int, path: str | Path, epochs: int = 3) -> Figure:
+    """Each of the first ``n_images`` training images as loaded, then as ``epochs`` epochs augment it, with their boxes."""
+    decoded, frames = first_images(dataset, n_images)
+    images, box_sets, titles, grid_frames = [], [], [], []
+    for index, (image, frame) in enumerate(zip(decoded, frames)):
+        example = dataset[index]
+        images.append(image)
+        box_sets.append([(example["objects"], GROUND_TRUTH_COLOR, "-")])
+        titles.append(f"#{example['image_id']} as loaded, {len(example['objects'])} objects")
+        grid_frames.append(frame)
+        for epoch in range(epochs):
+            sample = augmenter(example, sample_seed(seed, epoch, index))
+            images.append(sample.image)
+            box_sets.append([(sample.objects, GROUND_TRUTH_COLOR, "-")])
+            titles.append(f"epoch {epoch}: {sample.image.width}x{sample.image.height}px, {sample.counts.objects_cut} cut")
+            grid_frames.append(sample.image.size)
+    return plot_image_grid(images, box_sets, titles, path, columns=epochs + 1, frames=grid_frames)
 
 
 def plot_before_after(dataset, baseline_records: list[dict], finetuned_records: list[dict], n: int, path: str | Path) -> Figure:

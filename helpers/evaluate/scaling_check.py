@@ -46,13 +46,14 @@ def quantum_px(family: Family, image_size: tuple[int, int], model_size: tuple[in
 def check_coordinate_scaling(
     dataset, processor, family: Family, min_pixels: int, max_pixels: int, n_examples: int, path: str | Path
 ) -> dict:
-    """Compare ground truth with boxes decoded from the target text for ``n_examples`` images.
+    """Compare ground truth with boxes decoded from the target text for ``n_examples`` images of a split (or a list of its rows).
 
     Returns ``{"worst_error_px", "ok", "examples": [...]}`` and saves a picture to ``path``: each
     row is the original image with its ground truth and the model's input with the decoded boxes.
     """
     images, box_sets, titles, examples, frames = [], [], [], [], []
-    for example in dataset.select(range(min(n_examples, len(dataset)))):
+    rows = dataset.select(range(min(n_examples, len(dataset)))) if hasattr(dataset, "select") else dataset[:n_examples]  # a split or rows
+    for example in rows:
         image_size = (example["width"], example["height"])
         model_size = resized_size(family, *image_size, min_pixels, max_pixels)
         original = open_image(example["image"])  # the image as loaded (a cached copy is already at the model's size)

@@ -5,7 +5,7 @@ from helpers.runtime.entry_points import lazy_exports
 __getattr__, __dir__ = lazy_exports(__name__, {
     "model": ("load_model", "load_model_and_processor", "weights_dtype"),
     "lora": ("count_parameters", "lora_config", "summarize_trainables", "wrap_lora"),
-    "config": ("best_model_settings", "device_defaults", "kept_checkpoint", "print_training_config"),
+    "config": ("best_model_settings", "data_loader_settings", "device_defaults", "kept_checkpoint", "print_training_config"),
     "resume": ("resolve_resume",),
     "trainer": ("QwenVLSFTTrainer",),
     "callbacks": ("ConsoleLogCallback", "GradNormCallback", "IoUEvalCallback", "attach_callbacks"),

@@ -6,12 +6,13 @@ Nothing here imports TRL: the parameter rules read ``SCHEDULES`` before any mode
 from __future__ import annotations
 
 import math
+import os
 from typing import TYPE_CHECKING
 
 import torch
 
 from helpers.evaluate.metrics import EVAL_LOSS, EVAL_MEAN_IOU
-from helpers.runtime.distributed import is_distributed, weights_are_sharded_by_fsdp
+from helpers.runtime.distributed import is_distributed, local_world_size, weights_are_sharded_by_fsdp
 
 if TYPE_CHECKING:
     from trl import SFTConfig
@@ -21,6 +22,7 @@ SCHEDULES = ("cosine", "linear", "constant_with_warmup")  # the learning-rate sc
 # (its log key, and whether higher is better).
 KEEP_CHECKPOINT: dict[str, tuple[str, bool] | None] = {"last": None, "best_eval_loss": (EVAL_LOSS, False), "best_eval_iou": (EVAL_MEAN_IOU, True)}
 KEEP_CHOICES = tuple(KEEP_CHECKPOINT)
+GPU_WORKERS = 4  # data-loader workers a GPU process needs at the GPU presets (benchmarks/data_path.py, docs/speed.md)
 
 
 def best_checkpoint_problem(keep_checkpoint: str, save_steps: int, eval_steps: int, iou_eval_images: int) -> str | None:
@@ -65,6 +67,24 @@ def device_defaults(device: str, dtype: torch.dtype) -> dict:
         # Several CPU processes under a launcher: without use_cpu the Trainer starts no process group and
         # each process trains alone (measured with torchrun); with it, DDP over gloo. One process: unchanged.
         **({"use_cpu": True} if device == "cpu" and is_distributed() else {}),
+    }
+
+
+def default_workers(device: str, cpu_count: int | None = None) -> int:
+    """Data-loader workers per training process when ``dataloader_num_workers`` is -1 (benchmarks/data_path.py measured why)."""
+    if not device.startswith("cuda"):
+        return 0  # the CPU step already uses every core: a worker only competes with it
+    cores = (cpu_count or os.cpu_count() or 1) // max(local_world_size(), 1)
+    return max(0, min(GPU_WORKERS, cores - 1))  # one core stays with the process that drives the GPU
+
+
+def data_loader_settings(num_workers: int, device: str) -> dict:
+    """The ``SFTConfig`` data-loader fields: ``num_workers`` worker processes (-1: the device's default), kept alive and prefetching."""
+    workers = default_workers(device) if num_workers == -1 else num_workers
+    return {
+        "dataloader_num_workers": workers,
+        "dataloader_persistent_workers": workers > 0,  # workers start once, not at every epoch and evaluation
+        "dataloader_prefetch_factor": 2 if workers > 0 else None,  # batches each worker prepares ahead
     }
 
 

@@ -8,9 +8,11 @@ import torch
 from transformers.trainer import SAFE_WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_NAME
 from trl import SFTTrainer
 
+from helpers.data.augment import AUGMENTATION_COUNTS, AugmentationCounts, EpochSampler, EpochTaggedSplit
+
 
 class QwenVLSFTTrainer(SFTTrainer):
-    """TRL's ``SFTTrainer`` with two Qwen-VL fixes: resume restores full-model weights, and padding-free token counts.
+    """TRL's ``SFTTrainer`` with two Qwen-VL fixes (resume restores full-model weights, padding-free token counts) and seeded augmentation.
 
     Resume: ``save_pretrained`` writes Qwen-VL weights in the original hub layout (``model.layers``,
     ``visual``), while the loaded model names them ``model.language_model`` / ``model.visual``.
@@ -21,7 +23,37 @@ class QwenVLSFTTrainer(SFTTrainer):
 
     Token count: without an attention mask TRL counts a batch's tokens as ``position_ids.size(1)``,
     which for Qwen-VL's (4, 1, L) packed positions is 1; the logged ``num_tokens`` gets the rest.
+
+    Augmentation (``augment_seed`` given): the training loader reads the split through
+    ``EpochTaggedSplit`` with an ``EpochSampler``, so each training sample carries its transform seed
+    for the epoch, in any worker; the evaluation loader reads the plain split and is never augmented.
+    The counts each augmented batch carries are added up here (``augmentation_counts``).
     """
+
+    def __init__(self, *args, augment_seed: int | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.augment_seed = augment_seed
+        self._augmentation_counts = AugmentationCounts()
+
+    def get_train_dataloader(self):
+        if self.augment_seed is None:
+            return super().get_train_dataloader()
+        seed = self.augment_seed
+        return self._get_dataloader(
+            dataset=EpochTaggedSplit(self.train_dataset, seed), description="Training", batch_size=self._train_batch_size,
+            sampler_fn=lambda dataset: EpochSampler(len(dataset), seed), is_training=True,
+        )
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        counts = inputs.pop(AUGMENTATION_COUNTS, None)  # the model takes no such argument
+        if counts is not None:
+            self._augmentation_counts.add(AugmentationCounts.from_tensor(counts))
+        return super().training_step(model, inputs, num_items_in_batch)
+
+    def augmentation_counts(self) -> AugmentationCounts:
+        """What augmentation did to the samples trained on so far, summed over every process (all must call this)."""
+        counts = self._augmentation_counts.as_tensor().to(self.accelerator.device)
+        return AugmentationCounts.from_tensor(self.accelerator.reduce(counts, reduction="sum").cpu())
 
     def create_model_card(self, *args, **kwargs) -> None:
         # TRL writes a README.md into every checkpoint naming the base model by its hub id; for a local or offline
