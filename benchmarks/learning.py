@@ -39,9 +39,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def run_one(preset: str, family: str, output_root: str, overrides: list[list[str]]) -> dict:
-    """Run one preset on one family through the notebook; return its figures and wall time."""
-    run_name = f"learning-{preset.replace('_', '-')}-{family.replace('_', '-')}"
+def run_one(preset: str, family: str, output_root: str, overrides: list[list[str]], run_name: str | None = None) -> dict:
+    """Run one preset on one family through the notebook (in ``output_root/run_name``); return its figures and wall time."""
+    run_name = run_name or f"learning-{preset.replace('_', '-')}-{family.replace('_', '-')}"
     command = [sys.executable, "-m", "helpers.run_notebook", "--preset", str(REPO_ROOT / "params" / f"{preset}.yaml"), "--overwrite",
                "-p", "model_id", f"offline:{family}", "-p", "run_name", run_name, "-p", "output_root", output_root]
     for name, value in overrides:

@@ -16,10 +16,23 @@ from helpers.families.registry import get_family
 
 
 def test_collator_throughput_reports_each_collator_and_the_training_step(tmp_path, capsys, load_benchmark):
-    results = load_benchmark("collator_throughput").main(["--batches", "2", "--batch-size", "2", "--model-dir", str(tmp_path)])
-    assert set(results) == {"vision+padding masking", "assistant-only", "padding-free", "training step"}
+    results = load_benchmark("collator_throughput").main(["--batches", "2", "--batch-size", "2", "--model-dir", str(tmp_path),
+                                                          "--workers", "0", "1"])
+    fed = {f"{kind} {policy} {workers} workers" for kind in ("fed", "data wait share") for policy in ("none", "standard") for workers in (0, 1)}
+    assert set(results) == {"vision+padding masking", "assistant-only", "padding-free", "training step"} | fed
     assert all(rate > 0 for rate in results.values())
-    assert "vs training" in capsys.readouterr().out
+    assert all(0 <= results[f"data wait share {policy} {workers} workers"] < 1 for policy in ("none", "standard") for workers in (0, 1))
+    out = capsys.readouterr().out
+    assert "vs training" in out and "data wait" in out
+
+
+def test_data_path_measures_each_worker_against_the_gpu(tmp_path, capsys, load_benchmark):
+    rows = load_benchmark("data_path").main(["--n", "2", "--photo-size", "640x480", "--families", "qwen2_vl", "--folder", str(tmp_path)])
+    assert [(row["cache"], row["augmentation"]) for row in rows] == [(True, "none"), (True, "standard"), (False, "none"), (False, "standard")]
+    for row in rows:
+        assert row["worker_samples_per_s"] > 0 and row["flops_per_sample"] > 1e12  # a 2B model on a photo: teraFLOPs
+        assert row["workers_needed"] == -(-row["gpu_samples_per_s"] // row["worker_samples_per_s"])
+    assert "| Qwen2-VL | cached | none |" in capsys.readouterr().out
 
 
 def test_eval_throughput_generates_the_same_answers_both_ways_and_prints_their_rates(tmp_path, capsys, load_benchmark):
