@@ -15,7 +15,6 @@ and seed, each arm's mean, and the difference; the figures also go to
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 from pathlib import Path
@@ -24,7 +23,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))  # the benchmarks run as scripts from anywhere
 sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
 
-from learning import run_one  # noqa: E402
+from learning import run_one, save_figures  # noqa: E402
 
 from helpers.data.augment import AUGMENTATIONS  # noqa: E402
 from helpers.evaluate.metrics import MAP_50, MAP_50_95  # noqa: E402
@@ -70,10 +69,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
             figures = run_one(args.preset, args.family, args.output_root, overrides, run_name=run_name)
             rows.append(figures | {"arm": arm, "seed": seed, "train_size": args.train_size})
             print(format_table(rows[-1:]).splitlines()[2], flush=True)
-    print(format_table(rows))
-    summary = REPO_ROOT / args.output_root / "augmentation_benchmark.json"
-    summary.write_text(json.dumps(rows, indent=2))
-    print(f"figures: {summary}")
+    save_figures(rows, format_table(rows), args.output_root, "augmentation_benchmark")
     return rows
 
 

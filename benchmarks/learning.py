@@ -74,6 +74,15 @@ def format_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def save_figures(rows: list[dict], table: str, output_root: str, name: str) -> Path:
+    """Print the table and write the figures to ``<output_root>/<name>.json``."""
+    print(table)
+    summary = REPO_ROOT / output_root / f"{name}.json"
+    summary.write_text(json.dumps(rows, indent=2))
+    print(f"figures: {summary}")
+    return summary
+
+
 def main(argv: list[str] | None = None) -> list[dict]:
     """Run every preset on every family; print the table and save the figures."""
     args = parse_args(sys.argv[1:] if argv is None else argv)
@@ -82,10 +91,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         for family in args.families:
             rows.append(run_one(preset, family, args.output_root, args.p))
             print(format_table(rows[-1:]).splitlines()[-1], flush=True)
-    print(format_table(rows))
-    summary = REPO_ROOT / args.output_root / "learning_benchmark.json"
-    summary.write_text(json.dumps(rows, indent=2))
-    print(f"figures: {summary}")
+    save_figures(rows, format_table(rows), args.output_root, "learning_benchmark")
     return rows
 
 

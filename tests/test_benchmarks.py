@@ -165,3 +165,11 @@ def test_data_loading_builds_the_cache_once_and_reads_it_back(tmp_path, capsys, 
         assert result["batch_tokens"] > 0 and result["peak_rss_mib"] > 0
     assert sorted(figures["results"]) == [1, 4]
     assert "peak RSS 4 / 1 photos" in capsys.readouterr().out
+
+
+def test_augmentation_table_gives_each_arms_mean_and_gain(load_benchmark):
+    rows = [{"arm": arm, "seed": seed, "finetuned_map_50": m50, "finetuned_map_50_95": m, "train_s": 1.0}
+            for arm, seed, m50, m in (("none", 1, 0.1, 0.02), ("standard", 1, 0.3, 0.1), ("none", 2, 0.2, 0.04), ("standard", 2, 0.2, 0.06))]
+    table = load_benchmark("augmentation").format_table(rows)
+    assert "| **none**, mean | | 0.150 | 0.030 | |" in table
+    assert "| **standard**, mean | | 0.250 | 0.080 | (+0.100 mAP@.5 over none) |" in table
