@@ -298,6 +298,7 @@ def test_the_trainer_reads_training_samples_seeded_per_epoch_and_adds_up_the_cou
     assert AUGMENTATION_COUNTS not in next(iter(plain.get_train_dataloader()))  # no augment_seed: as before
 
 
+@pytest.mark.slow
 def test_a_run_with_augmentation_and_workers_reports_what_it_cut(run_notebook, tmp_path):
     result = run_notebook(tmp_path, "augmentation=standard", "dataloader_num_workers=1")
     assert result.returncode == 0, result.stderr[-3000:]
