@@ -181,7 +181,8 @@ with main_process_first():  # the image cache is built once
 from helpers.data import dataset_class_names, format_data_report
 
 class_names = dataset_class_names(splits["train"])
-write_json(run_dir / "data_report.json", {name: report.as_dict() for name, report in load_reports.items()})
+data_report = {name: report.as_dict() for name, report in load_reports.items()}
+write_json(run_dir / "data_report.json", data_report)
 print({name: len(ds) for name, ds in splits.items()}, "classes:", class_names)
 print(format_data_report(load_reports))
 print("\n".join(message for report in load_reports.values() for message in report.examples[:5]))
@@ -564,7 +565,7 @@ from helpers.train import ConsoleLogCallback, GradNormCallback, IoUEvalCallback,
 
 trainer = QwenVLSFTTrainer(
     model=model, args=training_args, train_dataset=splits["train"], eval_dataset=splits["eval"], data_collator=collator,
-    processing_class=processor, augment_seed=seed if augmenter is not None else None,  # training samples seeded per epoch
+    processing_class=processor, augment=augmenter is not None,  # training samples seeded per sample and epoch from `seed`
 )
 callbacks = [GradNormCallback(), ConsoleLogCallback()]
 if iou_eval_images > 0:
@@ -589,8 +590,7 @@ from helpers.runtime import peak_memory_report
 train_metrics = train_result.metrics | peak_memory_report()  # measured before evaluation adds its own peak
 if augmenter is not None:  # what augmentation cut, into the data report beside what loading kept and skipped
     augmentation_counts = trainer.augmentation_counts().as_dict()
-    write_json(run_dir / "data_report.json", {name: report.as_dict() for name, report in load_reports.items()}
-               | {"augmentation": {"policy": augmentation, **augmentation_counts}})
+    write_json(run_dir / "data_report.json", data_report | {"augmentation": {"policy": augmentation, **augmentation_counts}})
     print("augmentation:", augmentation_counts)
 train_metrics
 

@@ -278,11 +278,11 @@ def test_the_trainer_reads_training_samples_seeded_per_epoch_and_adds_up_the_cou
     args = SFTConfig(output_dir=str(tmp_path), per_device_train_batch_size=2, max_steps=1, report_to=[], use_cpu=True,
                      remove_unused_columns=False, dataset_kwargs={"skip_prepare_dataset": True}, max_length=None)
     trainer = QwenVLSFTTrainer(model=model, args=args, train_dataset=split, eval_dataset=split, data_collator=collator,
-                               processing_class=processor, augment_seed=3)
+                               processing_class=processor, augment=True)
     loader = trainer.get_train_dataloader()
     loader.set_epoch(1)  # what the training loop does before each epoch, and on resume
     batches = [dict(batch) for batch in loader]
-    assert same_batches(batches, collator_batches(collator, split, seed=3, workers=0, epochs=(1,)))
+    assert same_batches(batches, collator_batches(collator, split, seed=args.seed, workers=0, epochs=(1,)))  # the run's seed
     resumed = skip_first_batches(loader, 1)  # a resume mid-epoch, in the training loop's order: skip, then set the epoch
     resumed.set_epoch(1)
     assert same_batches([dict(batch) for batch in resumed], batches[1:])
@@ -295,7 +295,7 @@ def test_the_trainer_reads_training_samples_seeded_per_epoch_and_adds_up_the_cou
     assert AUGMENTATION_COUNTS not in batch
     assert trainer.augmentation_counts() == carried and carried.images == 2
     plain = QwenVLSFTTrainer(model=model, args=args, train_dataset=split, data_collator=collator, processing_class=processor)
-    assert AUGMENTATION_COUNTS not in next(iter(plain.get_train_dataloader()))  # no augment_seed: as before
+    assert AUGMENTATION_COUNTS not in next(iter(plain.get_train_dataloader()))  # augment off: as before
 
 
 @pytest.mark.slow

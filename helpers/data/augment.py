@@ -24,7 +24,7 @@ import torch
 from PIL import Image
 
 from helpers.data.images import decode_image, image_bytes, open_image
-from helpers.families.boxes import resized_size
+from helpers.families.boxes import clip_xyxy, resized_size
 from helpers.families.chat import answer_for
 from helpers.families.registry import Family
 
@@ -135,11 +135,9 @@ class Augmenter:
         """Decode ``example``'s image, transform it with its boxes under ``seed``, and write the answer."""
         image = self.model_sized_image(example)
         # A cached or shrunk image is smaller than the record says; the record's boxes are in original pixels.
-        scale_x, scale_y = image.width / example["width"], image.height / example["height"]
-        boxes = [
-            [min(max(v * s, 0.0), limit) for v, s, limit in zip(obj["bbox_xyxy_px"], (scale_x, scale_y) * 2, (image.width, image.height) * 2)]
-            for obj in example["objects"]
-        ]
+        sx, sy = image.width / example["width"], image.height / example["height"]
+        boxes = [clip_xyxy([x1 * sx, y1 * sy, x2 * sx, y2 * sy], image.width, image.height)
+                 for x1, y1, x2, y2 in (obj["bbox_xyxy_px"] for obj in example["objects"])]
         self.transform.set_random_seed(seed)
         out = self.transform(image=np.asarray(image), bboxes=np.asarray(boxes, dtype=np.float32).reshape(-1, 4),
                              object_index=list(range(len(boxes))))

@@ -86,14 +86,13 @@ def plot_samples(dataset, n: int, path: str | Path) -> Figure:
 
 def plot_augmentations(dataset, augmenter: Augmenter, seed: int, n_images: int, path: str | Path, epochs: int = 3) -> Figure:
     """Each of the first ``n_images`` training images as loaded, then as ``epochs`` epochs augment it, with their boxes."""
-    decoded, frames = first_images(dataset, n_images)
     images, box_sets, titles, grid_frames = [], [], [], []
-    for index, (image, frame) in enumerate(zip(decoded, frames)):
+    for index in range(min(n_images, len(dataset))):
         example = dataset[index]
-        images.append(image)
+        images.append(open_image(example["image"]))
         box_sets.append([(example["objects"], GROUND_TRUTH_COLOR, "-")])
         titles.append(f"#{example['image_id']} as loaded, {len(example['objects'])} objects")
-        grid_frames.append(frame)
+        grid_frames.append((example["width"], example["height"]))  # a cached copy is stretched over the record's frame
         for epoch in range(epochs):
             sample = augmenter(example, sample_seed(seed, epoch, index))
             images.append(sample.image)

@@ -24,21 +24,21 @@ class QwenVLSFTTrainer(SFTTrainer):
     Token count: without an attention mask TRL counts a batch's tokens as ``position_ids.size(1)``,
     which for Qwen-VL's (4, 1, L) packed positions is 1; the logged ``num_tokens`` gets the rest.
 
-    Augmentation (``augment_seed`` given): the training loader reads the split through
+    Augmentation (``augment=True``, the collator holding an augmenter): the training loader reads the split through
     ``EpochTaggedSplit`` with an ``EpochSampler``, so each training sample carries its transform seed
     for the epoch, in any worker; the evaluation loader reads the plain split and is never augmented.
     The counts each augmented batch carries are added up here (``augmentation_counts``).
     """
 
-    def __init__(self, *args, augment_seed: int | None = None, **kwargs):
+    def __init__(self, *args, augment: bool = False, **kwargs):
         super().__init__(*args, **kwargs)
-        self.augment_seed = augment_seed
+        self.augment = augment
         self._augmentation_counts = AugmentationCounts()
 
     def get_train_dataloader(self):
-        if self.augment_seed is None:
+        if not self.augment:
             return super().get_train_dataloader()
-        seed = self.augment_seed
+        seed = self.args.seed  # the run's seed: transforms and order are drawn from it per sample and epoch
         return self._get_dataloader(
             dataset=EpochTaggedSplit(self.train_dataset, seed), description="Training", batch_size=self._train_batch_size,
             sampler_fn=lambda dataset: EpochSampler(len(dataset), seed), is_training=True,
