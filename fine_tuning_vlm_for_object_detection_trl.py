@@ -26,7 +26,7 @@
 from typing import Annotated  # each knob: name: Annotated[type, the values it allows] = default
 
 from helpers.parameters import AT_LEAST_0, AT_LEAST_1, ATTENTION, BBOX_FORMAT, FRACTION, NON_EMPTY, POSITIVE, QUANTIZATION  # noqa: I001
-from helpers.parameters import AUGMENTATION, KEEP, REPEATS, REPORT_TO, RUN_NAME, SCHEDULE, SIDE_PX, STEPS, TASK, WORKERS
+from helpers.parameters import AUGMENTATION, KEEP, REPEATS, REPORT_TO, RUN_NAME, SCHEDULE, SIDE_PX, STEPS, TASK, TILE_MERGE, TILE_PX, WORKERS
 
 model_id: Annotated[str, NON_EMPTY] = "offline:qwen2_vl"  # hub id, local checkpoint dir, or "offline:<model_type>" (tiny random model built here; see helpers.families.registry)
 task: Annotated[str, TASK] = "detection"  # "detection": find every class in one answer; "grounding": the prompt names one class to find
@@ -50,9 +50,17 @@ synthetic_max_objects: Annotated[int, AT_LEAST_1] = 4  # 1..N objects per synthe
 synthetic_position_tint: bool = True  # red/green background tint along x/y: a sense of place for a random vision tower
 synthetic_square_images: bool = False  # square images of varied size (all resized to one grid when min_pixels equals max_pixels)
 synthetic_empty_fraction: Annotated[float, FRACTION] = 0.0  # share of synthetic images without objects (they teach the empty answer)
+synthetic_object_px: list = []  # [smallest, largest] shape side in pixels (small objects in big images); empty: 20-40% of the short side
 augmentation: Annotated[str, AUGMENTATION] = "none"  # training images: "none", or "standard" (flip, scale, shift, crop, colour; boxes moved, answers rewritten)
 augmentation_flip: bool = True  # "standard" flips left-right; False for label sets with left/right meaning
 dataloader_num_workers: Annotated[int, WORKERS] = -1  # processes decoding and collating batches beside training (-1: 0 on CPU, up to 4 per GPU)
+tile_px: Annotated[int, TILE_PX] = 0  # small objects in big images: train on square tiles this many px a side and detect tile by tile (0: whole images)
+tile_overlap_px: Annotated[int, AT_LEAST_0] = 64  # overlap of neighbouring tiles; as large as the largest object, so one tile holds it whole
+tile_min_visibility: Annotated[float, FRACTION] = 0.5  # a training tile keeps an object showing at least this share of its area
+tile_negative_ratio: Annotated[float, FRACTION] = 0.2  # at most this share of training tiles are empty (1: keep every empty tile)
+tile_full_image_pass: bool = True  # sliced inference also answers the whole image, for objects larger than a tile
+tile_merge: Annotated[str, TILE_MERGE] = "nmm"  # boxes of one object from several tiles: "nmm" merges them into their union, "nms" keeps the best
+tile_merge_threshold: Annotated[float, FRACTION] = 0.5  # same-class boxes overlapping this much (intersection over the smaller box) are one object
 min_pixels: Annotated[int, AT_LEAST_1] = 3136  # 56*56: smallest image area the processor resizes up to
 max_pixels: Annotated[int, AT_LEAST_1] = 50176  # 224*224: largest area (Qwen2-VL's default is 28*28*1280, 1003520)
 use_lora: bool = False  # False: full fine-tuning (the offline model starts from random weights)
@@ -161,7 +169,9 @@ from helpers.data import IMAGE_CACHE_FOLDER, ImageLoading, LoadOptions, image_ca
 from helpers.runtime import expand_path
 
 cache_root = expand_path(output_root) / IMAGE_CACHE_FOLDER
-cache = image_cache_for(cache_root, dataset_source, family=family, min_pixels=min_pixels, max_pixels=max_pixels) if image_cache else None
+# Tiles are cut from full-resolution images, so tiling reads the originals (the tiles themselves are kept small).
+use_cache = image_cache and not tile_px
+cache = image_cache_for(cache_root, dataset_source, family=family, min_pixels=min_pixels, max_pixels=max_pixels) if use_cache else None
 load_options = LoadOptions(
     bbox_format=dataset_bbox_format, known_classes=dataset_classes, strict=data_strict, loading=ImageLoading(cache=cache),
     seed=seed, synthetic=synthetic_options(params),
@@ -186,6 +196,31 @@ write_json(run_dir / "data_report.json", data_report)
 print({name: len(ds) for name, ds in splits.items()}, "classes:", class_names)
 print(format_data_report(load_reports))
 print("\n".join(message for report in load_reports.values() for message in report.examples[:5]))
+
+# %% [markdown]
+# **Tiles** (`tile_px` > 0): each training and eval image becomes its overlapping tiles, boxes clipped to each
+# tile in its own pixels; an object showing less than `tile_min_visibility` of its area in a tile is not a
+# target there, and empty tiles are kept as negatives up to `tile_negative_ratio`. The test images stay
+# whole: evaluation slices them the same way (section 6). Counts go to `data_report.json`.
+
+# %%
+from helpers.data import TILING_COUNTS, TileGrid, tile_split, tile_writer_for
+
+if tile_px:
+    grid = TileGrid(tile_px, tile_overlap_px)
+    writer = tile_writer_for(cache_root, family, min_pixels=min_pixels, max_pixels=max_pixels)
+    tiling = {}
+    with main_process_first():  # tile files are written once
+        for name in ("train", "eval"):
+            splits[name], counts = tile_split(
+                splits[name], grid, writer, min_visibility=tile_min_visibility, negative_ratio=tile_negative_ratio, seed=seed,
+                description=f"{name} tiles",
+            )
+            tiling[name] = counts.as_dict()
+    data_report[TILING_COUNTS] = {"tile_px": tile_px, "overlap_px": tile_overlap_px, **tiling}
+    write_json(run_dir / "data_report.json", data_report)
+    print({name: len(ds) for name, ds in splits.items()}, tiling)
+print("tiles:", f"{tile_px} px, overlap {tile_overlap_px} px" if tile_px else "off (whole images)")
 
 # %%
 from helpers.evaluate import plot_samples
@@ -488,13 +523,16 @@ print("evaluation decodes with:", explicit_settings(decoding_config(model, proce
 print("not used from the checkpoint's generation config:", unused_generation_settings(model))
 
 # %%
-from helpers.evaluate import MAP_50, MEAN_IOU, N_LOOPING_ANSWERS, PARSE_FAILURE_RATE, GenerationSettings, evaluate_model
+from helpers.evaluate import MAP_50, MAP_SMALL, MEAN_IOU, N_LOOPING_ANSWERS, PARSE_FAILURE_RATE, GenerationSettings, evaluate_model
+from helpers.evaluate import slicing_for
 
 generation = GenerationSettings(max_new_tokens=max_new_tokens, batch_size=generation_batch_size, loop_repeats=loop_repeats)
 eval_settings = dict(family=family, settings=generation, class_names=class_names, duplicate_iou=duplicate_iou)
-baseline_records, baseline_metrics = evaluate_model(model, processor, splits["test"], **eval_settings)
+# With tiles, the test images are answered tile by tile, boxes mapped back and merged (helpers.evaluate.slicing).
+slicing = slicing_for(tile_px, tile_overlap_px, full_image_pass=tile_full_image_pass, merge=tile_merge, merge_threshold=tile_merge_threshold)
+baseline_records, baseline_metrics = evaluate_model(model, processor, splits["test"], **eval_settings, slicing=slicing)
 print("first answer:", repr(baseline_records[0]["raw_text"][:200]))
-{key: baseline_metrics[key] for key in (MAP_50, MEAN_IOU, PARSE_FAILURE_RATE, N_LOOPING_ANSWERS)}
+{key: baseline_metrics[key] for key in (MAP_50, MAP_SMALL, MEAN_IOU, PARSE_FAILURE_RATE, N_LOOPING_ANSWERS)}
 
 # %% [markdown]
 # ## 7. Training with TRL's `SFTTrainer`
@@ -599,14 +637,23 @@ train_metrics
 #
 # The same function on the same images as the baseline. Each box is scored with the mean probability
 # of the tokens that spell it, which COCO's mAP needs to rank predictions; `accuracy_50` is the
-# grounding metric (images with one object: is the top box right?).
+# grounding metric (images with one object: is the top box right?); `map_small` is COCO's AP for objects
+# under 32x32 pixels.
 
 # %%
 from helpers.evaluate import format_comparison
 
-finetuned_records, finetuned_metrics = evaluate_model(trainer.model, processor, splits["test"], **eval_settings)
+finetuned_records, finetuned_metrics = evaluate_model(trainer.model, processor, splits["test"], **eval_settings, slicing=slicing)
 metrics = {"baseline": baseline_metrics, "finetuned": finetuned_metrics}
 print(format_comparison(baseline_metrics, finetuned_metrics))
+
+# %% [markdown]
+# With tiles, the trained model also answers each test image whole, as it would without slicing:
+
+# %%
+if slicing is not None:
+    whole_records, metrics["finetuned_whole_image"] = evaluate_model(trainer.model, processor, splits["test"], **eval_settings)
+    print(format_comparison(metrics["finetuned_whole_image"], finetuned_metrics).replace("  baseline", "     whole"))
 
 # %% [markdown]
 # ## 9. Pictures
@@ -618,6 +665,16 @@ print(format_comparison(baseline_metrics, finetuned_metrics))
 from helpers.evaluate import plot_before_after
 
 plot_before_after(splits["test"], baseline_records, finetuned_records, n=n_plot_images, path=run_dir / "plots" / "predictions.png");
+
+# %% [markdown]
+# With tiles: one test image answered whole (left) and tile by tile (right, the tile grid drawn faintly,
+# the merged boxes dashed).
+
+# %%
+from helpers.evaluate import plot_sliced
+
+if slicing is not None:
+    plot_sliced(splits["test"], whole_records, finetuned_records, grid=slicing.grid, path=run_dir / "plots" / "sliced.png");
 
 # %% [markdown]
 # Loss, gradient norm before and after clipping, held-out IoU and learning rate; then precision
@@ -650,6 +707,8 @@ inference = InferenceSettings(
     model_type=family.model_type, task=task, class_names=class_names, system_prompt=system_prompt, min_pixels=min_pixels,
     max_pixels=max_pixels, max_new_tokens=max_new_tokens, loop_repeats=loop_repeats, duplicate_iou=duplicate_iou,
     base_model=model_path if use_lora else "",  # an adapter needs its base; whole weights need nothing else
+    tile_px=tile_px, tile_overlap_px=tile_overlap_px, tile_full_image_pass=tile_full_image_pass, tile_merge=tile_merge,
+    tile_merge_threshold=tile_merge_threshold,  # a model trained on tiles detects tile by tile
 )
 save_inference_settings(run_dir / "model", inference)  # model/ alone is then enough to detect (section 11)
 write_json(run_dir / "metrics.json", metrics | {"train": train_metrics, "kept": kept_checkpoint(trainer.state, keep_checkpoint)})

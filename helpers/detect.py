@@ -23,6 +23,7 @@ from PIL import Image
 
 from helpers.evaluate.evaluation import detect_with_answer, load_image_input
 from helpers.evaluate.plotting import PREDICTION_COLOR, plot_image_grid
+from helpers.evaluate.slicing import MERGE_THRESHOLD, Slicing, slicing_for
 from helpers.families.chat import detection_prompt, grounding_prompt
 from helpers.families.registry import Family, get_family
 from helpers.runtime.console import quiet_known_warnings
@@ -31,6 +32,7 @@ from helpers.runtime.run_folder import write_json
 
 INFERENCE_FILE = "inference.json"  # in model/, beside the weights
 BOX_DECIMALS = 1  # pixels: a tenth is finer than any annotation
+TILE_BATCH_SIZE = 8  # tiles of one image answered per generate() call (one whole image needs one)
 
 
 @dataclass(frozen=True)
@@ -47,6 +49,16 @@ class InferenceSettings:
     loop_repeats: int
     duplicate_iou: float
     base_model: str  # what a LoRA adapter in model/ is applied to; "" when model/ holds the whole weights
+    # A model trained on tiles detects tile by tile (helpers.evaluate.slicing); 0: whole images. Older files lack these.
+    tile_px: int = 0
+    tile_overlap_px: int = 0
+    tile_full_image_pass: bool = True
+    tile_merge: str = "nmm"
+    tile_merge_threshold: float = MERGE_THRESHOLD
+
+    def slicing(self) -> Slicing | None:
+        """How images are sliced at inference, or None for whole images."""
+        return slicing_for(self.tile_px, self.tile_overlap_px, self.tile_full_image_pass, self.tile_merge, self.tile_merge_threshold)
 
     def prompt(self, family: Family, classes: list[str] | None = None) -> str:
         """The instruction the model was trained with, for all its classes or the ``classes`` asked for."""
@@ -119,6 +131,7 @@ class Detector:
         boxes, raw_answer = detect_with_answer(
             self.model, self.processor, image, family=self.family, prompt=prompt, max_new_tokens=self.settings.max_new_tokens,
             system_prompt=self.settings.system_prompt, loop_repeats=self.settings.loop_repeats, duplicate_iou=self.settings.duplicate_iou,
+            slicing=self.settings.slicing(), batch_size=TILE_BATCH_SIZE,
         )
         return DetectionResult(boxes, raw_answer, prompt)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from helpers.data.augment import AUGMENTATIONS
 from helpers.data.records import BBOX_FORMATS
+from helpers.evaluate.slicing import MERGES
 from helpers.families.chat import TASKS
 from helpers.runtime.checks import Choice, Either, NonEmpty, Range, RunName, check_parameters
 from helpers.runtime.tracking import REPORT_TO_CHOICES
@@ -30,6 +31,8 @@ TASK, BBOX_FORMAT, QUANTIZATION = Choice(TASKS), Choice(BBOX_FORMATS), Choice(QU
 ATTENTION, SCHEDULE, REPORT_TO = Choice(ATTENTION_CHOICES), Choice(SCHEDULES), Choice(REPORT_TO_CHOICES)
 KEEP, AUGMENTATION = Choice(KEEP_CHOICES), Choice(AUGMENTATIONS)
 WORKERS = Either((Choice((-1,)), AT_LEAST_0))  # -1: chosen for the device (helpers.train.config.data_loader_settings)
+TILE_PX = Either((Choice((0,)), Range(16)))  # 0: whole images
+TILE_MERGE = Choice(MERGES)
 # Pairs whose first value may not exceed the second.
 ORDERED_PAIRS = (("synthetic_min_side_px", "synthetic_max_side_px"), ("min_pixels", "max_pixels"))
 

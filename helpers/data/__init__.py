@@ -1,4 +1,4 @@
-"""Detection data as it comes, in one schema: sources (hub, COCO, JSONL, YOLO, VOC, synthetic), the rules every loader follows, images, augmentation."""
+"""Detection data as it comes, in one schema: sources (hub, COCO, JSONL, YOLO, VOC, synthetic), the rules every loader follows, images, augmentation, tiles."""
 
 from helpers.runtime.entry_points import lazy_exports
 
@@ -9,4 +9,5 @@ __getattr__, __dir__ = lazy_exports(__name__, {
     "report": ("DataError", "format_data_report"),
     "images": ("open_image",),
     "synthetic": ("synthetic_options", "make_synthetic_dataset"),
+    "tiles": ("TILING_COUNTS", "TileGrid", "tile_split", "tile_writer_for"),
 })

@@ -1,8 +1,9 @@
 """A synthetic detection dataset, generated locally and deterministic by seed.
 
-Images hold 1 to ``max_objects`` non-overlapping shapes on a noisy background. Image sizes (and,
-unless ``square``, aspect ratios) vary, so the processor's resize changes every image
-differently: a coordinate convention that ignores the resize shows up as wrong boxes.
+Images hold 1 to ``max_objects`` non-overlapping shapes on a noisy background, each 20-40% of the
+image's short side, or ``object_px`` pixels (small objects in big images). Image sizes (and, unless
+``square``, aspect ratios) vary, so the processor's resize changes every image differently: a
+coordinate convention that ignores the resize shows up as wrong boxes.
 """
 
 from __future__ import annotations
@@ -59,8 +60,12 @@ def make_synthetic_example(
     position_tint: bool = False,
     square: bool = False,
     empty: bool = False,
+    object_px: tuple[int, int] | None = None,
 ) -> tuple[Image.Image, list[dict]]:
-    """Draw one image and return it with its objects (``label``, ``bbox_xyxy_px``); ``empty`` draws the background alone."""
+    """Draw one image and return it with its objects (``label``, ``bbox_xyxy_px``); ``empty`` draws the background alone.
+
+    Shapes are 20-40% of the short side, or ``object_px`` = (smallest, largest) pixels a side.
+    """
     width = int(rng.integers(min_side_px, max_side_px + 1))
     height = int(rng.integers(min_side_px, max_side_px + 1))  # drawn even when square, so the draws stay in step
     if square:
@@ -89,7 +94,8 @@ def make_synthetic_example(
     short_side = min(width, height)
     for _ in range(n_objects):
         for _attempt in range(50):  # rejection sampling for a free spot; crowded images get fewer objects
-            size = int(rng.uniform(0.2, 0.4) * short_side)
+            share = rng.uniform(0.2, 0.4)  # one draw either way, so the relative-size stream is unchanged
+            size = int(object_px[0] + (share - 0.2) / 0.2 * (object_px[1] - object_px[0])) if object_px else int(share * short_side)
             x1 = int(rng.integers(0, width - size + 1))
             y1 = int(rng.integers(0, height - size + 1))
             box = (x1, y1, x1 + size, y1 + size)
@@ -117,8 +123,12 @@ def make_synthetic_dataset(
     position_tint: bool = False,
     square: bool = False,
     empty_fraction: float = 0.0,
+    object_px: tuple[int, int] | list[int] | None = None,
 ) -> Dataset:
-    """Generate ``n_images`` synthetic detection records in the project's dataset schema; ``empty_fraction`` of them without objects."""
+    """Generate ``n_images`` synthetic detection records in the project's dataset schema; ``empty_fraction`` of them without objects.
+
+    ``object_px``: shape sides drawn from [smallest, largest] pixels instead of 20-40% of the short side.
+    """
     class_names = list(CLASS_STYLES)[:3] if class_names is None else list(class_names)
     unknown = sorted(set(class_names) - set(CLASS_STYLES))
     if unknown:
@@ -129,12 +139,16 @@ def make_synthetic_dataset(
         raise ValueError(f"max_objects must be >= 1, got {max_objects}")
     if not 0 <= empty_fraction <= 1:
         raise ValueError(f"empty_fraction must be within [0, 1], got {empty_fraction}")
+    object_px = tuple(object_px) if object_px else None
+    if object_px and not (len(object_px) == 2 and 4 <= object_px[0] <= object_px[1] <= min_side_px):
+        raise ValueError(f"synthetic_object_px must be [smallest, largest] with 4 <= smallest <= largest <= min_side_px ({min_side_px}), got {list(object_px)}")
     rng = np.random.default_rng(seed)
     empties = np.random.default_rng([seed, 1]).random(n_images) < empty_fraction  # its own stream: the images stay as they were
     records = []
     for image_id in range(n_images):
         image, objects = make_synthetic_example(
-            rng, class_names, min_side_px, max_side_px, max_objects, position_tint, square, empty=bool(empties[image_id])
+            rng, class_names, min_side_px, max_side_px, max_objects, position_tint, square, empty=bool(empties[image_id]),
+            object_px=object_px,
         )
         records.append({"image_id": str(image_id), "image": image, "width": image.width, "height": image.height, "objects": objects,
                         "crowd_regions": []})
@@ -150,6 +164,7 @@ SYNTHETIC_PARAMETERS = {
     "synthetic_position_tint": "position_tint",
     "synthetic_square_images": "square",
     "synthetic_empty_fraction": "empty_fraction",
+    "synthetic_object_px": "object_px",
 }
 
 

@@ -1,7 +1,7 @@
 """Detection metrics over scored, parsed answers.
 
-COCO metrics (mAP@[.5:.95], mAP@.5, mAP@.75, AR@100, per-class AP@.5, the precision-recall curve
-at IoU 0.5) come from pycocotools, the reference implementation. Alongside: mean IoU of the ground
+COCO metrics (mAP@[.5:.95], mAP@.5, mAP@.75, AR@100, AP@[.5:.95] by object size, per-class AP@.5,
+the precision-recall curve at IoU 0.5) come from pycocotools, the reference implementation. Alongside: mean IoU of the ground
 truth under greedy one-to-one matching within each class (0 for a missed box), precision and
 recall at IoU 0.5 under that matching, accuracy at IoU 0.5 on single-object images (grounding),
 the parse-failure rate, and the counts of answers stopped for looping and of duplicate boxes
@@ -29,6 +29,8 @@ MAP_50_95 = "map_50_95"  # COCO mAP@[.5:.95]
 MAP_50 = "map_50"
 MAP_75 = "map_75"
 AR_100 = "ar_100"  # COCO average recall, at most 100 detections per image
+# COCO's AP@[.5:.95] by ground-truth area in original-image pixels: small under 32x32, medium up to 96x96, large above.
+MAP_SMALL, MAP_MEDIUM, MAP_LARGE = "map_small", "map_medium", "map_large"
 MEAN_IOU = "mean_iou"
 PRECISION_50 = "precision_50"
 RECALL_50 = "recall_50"
@@ -43,6 +45,8 @@ N_SINGLE_OBJECT_IMAGES = "n_single_object_images"
 N_UNKNOWN_LABEL_PREDICTIONS = "n_unknown_label_predictions"
 N_LOOPING_ANSWERS = "n_looping_answers"
 N_DUPLICATE_BOXES_DROPPED = "n_duplicate_boxes_dropped"
+# Sliced inference (helpers.evaluate.slicing): tiles answered, stopped for looping, and unreadable; 0 for whole images.
+N_TILES, N_LOOPING_TILES, N_TILE_PARSE_FAILURES = "n_tiles", "n_looping_tiles", "n_tile_parse_failures"
 AP_50_PER_CLASS = "ap_50_per_class"
 PR_CURVE_50 = "pr_curve_50"
 # The Trainer prefixes what it logs at an evaluation with "eval_" (metric_key_prefix); IoUEvalCallback follows it.
@@ -52,6 +56,10 @@ EVAL_PARSE_FAILURE_RATE = f"eval_{PARSE_FAILURE_RATE}"
 LOSS, EVAL_LOSS, LEARNING_RATE, TRAIN_RUNTIME = "loss", "eval_loss", "learning_rate", "train_runtime"
 GRAD_NORM = "grad_norm"  # the trainer's, before clipping
 GRAD_NORM_CLIPPED = "grad_norm_clipped"  # after clipping to max_grad_norm: what the optimizer applies
+
+
+# COCOeval's area ranges (Params.areaRng) for small, medium and large, in square pixels.
+SIZE_RANGES_PX2 = ((0, 32**2), (32**2, 96**2), (96**2, 1e10))
 
 
 def match_boxes(ground_truth: list[dict], predictions: list[dict]) -> list[tuple[int, int, float]]:
@@ -106,13 +114,15 @@ def coco_metrics(records: list[dict], class_names: list[str]) -> dict:
             detections.append({"image_id": image_id, "category_id": category[pred["label"]], "bbox": xyxy_to_xywh(pred["bbox_xyxy_px"]),
                                "score": float(pred["score"])})
     nan = math.nan
-    result = {MAP_50_95: nan, MAP_50: nan, MAP_75: nan, AR_100: nan, AP_50_PER_CLASS: dict.fromkeys(names, nan),
+    result = {MAP_50_95: nan, MAP_50: nan, MAP_75: nan, AR_100: nan, MAP_SMALL: nan, MAP_MEDIUM: nan, MAP_LARGE: nan, AP_50_PER_CLASS: dict.fromkeys(names, nan),
               PR_CURVE_50: {"recall": [], "precision": []}, N_UNKNOWN_LABEL_PREDICTIONS: n_unknown}
     if not any(a["iscrowd"] == 0 for a in annotations):
         return result
     if not detections:
         with_gt = {names[a["category_id"] - 1] for a in annotations if a["iscrowd"] == 0}
-        return result | {MAP_50_95: 0.0, MAP_50: 0.0, MAP_75: 0.0, AR_100: 0.0,
+        sizes = {size for size, (low, high) in zip((MAP_SMALL, MAP_MEDIUM, MAP_LARGE), SIZE_RANGES_PX2)
+                 if any(low <= a["area"] <= high for a in annotations if a["iscrowd"] == 0)}
+        return result | dict.fromkeys(sizes, 0.0) | {MAP_50_95: 0.0, MAP_50: 0.0, MAP_75: 0.0, AR_100: 0.0,
                          AP_50_PER_CLASS: {name: (0.0 if name in with_gt else nan) for name in names}}
     with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress
         ground_truth = COCO()
@@ -130,6 +140,7 @@ def coco_metrics(records: list[dict], class_names: list[str]) -> dict:
     scored = precision[:, (precision > -1).all(axis=0)]  # classes with ground truth
     curve = scored.mean(axis=1) if scored.size else np.zeros(0)
     return result | {MAP_50_95: stats[0], MAP_50: stats[1], MAP_75: stats[2], AR_100: stats[8],
+                     MAP_SMALL: stats[3], MAP_MEDIUM: stats[4], MAP_LARGE: stats[5],
                      AP_50_PER_CLASS: per_class,
                      PR_CURVE_50: {"recall": [float(r) for r in evaluation.params.recThrs][: len(curve)],
                                    "precision": [float(p) for p in curve]}}
@@ -183,6 +194,12 @@ def summarize_detections(records: list[dict], class_names: list[str] | None = No
         N_UNKNOWN_LABEL_PREDICTIONS: coco[N_UNKNOWN_LABEL_PREDICTIONS],
         AP_50_PER_CLASS: coco[AP_50_PER_CLASS],
         PR_CURVE_50: coco[PR_CURVE_50],
+        MAP_SMALL: coco[MAP_SMALL],
+        MAP_MEDIUM: coco[MAP_MEDIUM],
+        MAP_LARGE: coco[MAP_LARGE],
+        N_TILES: sum(r.get("tiles", 0) for r in records),
+        N_LOOPING_TILES: sum(r.get("tiles_loop_stopped", 0) for r in records),
+        N_TILE_PARSE_FAILURES: sum(r.get("tile_parse_failures", 0) for r in records),
     }
 
 

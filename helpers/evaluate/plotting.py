@@ -12,6 +12,7 @@ from PIL import Image
 from helpers.runtime.distributed import is_main_process
 from helpers.data.augment import Augmenter, sample_seed
 from helpers.data.images import open_image
+from helpers.data.tiles import TileGrid
 from helpers.evaluate.metrics import EVAL_LOSS, EVAL_MEAN_IOU, EVAL_PARSE_FAILURE_RATE, GRAD_NORM, GRAD_NORM_CLIPPED, LEARNING_RATE, LOSS
 
 GROUND_TRUTH_COLOR = "lime"
@@ -112,6 +113,26 @@ def plot_before_after(dataset, baseline_records: list[dict], finetuned_records: 
             box_sets.append([(record["ground_truth"], GROUND_TRUTH_COLOR, "-"), (record["predictions"], PREDICTION_COLOR, "--")])
             titles.append(f"#{record['image_id']} {stage}: {len(record['predictions'])} pred / {len(record['ground_truth'])} gt")
     return plot_image_grid(images, box_sets, titles, path, frames=[frame for frame in frames for _ in range(2)])
+
+
+def plot_sliced(dataset, whole_records: list[dict], sliced_records: list[dict], grid: TileGrid, path: str | Path) -> Figure:
+    """The test image with the most objects answered whole (left) and tile by tile (right: the tile grid faint, merged boxes dashed)."""
+    index = max(range(len(sliced_records)), key=lambda i: len(sliced_records[i]["ground_truth"]))
+    example = dataset[index]
+    image, (width, height) = open_image(example["image"]), (example["width"], example["height"])
+    fig, axes = plt.subplots(1, 2, figsize=(12, 6.4), squeeze=False)
+    for ax, record, title in zip(axes.flat, (whole_records[index], sliced_records[index]), ("whole image", "tile by tile, merged")):
+        ax.imshow(image, extent=(0, width, height, 0))
+        ax.set_xlim(0, width)
+        ax.set_ylim(height, 0)
+        ax.axis("off")
+        if record is sliced_records[index]:
+            for x1, y1, x2, y2 in grid.windows(width, height):
+                ax.add_patch(Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, edgecolor="white", linewidth=0.6, alpha=0.5))
+        draw_boxes(ax, record["ground_truth"], GROUND_TRUTH_COLOR, "-")
+        draw_boxes(ax, record["predictions"], PREDICTION_COLOR, "--")
+        ax.set_title(f"#{record['image_id']} {title}: {len(record['predictions'])} pred / {len(record['ground_truth'])} gt", fontsize=9)
+    return save_figure(fig, path)
 
 
 # Panels of the training-curve figure: (title, [(log key, legend)]).
