@@ -173,3 +173,13 @@ def test_augmentation_table_gives_each_arms_mean_and_gain(load_benchmark):
     table = load_benchmark("augmentation").format_table(rows)
     assert "| **none**, mean | | 0.150 | 0.030 | |" in table
     assert "| **standard**, mean | | 0.250 | 0.080 | (+0.100 mAP@.5 over none) |" in table
+
+
+def test_slicing_table_gives_each_arms_mean(load_benchmark):
+    slicing = load_benchmark("slicing")
+    rows = [{"seed": seed, **{f"{arm}_{key}": value for arm, values in arms.items() for key, value in zip(slicing.KEYS, values)}}
+            for seed, arms in ((1, {"whole image": (0.0, 0.0, 0.0), "sliced": (0.6, 0.3, 0.25)}),
+                               (2, {"whole image": (0.1, 0.0, 0.02), "sliced": (0.5, 0.2, 0.15)}))]
+    table = slicing.format_table(rows)
+    assert "| whole image | 2 | 0.100 | 0.000 | 0.020 |" in table
+    assert "| **whole image**, mean | | 0.050 | 0.000 | 0.010 |" in table and "| **sliced**, mean | | 0.550 | 0.250 | 0.200 |" in table

@@ -32,7 +32,8 @@ def test_parameter_table_is_compact_and_complete():
 
 def test_synthetic_options_map_every_synthetic_parameter():
     params = {"synthetic_classes": ["red circle"], "synthetic_min_side_px": 64, "synthetic_max_side_px": 96, "synthetic_max_objects": 2,
-              "synthetic_position_tint": True, "synthetic_square_images": False, "synthetic_empty_fraction": 0.0, "seed": 1}
+              "synthetic_position_tint": True, "synthetic_square_images": False, "synthetic_empty_fraction": 0.0,
+              "synthetic_object_px": [], "seed": 1}
     options = synthetic_options(params)
     assert set(options) == set(SYNTHETIC_PARAMETERS.values())
     assert len(make_synthetic_dataset(2, seed=0, **options)) == 2  # every key is an argument of the generator

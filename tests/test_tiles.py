@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 
 import numpy as np
 import pytest
@@ -13,10 +14,10 @@ from supervision.detection.tools.inference_slicer import InferenceSlicer
 
 from helpers.data.images import open_image
 from helpers.data.records import records_to_dataset
-from helpers.data.tiles import TileGrid, TileWriter, clip_to_window, negatives_to_keep, objects_in_window, tile_split
+from helpers.data.tiles import TILING_COUNTS, TileGrid, TileWriter, clip_to_window, negatives_to_keep, objects_in_window, tile_split
 from helpers.evaluate.evaluation import detect, evaluate_model, tile_predictions
 from helpers.evaluate.generation import Generation, GenerationSettings
-from helpers.evaluate.metrics import N_LOOPING_ANSWERS, N_LOOPING_TILES, N_TILES
+from helpers.evaluate.metrics import MAP_SMALL, N_LOOPING_ANSWERS, N_LOOPING_TILES, N_TILES
 from helpers.evaluate.slicing import Slicing, TileCrops, merge_predictions, slicing_for
 from helpers.families.chat import add_chat_columns, detection_prompt
 from helpers.families.processors import load_processor
@@ -231,3 +232,51 @@ def test_detect_on_a_large_image_returns_boxes_in_its_pixels(tiny_checkpoints):
     found = sorted(b["bbox_xyxy_px"] for b in boxes)
     assert found == [pytest.approx(e) for e in sorted(expected)]
     assert all(0 <= b["bbox_xyxy_px"][0] < b["bbox_xyxy_px"][2] <= 600 and 0 <= b["bbox_xyxy_px"][1] < b["bbox_xyxy_px"][3] <= 400 for b in boxes)
+
+
+@pytest.mark.slow
+def test_a_tiled_run_trains_on_tiles_and_detects_tile_by_tile(tmp_path, run_notebook, load_benchmark):
+    # Images of 256-320 px with 16-40 px shapes, in 128-px tiles: training and eval splits become tiles, the test
+    # images stay whole and are answered tile by tile (and whole, for the comparison); model/ detects by tiles.
+    result = run_notebook(
+        tmp_path, "model_id=offline:qwen2_5_vl", "synthetic_min_side_px=256", "synthetic_max_side_px=320", "synthetic_object_px=[16, 40]",
+        "synthetic_max_objects=8", "tile_px=128", "tile_overlap_px=32", "tile_full_image_pass=false", "min_pixels=12544",
+        "max_pixels=12544", "test_size=2", "run_name=tiled",
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    run_dir = tmp_path / "tiled"
+    report = json.loads((run_dir / "data_report.json").read_text())
+    tiling = report[TILING_COUNTS]
+    assert (tiling["tile_px"], tiling["overlap_px"], tiling["train"]["images"], tiling["eval"]["images"]) == (128, 32, 32, 8)
+    assert tiling["train"]["tiles"] == tiling["train"]["tiles_with_objects"] + tiling["train"]["negatives_kept"] + tiling["train"]["negatives_dropped"]
+    assert tiling["train"]["negatives_kept"] <= 0.2 / 0.8 * tiling["train"]["tiles_with_objects"]
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    rows = [json.loads(line) for line in (run_dir / "predictions.jsonl").read_text().splitlines()]
+    assert len(rows) == 2 and all(row["tiles"] >= 9 and len(row["tile_answers"]) == row["tiles"] for row in rows)  # 256 px: 3 x 3 tiles
+    assert metrics["finetuned"][N_TILES] == metrics["baseline"][N_TILES] == sum(row["tiles"] for row in rows)
+    assert metrics["finetuned_whole_image"][N_TILES] == 0 and MAP_SMALL in metrics["finetuned"]
+    assert (run_dir / "plots" / "sliced.png").is_file()
+    inference = json.loads((run_dir / "model" / "inference.json").read_text())
+    assert (inference["tile_px"], inference["tile_overlap_px"], inference["tile_full_image_pass"]) == (128, 32, False)
+    # The slicing benchmark's second look at a run: the held-out images generated again, answered whole, and the
+    # sliced evaluation timed with tiles batched and one at a time, which give the same answers.
+    figures = load_benchmark("slicing").evaluate_run(run_dir, whole_tokens=32, timing_images=1, batch_size=4)
+    assert figures["same_answers"] and figures["timing_tiles"] == rows[0]["tiles"] and figures["batched_s"] > 0
+    assert set(figures) >= {f"whole image_{key}" for key in load_benchmark("slicing").KEYS}
+
+
+@pytest.mark.parametrize("object_px", [(16, 40), (12, 12), (30, 64)])
+def test_synthetic_shapes_can_be_given_in_pixels(object_px):
+    from helpers.data.synthetic import make_synthetic_dataset
+
+    split = make_synthetic_dataset(6, seed=2, min_side_px=256, max_side_px=320, max_objects=20, object_px=object_px)
+    sides = [o["bbox_xyxy_px"][2] - o["bbox_xyxy_px"][0] for objects in split["objects"] for o in objects]
+    assert sides and all(object_px[0] <= side <= object_px[1] for side in sides)
+
+
+@pytest.mark.parametrize("object_px", [(40, 16), (2, 10), (16, 400), (16,)])
+def test_bad_synthetic_object_sizes_are_named(object_px):
+    from helpers.data.synthetic import make_synthetic_dataset
+
+    with pytest.raises(ValueError, match="synthetic_object_px"):
+        make_synthetic_dataset(1, seed=0, min_side_px=256, max_side_px=320, object_px=object_px)
