@@ -298,12 +298,12 @@ print(processor.apply_chat_template(messages, tokenize=False, **family.chat_temp
 
 # %% [markdown]
 # An answer longer than `max_new_tokens` is cut at generation and loses its last boxes (a JSON box
-# costs about 30 tokens):
+# costs about 30 tokens). With tiles, the answers that matter are the tiles' (here, the eval split's):
 
 # %%
 from helpers.families import answer_budget_report
 
-print(answer_budget_report(processor.tokenizer, splits["test"]["answer"], max_new_tokens))
+print(answer_budget_report(processor.tokenizer, splits["eval" if tile_px else "test"]["answer"], max_new_tokens))
 
 # %% [markdown]
 # ## 4. LoRA and what trains
@@ -514,7 +514,9 @@ analyze_token_distribution(collator, splits["train"], processor, n=4 * per_devic
 # Greedy decoding on the held-out test images, parsed with the same box code as the targets. A
 # checkpoint's `generation_config.json` may sample or penalise repeats; evaluation sets its own
 # decoding and keeps only the stop tokens. An answer that repeats one object `loop_repeats` times is
-# stopped, and near-duplicate boxes are dropped before scoring; the metrics count both.
+# stopped, and near-duplicate boxes are dropped before scoring; the metrics count both. With `tile_px`, each
+# test image is answered tile by tile in the same batches (loop control per tile), each tile's boxes are
+# read in its own frame and moved into the image's pixels, and boxes of one object are merged across tiles.
 
 # %%
 from helpers.evaluate import decoding_config, explicit_settings, unused_generation_settings

@@ -101,11 +101,11 @@ def answer_images(
     return answers
 
 
-def sliced_answer_text(answer: ImageAnswer, slicing: Slicing | None, sizes: tuple[int, int]) -> str:
+def sliced_answer_text(answer: ImageAnswer, slicing: Slicing | None, image_size: tuple[int, int]) -> str:
     """The text boxes were read from: the answer, or for a sliced image each tile's answer after its origin, then the whole image's."""
     if slicing is None:
         return answer.text
-    lines = [f"[tile {w[0]},{w[1]}] {text}" for w, text in zip(slicing.grid.windows(*sizes), answer.tile_answers)]
+    lines = [f"[tile {w[0]},{w[1]}] {text}" for w, text in zip(slicing.grid.windows(*image_size), answer.tile_answers)]
     return "\n".join(lines + ([f"[whole image] {answer.text}"] if slicing.full_image_pass else []))
 
 
