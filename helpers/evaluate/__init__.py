@@ -5,9 +5,10 @@ from helpers.runtime.entry_points import lazy_exports
 __getattr__, __dir__ = lazy_exports(__name__, {
     "generation": ("GenerationSettings", "decoding_config", "explicit_settings", "unused_generation_settings"),
     "evaluation": ("detect", "detect_with_answer", "evaluate_model"),
-    "metrics": ("MAP_50", "MAP_SMALL", "MEAN_IOU", "N_LOOPING_ANSWERS", "PARSE_FAILURE_RATE", "PR_CURVE_50", "format_comparison"),
+    "metrics": ("MAP_50", "MAP_SMALL", "MEAN_IOU", "N_LOOPING_ANSWERS", "PARSE_FAILURE_RATE", "PR_CURVE_50", "format_comparison",
+                "format_stages"),
     "plotting": ("plot_augmentations", "plot_before_after", "plot_image_grid", "plot_pr_curves", "plot_samples", "plot_sliced",
-                 "plot_training_curves"),
+                 "plot_stages", "plot_training_curves", "plot_grpo_curves"),
     "scaling_check": ("check_coordinate_scaling", "scaling_summary"),
     "slicing": ("slicing_for",),
 })

@@ -203,17 +203,23 @@ def summarize_detections(records: list[dict], class_names: list[str] | None = No
     }
 
 
+def format_stages(stages: dict[str, dict]) -> str:
+    """A plain-text table of the scalar metrics, one column per stage (``{"baseline": ..., "fine-tuned": ...}``), then AP@.5 per class."""
+    names, last = list(stages), list(stages.values())[-1]
+    lines = [f"{'metric':<30}" + "".join(f"{name:>12}" for name in names)]
+
+    def row(label: str, values) -> str:
+        values = [math.nan if v is None else v for v in values]  # metrics.json stores NaN as null
+        return f"{label:<30}" + "".join(f"{v:>12.3f}" for v in values)
+
+    for key, value in last.items():
+        if isinstance(value, (int, float)) or value is None:
+            lines.append(row(key, [metrics.get(key) for metrics in stages.values()]))
+    for name in last.get(AP_50_PER_CLASS, {}):
+        lines.append(row(f"ap_50 {name}", [metrics.get(AP_50_PER_CLASS, {}).get(name) for metrics in stages.values()]))
+    return "\n".join(lines)
+
+
 def format_comparison(before: dict, after: dict) -> str:
     """A plain-text baseline/fine-tuned table of the scalar metrics, then AP@.5 per class."""
-    lines = [f"{'metric':<30}{'baseline':>12}{'fine-tuned':>12}"]
-
-    def row(name: str, old, new) -> str:
-        old, new = (math.nan if v is None else v for v in (old, new))  # metrics.json stores NaN as null
-        return f"{name:<30}{old:>12.3f}{new:>12.3f}"
-
-    for key, value in after.items():
-        if isinstance(value, (int, float)) or value is None:
-            lines.append(row(key, before.get(key), value))
-    for name, value in after.get(AP_50_PER_CLASS, {}).items():
-        lines.append(row(f"ap_50 {name}", before.get(AP_50_PER_CLASS, {}).get(name), value))
-    return "\n".join(lines)
+    return format_stages({"baseline": before, "fine-tuned": after})

@@ -103,16 +103,24 @@ def plot_augmentations(dataset, augmenter: Augmenter, seed: int, n_images: int, 
     return plot_image_grid(images, box_sets, titles, path, columns=epochs + 1, frames=grid_frames)
 
 
-def plot_before_after(dataset, baseline_records: list[dict], finetuned_records: list[dict], n: int, path: str | Path) -> Figure:
-    """The same ``n`` test images twice, side by side: the baseline's predictions, then the fine-tuned model's (dashed), over the ground truth."""
-    decoded, frames = first_images(dataset, min(n, len(baseline_records), len(finetuned_records)))
+def plot_stages(dataset, records_by_stage: dict[str, list[dict]], n: int, path: str | Path) -> Figure:
+    """The same ``n`` test images once per stage, side by side (``{"baseline": records, "fine-tuned": records, ...}``), predictions dashed over the ground truth."""
+    stages = list(records_by_stage.items())
+    decoded, frames = first_images(dataset, min(n, *(len(records) for _stage, records in stages)))
     images, box_sets, titles = [], [], []
-    for image, before, after in zip(decoded, baseline_records, finetuned_records):
-        for stage, record in (("baseline", before), ("fine-tuned", after)):
+    for index, image in enumerate(decoded):
+        for stage, records in stages:
+            record = records[index]
             images.append(image)
             box_sets.append([(record["ground_truth"], GROUND_TRUTH_COLOR, "-"), (record["predictions"], PREDICTION_COLOR, "--")])
             titles.append(f"#{record['image_id']} {stage}: {len(record['predictions'])} pred / {len(record['ground_truth'])} gt")
-    return plot_image_grid(images, box_sets, titles, path, frames=[frame for frame in frames for _ in range(2)])
+    columns = len(stages) * (2 if len(stages) == 2 else 1)  # two stages: two images to a row, as before
+    return plot_image_grid(images, box_sets, titles, path, columns=columns, frames=[frame for frame in frames for _ in stages])
+
+
+def plot_before_after(dataset, baseline_records: list[dict], finetuned_records: list[dict], n: int, path: str | Path) -> Figure:
+    """The same ``n`` test images twice, side by side: the baseline's predictions, then the fine-tuned model's (dashed), over the ground truth."""
+    return plot_stages(dataset, {"baseline": baseline_records, "fine-tuned": finetuned_records}, n, path)
 
 
 def plot_sliced(dataset, whole_records: list[dict], sliced_records: list[dict], grid: TileGrid, path: str | Path) -> Figure:
@@ -144,10 +152,19 @@ TRAINING_PANELS = (
 )
 
 
-def plot_training_curves(log_history: list[dict], path: str | Path) -> Figure:
-    """Loss, eval loss, gradient norm, held-out IoU and learning rate against the optimizer step."""
-    fig, axes = plt.subplots(1, len(TRAINING_PANELS), figsize=(4 * len(TRAINING_PANELS), 3.2))
-    for ax, (title, series) in zip(axes, TRAINING_PANELS):
+# Panels of the GRPO figure: (title, [(log key, legend)]); the keys are TRL's and helpers.train.grpo's.
+GRPO_PANELS = (
+    ("reward", [("reward", "mean"), ("reward_std", "std within a group")]),
+    ("answer length (tokens)", [("completions/mean_length", "mean")]),
+    ("predicted / true box area", [("reward/area_ratio", "paired boxes")]),
+    ("duplicate boxes", [("reward/duplicate_rate", "share of predicted")]),
+)
+
+
+def plot_log_panels(log_history: list[dict], panels: tuple, path: str | Path) -> Figure:
+    """One panel per ``(title, [(log key, legend)])`` of a trainer's log history, against the optimizer step."""
+    fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.2), squeeze=False)
+    for ax, (title, series) in zip(axes.flat, panels):
         for key, label in series:
             points = [(entry["step"], entry[key]) for entry in log_history if entry.get(key) is not None]
             if points:
@@ -159,6 +176,16 @@ def plot_training_curves(log_history: list[dict], path: str | Path) -> Figure:
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=7)
     return save_figure(fig, path)
+
+
+def plot_grpo_curves(log_history: list[dict], path: str | Path) -> Figure:
+    """GRPO step by step: reward and its spread, answer length, predicted-to-true area, duplicate share."""
+    return plot_log_panels(log_history, GRPO_PANELS, path)
+
+
+def plot_training_curves(log_history: list[dict], path: str | Path) -> Figure:
+    """Loss, eval loss, gradient norm, held-out IoU and learning rate against the optimizer step."""
+    return plot_log_panels(log_history, TRAINING_PANELS, path)
 
 
 def plot_pr_curves(curves: dict[str, dict], path: str | Path) -> Figure:
