@@ -25,7 +25,7 @@
 # %% tags=["parameters"]
 from typing import Annotated  # each knob: name: Annotated[type, the values it allows] = default
 
-from helpers.parameters import AT_LEAST_0, AT_LEAST_1, ATTENTION, BBOX_FORMAT, FRACTION, NON_EMPTY, POSITIVE, QUANTIZATION  # noqa: I001
+from helpers.parameters import AT_LEAST_0, AT_LEAST_1, AT_LEAST_2, ATTENTION, BBOX_FORMAT, FRACTION, NON_EMPTY, POSITIVE, QUANTIZATION  # noqa: I001
 from helpers.parameters import AUGMENTATION, KEEP, REPEATS, REPORT_TO, RUN_NAME, SCHEDULE, SIDE_PX, STEPS, TASK, TILE_MERGE, TILE_PX, WORKERS
 
 model_id: Annotated[str, NON_EMPTY] = "offline:qwen2_vl"  # hub id, local checkpoint dir, or "offline:<model_type>" (tiny random model built here; see helpers.families.registry)
@@ -92,6 +92,14 @@ seed: Annotated[int, AT_LEAST_0] = 42  # seeds Python, NumPy, torch and the synt
 run_name: Annotated[str, RUN_NAME] = "offline-demo"  # the run writes outputs/<run_name>/ and nothing else
 output_root: Annotated[str, NON_EMPTY] = "outputs"  # parent folder of every run folder (~ is expanded)
 report_to: Annotated[str, REPORT_TO] = "none"  # "none", "wandb" or "tensorboard"; W&B honours WANDB_MODE (online, offline, disabled)
+grpo_steps: Annotated[int, AT_LEAST_0] = 0  # reinforcement fine-tuning after SFT with the detection reward, in optimizer steps (0: off)
+grpo_generations: Annotated[int, AT_LEAST_2] = 4  # answers sampled per image and compared with each other (the group)
+grpo_temperature: Annotated[float, POSITIVE] = 1.0  # sampling temperature of those answers
+grpo_beta: Annotated[float, AT_LEAST_0] = 0.04  # KL penalty towards the SFT model (0: none, and no reference copy)
+grpo_learning_rate: Annotated[float, POSITIVE] = 1e-5  # GRPO's learning rate, far below SFT's
+grpo_max_completion_length: Annotated[int, AT_LEAST_1] = 160  # new tokens per sampled answer
+grpo_format_weight: Annotated[float, FRACTION] = 0.0  # share of the reward for an answer that ends where its syntax ends
+grpo_use_vllm: bool = False  # on a CUDA machine with vLLM installed: TRL's vLLM rollouts (untested until a GPU runs it)
 max_new_tokens: Annotated[int, AT_LEAST_1] = 160  # generation budget per answer; a JSON box is about 30 tokens
 generation_batch_size: Annotated[int, AT_LEAST_1] = 8  # images per generate() call in evaluation
 loop_repeats: Annotated[int, REPEATS] = 3  # stop an answer once one object's text has been written this many times: a loop (0: never)
@@ -124,7 +132,7 @@ from transformers import set_seed
 from helpers.runtime import configure_reporting, environment_report, main_process_first, pick_device_and_dtype, prepare_run_dir
 from helpers.runtime import quiet_known_warnings, quiet_unless_main, start_process_group, write_json
 
-quiet_known_warnings()  # two import-time warnings nobody can act on (helpers.runtime.console)
+quiet_known_warnings()  # three warnings nobody can act on (helpers.runtime.console)
 set_seed(seed)
 device, dtype = pick_device_and_dtype()  # under a launcher: the GPU of this process's LOCAL_RANK
 start_process_group(device)  # one process: nothing; under a launcher: gloo on CPU, NCCL on GPUs
@@ -643,11 +651,11 @@ train_metrics
 # under 32x32 pixels.
 
 # %%
-from helpers.evaluate import format_comparison
+from helpers.evaluate import format_stages
 
 finetuned_records, finetuned_metrics = evaluate_model(trainer.model, processor, splits["test"], **eval_settings, slicing=slicing)
 metrics = {"baseline": baseline_metrics, "finetuned": finetuned_metrics}
-print(format_comparison(baseline_metrics, finetuned_metrics))
+print(format_stages({"baseline": baseline_metrics, "fine-tuned": finetuned_metrics}))
 
 # %% [markdown]
 # With tiles, the trained model also answers each test image whole, as it would without slicing:
@@ -655,18 +663,76 @@ print(format_comparison(baseline_metrics, finetuned_metrics))
 # %%
 if slicing is not None:
     whole_records, metrics["finetuned_whole_image"] = evaluate_model(trainer.model, processor, splits["test"], **eval_settings)
-    print(format_comparison(metrics["finetuned_whole_image"], finetuned_metrics).replace("  baseline", "     whole"))
+    print(format_stages({"whole image": metrics["finetuned_whole_image"], "tile by tile": finetuned_metrics}))
 
 # %% [markdown]
-# ## 9. Pictures
+# ## 9. Reinforcement fine-tuning with GRPO
 #
-# The same test images before and after training: ground truth solid green, predictions dashed
-# magenta with their scores.
+# With `grpo_steps` > 0 the SFT model goes on learning from its own answers: for each training image it
+# samples `grpo_generations` answers, scores each with the detection reward, and moves towards the better
+# ones of the group, held near the SFT model by a KL penalty (`grpo_beta`). The reward
+# (`helpers.train.reward`) pairs predicted and true boxes per class by the assignment maximising their IoU
+# and scores 2 x (summed IoU) / (predicted + true boxes): a missed box and an invented one cost alike, a
+# copy counts as invented, an inflated or shrunk box pairs poorly, and an image without objects rewards the
+# empty answer alone. Rollouts keep the loop control and never sample image or video tokens. Off by default.
+
+# %% tags=["grpo_config"]
+from trl import GRPOConfig
+
+from helpers.train import suppressed_token_ids
+
+grpo_args = GRPOConfig(
+    output_dir=str(run_dir / "grpo_checkpoints"),  # beside SFT's checkpoints, in the run folder
+    max_steps=max(grpo_steps, 1),  # optimizer steps (the stage runs only when grpo_steps > 0)
+    per_device_train_batch_size=grpo_generations,  # one image's group of answers per device and step
+    num_generations=grpo_generations,  # answers sampled per image, each judged against the group's mean
+    temperature=grpo_temperature,
+    beta=grpo_beta,  # KL towards the SFT model; 0 skips the reference copy
+    learning_rate=grpo_learning_rate,
+    max_completion_length=grpo_max_completion_length,
+    generation_kwargs={"suppress_tokens": suppressed_token_ids(processor.tokenizer)},  # image/video pads, vision delimiters
+    chat_template_kwargs=family.chat_template_kwargs,  # the family's template options (Qwen3.5: non-thinking)
+    use_vllm=grpo_use_vllm,
+    logging_steps=max(1, min(logging_steps, grpo_steps // 10)),
+    save_steps=max(1, grpo_steps // 2),
+    save_total_limit=save_total_limit,
+    seed=seed,
+    report_to=[] if report_to == "none" else [report_to],
+    run_name=f"{run_name}-grpo",
+    remove_unused_columns=False,  # the reward reads the true boxes and the image size
+    disable_tqdm=is_headless(),
+    **device_settings,
+)
 
 # %%
-from helpers.evaluate import plot_before_after
+from helpers.evaluate import format_stages
+from helpers.train import GRPO_CONSOLE_KEYS, DetectionReward, QwenVLGRPOTrainer, grpo_dataset, grpo_resume
 
-plot_before_after(splits["test"], baseline_records, finetuned_records, n=n_plot_images, path=run_dir / "plots" / "predictions.png");
+final_trainer, stages = trainer, {"baseline": baseline_metrics, "SFT": finetuned_metrics}
+if grpo_steps > 0:
+    reward = DetectionReward(family, min_pixels=min_pixels, max_pixels=max_pixels, duplicate_iou=duplicate_iou, format_weight=grpo_format_weight)
+    grpo_trainer = QwenVLGRPOTrainer(
+        model=trainer.model, args=grpo_args, train_dataset=grpo_dataset(splits["train"]), processing_class=processor,
+        reward=reward, loop_repeats=loop_repeats,
+    )
+    attach_callbacks(grpo_trainer, [ConsoleLogCallback(keys=GRPO_CONSOLE_KEYS)])
+    grpo_trainer.train(resume_from_checkpoint=grpo_resume(resume_from_checkpoint, grpo_args.output_dir))
+    grpo_records, metrics["grpo"] = evaluate_model(grpo_trainer.model, processor, splits["test"], **eval_settings, slicing=slicing)
+    final_trainer, stages["GRPO"] = grpo_trainer, metrics["grpo"]
+    print(f"rollouts ended for looping: {grpo_trainer.loops_stopped}")
+print(format_stages(stages))
+
+# %% [markdown]
+# ## 10. Pictures
+#
+# The same test images before and after training (and after GRPO): ground truth solid green,
+# predictions dashed magenta with their scores.
+
+# %%
+from helpers.evaluate import plot_stages
+
+records_by_stage = {"baseline": baseline_records, "fine-tuned": finetuned_records} | ({"GRPO": grpo_records} if grpo_steps > 0 else {})
+plot_stages(splits["test"], records_by_stage, n=n_plot_images, path=run_dir / "plots" / "predictions.png");
 
 # %% [markdown]
 # With tiles: one test image answered whole (left) and tile by tile (right, the tile grid drawn faintly,
@@ -687,6 +753,16 @@ from helpers.evaluate import plot_training_curves
 
 plot_training_curves(trainer.state.log_history, run_dir / "plots" / "training_curves.png");
 
+# %% [markdown]
+# With GRPO: the reward and its spread in each group, the answers' length, the predicted-to-true area of the
+# paired boxes (inflation shows above 1) and the share of duplicate boxes, step by step.
+
+# %%
+from helpers.evaluate import plot_grpo_curves
+
+if grpo_steps > 0:
+    plot_grpo_curves(grpo_trainer.state.log_history, run_dir / "plots" / "grpo_curves.png");
+
 # %%
 from helpers.evaluate import PR_CURVE_50, plot_pr_curves
 
@@ -694,17 +770,17 @@ plot_pr_curves({"baseline": baseline_metrics[PR_CURVE_50], "fine-tuned": finetun
                run_dir / "plots" / "pr_curve.png");
 
 # %% [markdown]
-# ## 10. Saving
+# ## 11. Saving
 #
-# The trained weights (the adapter alone with LoRA) and the processor go to `model/`, beside the
-# metrics and every prediction.
+# The trained weights (the adapter alone with LoRA; after GRPO, its weights) and the processor go to
+# `model/`, beside the metrics and every prediction.
 
 # %%
 from helpers.detect import InferenceSettings, save_inference_settings
 from helpers.runtime import barrier, write_jsonl
 from helpers.train import kept_checkpoint, save_trained_model
 
-save_trained_model(trainer, processor, run_dir / "model")
+save_trained_model(final_trainer, processor, run_dir / "model")  # the last stage's weights
 inference = InferenceSettings(
     model_type=family.model_type, task=task, class_names=class_names, system_prompt=system_prompt, min_pixels=min_pixels,
     max_pixels=max_pixels, max_new_tokens=max_new_tokens, loop_repeats=loop_repeats, duplicate_iou=duplicate_iou,
@@ -712,11 +788,14 @@ inference = InferenceSettings(
     tile_px=tile_px, tile_overlap_px=tile_overlap_px, tile_full_image_pass=tile_full_image_pass, tile_merge=tile_merge,
     tile_merge_threshold=tile_merge_threshold,  # a model trained on tiles detects tile by tile
 )
-save_inference_settings(run_dir / "model", inference)  # model/ alone is then enough to detect (section 11)
+save_inference_settings(run_dir / "model", inference)  # model/ alone is then enough to detect (section 12)
 write_json(run_dir / "metrics.json", metrics | {"train": train_metrics, "kept": kept_checkpoint(trainer.state, keep_checkpoint)})
-write_jsonl(run_dir / "predictions.jsonl", finetuned_records)
+write_jsonl(run_dir / "predictions.jsonl", grpo_records if grpo_steps > 0 else finetuned_records)  # the saved model's
 write_jsonl(run_dir / "predictions_baseline.jsonl", baseline_records)
 write_json(run_dir / "log_history.json", trainer.state.log_history)
+if grpo_steps > 0:
+    write_jsonl(run_dir / "predictions_sft.jsonl", finetuned_records)
+    write_json(run_dir / "grpo_log_history.json", grpo_trainer.state.log_history)
 barrier()  # every rank reads model/ below only once the main process has written it
 
 # %% [markdown]
@@ -735,7 +814,7 @@ elif merge_adapter:
 sorted(str(path.relative_to(run_dir)) for path in run_dir.iterdir())
 
 # %% [markdown]
-# ## 11. Inference with the saved model
+# ## 12. Inference with the saved model
 #
 # What you do after training: load the run's `model/` fresh, with the prompt, classes and settings saved
 # beside it, and read boxes, with labels and scores, in the pixels of an image it has not trained on (here, a

@@ -20,6 +20,7 @@ from helpers.train.config import KEEP_CHOICES, SCHEDULES, best_checkpoint_proble
 # The rules the parameters cell names (plain names, so papermill's --help-notebook still reads each line).
 AT_LEAST_1 = Range(1)
 AT_LEAST_0 = Range(0)
+AT_LEAST_2 = Range(2)
 POSITIVE = Range(0, above=True)
 FRACTION = Range(0, 1)
 SIDE_PX = Range(8)  # a synthetic image side: big enough for a shape

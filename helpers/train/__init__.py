@@ -11,4 +11,6 @@ __getattr__, __dir__ = lazy_exports(__name__, {
     "callbacks": ("ConsoleLogCallback", "GradNormCallback", "IoUEvalCallback", "attach_callbacks"),
     "export": ("load_trained_model", "merge_adapter_into_base", "merge_refusal", "save_trained_model"),
     "collator_debug": ("VerboseCollator", "analyze_token_distribution"),
+    "reward": ("DetectionReward",),
+    "grpo": ("GRPO_CONSOLE_KEYS", "QwenVLGRPOTrainer", "grpo_dataset", "grpo_resume", "suppressed_token_ids"),
 })

@@ -1,0 +1,75 @@
+"""The GRPO stage: rollout data, loop control in rollouts, suppressed tokens, and a few steps end to end."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from helpers.data.synthetic import make_synthetic_dataset
+from helpers.families.chat import add_chat_columns, detection_prompt, vision_token_ids
+from helpers.families.processors import load_processor
+from helpers.families.registry import get_family
+from helpers.train.grpo import EndTurnAfterLoop, grpo_dataset, suppressed_token_ids
+
+
+def test_rollout_rows_hold_the_user_turn_the_decoded_image_and_the_true_boxes():
+    family = get_family("qwen2_5_vl")
+    split = add_chat_columns(make_synthetic_dataset(2, seed=1), family, detection_prompt(family, ["red circle"]), 3136, 50176,
+                             system_prompt="Find shapes.")
+    row = grpo_dataset(split)[0]
+    assert row["prompt"] == [
+        {"role": "system", "content": [{"type": "text", "text": "Find shapes."}]},
+        {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": split[0]["prompt"]}]},
+    ]
+    assert row["image"].size == (split[0]["width"], split[0]["height"]) and row["objects"] == split[0]["objects"]
+
+
+def test_rollouts_end_a_looping_answer_with_the_end_of_turn_token(tiny_checkpoints):
+    processor = load_processor(tiny_checkpoints["qwen2_5_vl"], 3136, 50176)
+    tokenizer = processor.tokenizer
+    obj = '{"bbox_2d": [1, 2, 3, 4], "label": "red circle"}'
+    twice = tokenizer.encode(f"{obj}, {obj}", add_special_tokens=False)  # the second copy's last token closes it
+    once = tokenizer.encode(obj, add_special_tokens=False)
+    end = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    prompt = [7, 8]
+    processor_ = EndTurnAfterLoop(tokenizer, prompt_length=len(prompt), repeats=2, end_of_turn_id=end)
+    other = [7] * (len(twice) - len(once)) + once  # one object, written once: no loop
+    looping = torch.tensor([prompt + twice, prompt + other])
+    scores = processor_(looping, torch.zeros(2, len(tokenizer)))
+    assert scores[0].argmax().item() == end and scores[0].max() == 0 and scores[0].min() < -1e30  # only the end of turn is left
+    assert torch.equal(scores[1], torch.zeros(len(tokenizer))) and processor_.rows_stopped == 1  # the other row samples freely
+
+
+def test_rollouts_never_sample_vision_tokens(tiny_checkpoints):
+    tokenizer = load_processor(tiny_checkpoints["qwen2_5_vl"], 3136, 50176).tokenizer
+    ids = suppressed_token_ids(tokenizer)
+    names = tokenizer.convert_ids_to_tokens(ids)
+    assert set(ids) == vision_token_ids(tokenizer) and {"<|image_pad|>", "<|video_pad|>", "<|vision_start|>"} <= set(names)
+
+
+@pytest.mark.slow
+def test_a_few_grpo_steps_after_sft_log_the_reward_and_change_the_weights(tmp_path, run_notebook):
+    # 600 SFT steps at the demo's geometry: enough for answers in the format with boxes somewhere, so the answers
+    # of a group score differently and GRPO has a gradient (after the smoke preset's 12 steps every answer scores 0).
+    result = run_notebook(
+        tmp_path, "model_id=offline:qwen2_5_vl", "synthetic_square_images=true", "synthetic_min_side_px=64", "synthetic_max_side_px=160",
+        "min_pixels=12544", "max_pixels=12544", "learning_rate=0.002", "max_steps=600", "logging_steps=100", "eval_steps=600",
+        "save_steps=600", "iou_eval_images=0", "grpo_steps=3", "grpo_generations=4", "grpo_max_completion_length=64", "test_size=2",
+        "run_name=grpo",
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    run_dir = tmp_path / "grpo"
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert set(metrics) >= {"baseline", "finetuned", "grpo"}
+    history = json.loads((run_dir / "grpo_log_history.json").read_text())
+    logged = [entry for entry in history if "reward" in entry]
+    assert logged and all(0 <= entry["reward"] <= 1 for entry in logged) and any(entry["reward_std"] > 0 for entry in logged)
+    assert any("reward/duplicate_rate" in entry and "completions/mean_length" in entry for entry in logged)
+    sft = load_file(sorted((run_dir / "checkpoints").glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))[-1] / "model.safetensors")
+    final = load_file(run_dir / "model" / "model.safetensors")
+    assert set(sft) == set(final) and any(not torch.equal(sft[name], final[name]) for name in sft)  # GRPO moved the weights
+    for name in ("plots/grpo_curves.png", "predictions_sft.jsonl", "grpo_checkpoints/reference/model.safetensors"):
+        assert (run_dir / name).is_file(), name
