@@ -93,14 +93,16 @@ LAUNCH_OVERRIDES = ["-p", "max_steps", "6", "-p", "eval_steps", "3", "-p", "save
                     "-p", "per_device_train_batch_size", "4", "-p", "per_device_eval_batch_size", "4"]
 
 
-def launched_run(tmp_path: Path, name: str, processes: int, accumulation: int, augmentation: str = "none") -> tuple[Path, dict]:
+def launched_run(
+    tmp_path: Path, name: str, processes: int, accumulation: int, augmentation: str = "none", extra: tuple[str, ...] = (),
+) -> tuple[Path, dict]:
     """The smoke preset through the documented launch command; returns the run folder and each rank's written files."""
     audit = tmp_path / f"audit-{name}"
     audit.mkdir()
     launcher = f"{sys.executable} -m torch.distributed.run --standalone --nproc_per_node {processes} tests/launch_audit.py"
     command = [sys.executable, "-m", "helpers.run_notebook", "--preset", "params/offline_smoke.yaml", *LAUNCH_OVERRIDES,
                "-p", "gradient_accumulation_steps", str(accumulation), "-p", "augmentation", augmentation, "-p", "run_name", name, "-p", "output_root", str(tmp_path / "outputs"),
-               "-p", "offline_model_dir", str(tmp_path / "outputs" / ".offline_models"), "--launch", launcher]
+               "-p", "offline_model_dir", str(tmp_path / "outputs" / ".offline_models"), *extra, "--launch", launcher]
     result = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, env={**os.environ, "WRITE_AUDIT_DIR": str(audit)})
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     writes = {int(path.stem.removeprefix("rank")): json.loads(path.read_text()) for path in audit.glob("rank*.json")}
@@ -142,3 +144,16 @@ def test_two_gloo_processes_equal_one_process_with_the_same_effective_batch(tmp_
     rank_1_writes = [path for path in writes[1] if path.startswith(str(two_dir))]
     assert all(TRAINER_RANK_FILES.search(path) and path.endswith("_1.pth") for path in rank_1_writes), rank_1_writes
     assert any(path.endswith("metrics.json") for path in writes[0])
+
+
+@pytest.mark.slow
+def test_the_grpo_stage_runs_under_the_launcher(tmp_path):
+    # Two gloo processes: each samples its share of the rollouts, the reference model is written once, the stage's
+    # log, reward and weights land in the run folder as with one process.
+    run_dir, writes = launched_run(tmp_path, "grpo", processes=2, accumulation=1,
+                                   extra=("-p", "grpo_steps", "2", "-p", "grpo_generations", "2", "-p", "grpo_max_completion_length", "16"))
+    history = json.loads((run_dir / "grpo_log_history.json").read_text())
+    assert [entry["step"] for entry in history if "reward" in entry] == [1, 2]
+    assert "grpo" in json.loads((run_dir / "metrics.json").read_text())
+    assert (run_dir / "grpo_checkpoints" / "reference" / "model.safetensors").is_file() and (run_dir / "model" / "model.safetensors").is_file()
+    assert not [path for path in writes[1] if path.startswith(str(run_dir)) and "reference" in path]  # written by rank 0 alone

@@ -73,3 +73,20 @@ def test_a_few_grpo_steps_after_sft_log_the_reward_and_change_the_weights(tmp_pa
     assert set(sft) == set(final) and any(not torch.equal(sft[name], final[name]) for name in sft)  # GRPO moved the weights
     for name in ("plots/grpo_curves.png", "predictions_sft.jsonl", "grpo_checkpoints/reference/model.safetensors"):
         assert (run_dir / name).is_file(), name
+
+
+@pytest.mark.slow
+def test_grpo_resumes_from_its_own_checkpoint(tmp_path, run_notebook):
+    # A finished run asked for more GRPO steps with resume_from_checkpoint=true: SFT resumes from its last checkpoint
+    # (nothing left to do), GRPO from its own newest one, and its log goes on from there.
+    settings = ["grpo_generations=2", "grpo_max_completion_length=16", "test_size=2", "run_name=grpo-resume"]
+    first = run_notebook(tmp_path, *settings, "grpo_steps=4")
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    run_dir = tmp_path / "grpo-resume"
+    assert sorted(p.name for p in (run_dir / "grpo_checkpoints").glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-4"]
+    resumed = run_notebook(tmp_path, *settings, "grpo_steps=6", "resume_from_checkpoint=true")
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    history = json.loads((run_dir / "grpo_log_history.json").read_text())
+    assert [entry["step"] for entry in history if "reward" in entry] == [1, 2, 3, 4, 5, 6]  # 1-4 restored from the checkpoint
+    sft = json.loads((run_dir / "log_history.json").read_text())
+    assert max(entry["step"] for entry in sft) == 12  # SFT did not train again

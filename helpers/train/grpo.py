@@ -33,6 +33,7 @@ from helpers.families.chat import vision_token_ids
 from helpers.runtime.distributed import barrier, is_main_process
 from helpers.train.resume import latest_complete_checkpoint
 from helpers.train.reward import DetectionReward
+from helpers.train.trainer import QwenVLCheckpoints
 
 AREA_RATIO, DUPLICATE_RATE = "reward/area_ratio", "reward/duplicate_rate"  # logged each step
 # What the console line of a GRPO log shows: TRL's reward, its spread within groups, the KL, the answers' length; the reward's parts.
@@ -90,8 +91,8 @@ def grpo_dataset(split: Dataset) -> Dataset:
     return split.select_columns(columns).with_transform(to_rollout)
 
 
-class QwenVLGRPOTrainer(GRPOTrainer):
-    """TRL's GRPO trainer with the project's loop control in its rollouts and the reward's parts in its logs."""
+class QwenVLGRPOTrainer(QwenVLCheckpoints, GRPOTrainer):
+    """TRL's GRPO trainer with the project's loop control in its rollouts, the reward's parts in its logs, and a resume that restores Qwen-VL weights."""
 
     def __init__(self, *, model, args, reward: DetectionReward, loop_repeats: int, **kwargs):
         if args.beta > 0 and not isinstance(model, PeftModel):

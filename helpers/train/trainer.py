@@ -11,7 +11,28 @@ from trl import SFTTrainer
 from helpers.data.augment import AUGMENTATION_COUNTS, AugmentationCounts, EpochSampler, EpochTaggedSplit
 
 
-class QwenVLSFTTrainer(SFTTrainer):
+class QwenVLCheckpoints:
+    """For TRL's trainers: a resume that restores a Qwen-VL checkpoint's full-model weights (see ``QwenVLSFTTrainer``), and no model card."""
+
+    def create_model_card(self, *args, **kwargs) -> None:
+        # TRL writes a README.md into every checkpoint naming the base model by its hub id; for a local or offline
+        # checkpoint it reads "fine-tuned version of [None]" with a text-generation example. The run folder
+        # documents the run instead (params.json, metrics.json, model/inference.json).
+        return None
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
+        model = self.model if model is None else model
+        folder = Path(resume_from_checkpoint)
+        has_full_weights = (folder / SAFE_WEIGHTS_NAME).is_file() or (folder / SAFE_WEIGHTS_INDEX_NAME).is_file()
+        if hasattr(model, "peft_config") or not has_full_weights:
+            return super()._load_from_checkpoint(resume_from_checkpoint, model)
+        dtype = next(model.parameters()).dtype
+        saved = type(model).from_pretrained(str(folder), dtype=dtype, use_safetensors=True)  # converts the keys
+        model.load_state_dict(saved.state_dict(), strict=True)  # every weight, or an error
+        del saved
+
+
+class QwenVLSFTTrainer(QwenVLCheckpoints, SFTTrainer):
     """TRL's ``SFTTrainer`` with two Qwen-VL fixes (resume restores full-model weights, padding-free token counts) and seeded augmentation.
 
     Resume: ``save_pretrained`` writes Qwen-VL weights in the original hub layout (``model.layers``,
@@ -55,12 +76,6 @@ class QwenVLSFTTrainer(SFTTrainer):
         counts = self._augmentation_counts.as_tensor().to(self.accelerator.device)
         return AugmentationCounts.from_tensor(self.accelerator.reduce(counts, reduction="sum").cpu())
 
-    def create_model_card(self, *args, **kwargs) -> None:
-        # TRL writes a README.md into every checkpoint naming the base model by its hub id; for a local or offline
-        # checkpoint it reads "fine-tuned version of [None]" with a text-generation example. The run folder
-        # documents the run instead (params.json, metrics.json, model/inference.json).
-        return None
-
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         packed = "attention_mask" not in inputs and inputs.get("position_ids") is not None and inputs["position_ids"].dim() == 3
         result = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
@@ -70,13 +85,3 @@ class QwenVLSFTTrainer(SFTTrainer):
             self._metrics["train"]["num_tokens"] = [self._total_train_tokens]
         return result
 
-    def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
-        model = self.model if model is None else model
-        folder = Path(resume_from_checkpoint)
-        has_full_weights = (folder / SAFE_WEIGHTS_NAME).is_file() or (folder / SAFE_WEIGHTS_INDEX_NAME).is_file()
-        if hasattr(model, "peft_config") or not has_full_weights:
-            return super()._load_from_checkpoint(resume_from_checkpoint, model)
-        dtype = next(model.parameters()).dtype
-        saved = type(model).from_pretrained(str(folder), dtype=dtype, use_safetensors=True)  # converts the keys
-        model.load_state_dict(saved.state_dict(), strict=True)  # every weight, or an error
-        del saved
