@@ -183,3 +183,14 @@ def test_slicing_table_gives_each_arms_mean(load_benchmark):
     table = slicing.format_table(rows)
     assert "| whole image | 2 | 0.100 | 0.000 | 0.020 |" in table
     assert "| **whole image**, mean | | 0.050 | 0.000 | 0.010 |" in table and "| **sliced**, mean | | 0.550 | 0.250 | 0.200 |" in table
+
+
+def test_grpo_table_gives_each_arms_mean(load_benchmark):
+    grpo = load_benchmark("grpo")
+    rows = [{"arm": arm, "seed": seed, "steps": 10, **dict(zip(grpo.KEYS, values))}
+            for arm, seed, values in (("continued SFT", 1, (0.3, 0.6, 0.5, 1.0, 0.0)), ("GRPO", 1, (0.4, 0.7, 0.6, 1.1, 0.0)),
+                                      ("continued SFT", 2, (0.2, 0.5, 0.4, 1.2, 0.1)), ("GRPO", 2, (0.2, 0.6, 0.5, 0.9, 0.0)))]
+    table = grpo.format_table(rows)
+    assert "| GRPO | 2 | 10 | 0.200 | 0.600 | 0.500 | 0.900 | 0.000 |" in table
+    assert "| **continued SFT**, mean | | | 0.250 | 0.550 | 0.450 | 1.100 | 0.050 |" in table
+    assert "| **GRPO**, mean | | | 0.300 | 0.650 | 0.550 | 1.000 | 0.000 |" in table
