@@ -27,7 +27,7 @@ from datasets import Dataset
 from PIL import Image
 from tqdm import tqdm  # text bars: they render in Jupyter and in papermill logs alike
 
-from helpers.data.images import decode_image, image_bytes, open_header
+from helpers.data.images import JPEG_QUALITY, decode_image, image_bytes, open_header, source_identity
 from helpers.data.records import records_to_dataset
 from helpers.families.boxes import resized_size
 from helpers.families.registry import Family
@@ -135,7 +135,7 @@ class TileWriter:
             if target[0] * target[1] < width * height:
                 tile = tile.resize(target, Image.Resampling.BICUBIC)
             buffer = io.BytesIO()
-            tile.save(buffer, **({"format": "JPEG", "quality": 95} if is_jpeg else {"format": "PNG", "compress_level": 1}))
+            tile.save(buffer, **({"format": "JPEG", "quality": JPEG_QUALITY} if is_jpeg else {"format": "PNG", "compress_level": 1}))
             self.folder.mkdir(parents=True, exist_ok=True)
             partial = path.with_name(f"{name}.{os.getpid()}.{threading.get_ident()}.partial")
             partial.write_bytes(buffer.getvalue())
@@ -144,12 +144,9 @@ class TileWriter:
 
 
 def source_key(reference: dict) -> str:
-    """What identifies an image's pixels: its file's path, size and time, or a hash of its bytes."""
+    """What identifies an image's pixels: its file's identity (the image cache's), or a hash of its bytes."""
     path = reference.get("path") if reference.get("bytes") is None else None
-    if path:
-        info = Path(path).stat()
-        return f"{Path(path).absolute()}|{info.st_size}|{info.st_mtime_ns}"
-    return hashlib.sha1(image_bytes(reference)).hexdigest()
+    return source_identity(Path(path)) if path else hashlib.sha1(image_bytes(reference)).hexdigest()
 
 
 def tile_split(
