@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 from datasets import Dataset
+from jinja2.exceptions import TemplateError
 
 from helpers.families.boxes import resized_size, to_model_answer
 from helpers.families.registry import JSON, TAGS, Family
 
 TASKS = ("detection", "grounding")  # every class in one answer, or one class named in the prompt
 IGNORE_INDEX = -100  # label value that cross-entropy skips
+THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
+NO_REASONING = (
+    "Detection answers carry no reasoning: choose a checkpoint whose template can answer without thinking "
+    "(an Instruct model, or a template honouring enable_thinking=False)"
+)
 VISION_TOKENS = ("<|image_pad|>", "<|video_pad|>", "<|vision_start|>", "<|vision_end|>")  # placeholders and delimiters
 
 # How the instruction names each answer syntax (helpers.families.registry: which family writes which, in which units).
@@ -91,11 +97,20 @@ def format_detection_messages(prompt: str, answer: str | None = None, system_pro
 def generation_prompt(processor, chat_template_kwargs: dict | None = None) -> str:
     """The text the chat template appends to open the assistant's turn (what precedes every answer)."""
     messages = [{"role": "user", "content": [{"type": "text", "text": "x"}]}]
-    without = processor.apply_chat_template(messages, tokenize=False, **(chat_template_kwargs or {}))
-    with_prompt = processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True, **(chat_template_kwargs or {}))
+    options = chat_template_kwargs or {}
+    source = getattr(processor.tokenizer, "name_or_path", "") or "this model"
+    try:
+        without = processor.apply_chat_template(messages, tokenize=False, **options)
+        with_prompt = processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True, **options)
+    except TemplateError as error:  # e.g. a thinking-only checkpoint: "Disabling thinking is not supported."
+        raise ValueError(f"{source}: its chat template refuses the options {options}: {error}. {NO_REASONING}") from error
     if not with_prompt.startswith(without) or with_prompt == without:
         raise ValueError(f"the chat template writes no generation prompt after the chat: {with_prompt[len(without):]!r}")
-    return with_prompt[len(without) :]
+    prompt = with_prompt[len(without) :]
+    # An open think block would make every answer start with reasoning the labels and the reader do not hold.
+    if prompt.rfind(THINK_OPEN) > prompt.rfind(THINK_CLOSE):
+        raise ValueError(f"{source}: with the options {options} its chat template opens a reasoning block ({prompt!r}). {NO_REASONING}")
+    return prompt
 
 
 def answer_for(objects: list[dict], family: Family, image_size: tuple[int, int], min_pixels: int, max_pixels: int) -> str:

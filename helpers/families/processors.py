@@ -14,6 +14,7 @@ from pathlib import Path
 import transformers
 from transformers import AutoConfig, ProcessorMixin
 
+from helpers.families.chat import generation_prompt
 from helpers.families.registry import FAMILIES, FAMILY_NAMES, Family
 
 
@@ -73,9 +74,11 @@ def load_processor(model_id_or_path: str | Path, min_pixels: int, max_pixels: in
     """Load the family's stock processor with the image resolution bounds set on its image processor."""
     if not 0 < min_pixels <= max_pixels:
         raise ValueError(f"need 0 < min_pixels <= max_pixels, got min_pixels={min_pixels}, max_pixels={max_pixels}")
-    processor = load_saved_processor(model_id_or_path, read_family(model_id_or_path))
+    family = read_family(model_id_or_path)
+    processor = load_saved_processor(model_id_or_path, family)
     # `size` is the supported knob; processor-call min_pixels/max_pixels are deprecated.
     processor.image_processor.size = {"shortest_edge": min_pixels, "longest_edge": max_pixels}
+    generation_prompt(processor, family.chat_template_kwargs)  # refuses a template that cannot answer without thinking
     return processor
 
 
