@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -102,6 +104,48 @@ def test_lora_targets_cover_exactly_the_chosen_blocks(tiny_checkpoints, family, 
     model = wrap_lora(model, lora_config(family, targets, rank=2, alpha=4, dropout=0.0))
     adapted = {name.removeprefix("base_model.model.") for name, module in model.named_modules() if hasattr(module, "lora_A")}
     assert adapted == expected
+
+
+# The multi-token-prediction head of the Qwen3.5-architecture checkpoints (Qwen3.5, 3.6, 3.8), as their safetensors name it.
+MTP_WEIGHTS = [
+    "mtp.fc.weight", "mtp.norm.weight", "mtp.pre_fc_norm_embedding.weight", "mtp.pre_fc_norm_hidden.weight",
+    "mtp.layers.0.input_layernorm.weight", "mtp.layers.0.post_attention_layernorm.weight",
+    "mtp.layers.0.self_attn.q_proj.weight", "mtp.layers.0.self_attn.k_proj.weight", "mtp.layers.0.self_attn.v_proj.weight",
+    "mtp.layers.0.self_attn.o_proj.weight", "mtp.layers.0.self_attn.q_norm.weight", "mtp.layers.0.self_attn.k_norm.weight",
+    "mtp.layers.0.mlp.gate_proj.weight", "mtp.layers.0.mlp.up_proj.weight", "mtp.layers.0.mlp.down_proj.weight",
+]
+
+
+@pytest.mark.parametrize("family", [get_family("qwen3_5"), get_family("qwen3_5_moe")])
+def test_lora_never_reaches_the_multi_token_prediction_head(tiny_checkpoints, family, tmp_path):
+    import re
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    # A tiny checkpoint laid out as the published ones: mtp_num_hidden_layers 1 and mtp.* weights beside the model's.
+    folder = Path(shutil.copytree(tiny_checkpoints[family], tmp_path / "with_mtp"))
+    config = json.loads((folder / "config.json").read_text())
+    config["text_config"]["mtp_num_hidden_layers"] = 1
+    (folder / "config.json").write_text(json.dumps(config))
+    weights = load_file(folder / "model.safetensors")
+    width = config["text_config"]["hidden_size"]
+    save_file(weights | {name: torch.ones(width, width) for name in MTP_WEIGHTS}, folder / "model.safetensors", metadata={"format": "pt"})
+
+    # transformers builds no MTP head and drops its weights on load, so nothing named mtp can be adapted.
+    model = load_model(folder, "none", "sdpa", torch.float32, "cpu")
+    assert model.config.text_config.mtp_num_hidden_layers == 1
+    assert not [name for name, _ in model.named_parameters() if "mtp" in name]
+    config = lora_config(family, list(family.lora_targets) + list(family.lora_parameters), rank=2, alpha=4, dropout=0.0)
+    model = wrap_lora(model, config)
+    adapted = [name for name, module in model.named_modules() if hasattr(module, "lora_A")]
+    assert adapted and not [name for name in adapted if "mtp" in name]
+    # Should a later transformers build it, at the top or inside the language model, the targets still skip it.
+    for name in MTP_WEIGHTS:
+        module = name.removesuffix(".weight")
+        assert not re.fullmatch(config.target_modules, module)
+        assert not re.fullmatch(config.target_modules, f"model.language_model.{module}")
+    assert re.fullmatch(config.target_modules, "model.language_model.layers.0.self_attn.q_proj")
 
 
 @pytest.mark.parametrize("targets", [[], ["decoder"], ["language", "everything"]])

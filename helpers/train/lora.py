@@ -7,6 +7,11 @@ from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 from helpers.families.registry import Family
 
 
+# Qwen3.5-architecture checkpoints (Qwen3.5, 3.6, 3.8) ship a multi-token-prediction head, `mtp.*`, with its own
+# q/k/v/o_proj and MLP. transformers 5.24 builds none and drops its weights on load; this keeps LoRA off it anyway.
+NOT_MTP = r"(?!(?:.*\.)?mtp\.)"
+
+
 def lora_config(family: Family, targets: list[str], rank: int, alpha: int, dropout: float) -> LoraConfig:
     """A LoRA config on the chosen blocks of the family (its record's ``lora_targets`` and ``lora_parameters``)."""
     blocks = list(family.lora_targets) + list(family.lora_parameters)
@@ -14,6 +19,8 @@ def lora_config(family: Family, targets: list[str], rank: int, alpha: int, dropo
     if unknown or not targets:
         raise ValueError(f"lora_targets={targets!r}; choose one or more of {sorted(blocks)} for {family.name}")
     pattern = "|".join(f"(?:{regex})" for name, regex in family.lora_targets.items() if name in targets)
+    if pattern:  # never the multi-token-prediction head, should a transformers version build it
+        pattern = f"{NOT_MTP}(?:{pattern})"
     # MoE experts are fused 3-D parameters, which PEFT adapts by name rather than as Linear modules.
     parameters = [name for block, names in family.lora_parameters.items() if block in targets for name in names]
     if parameters and dropout:
