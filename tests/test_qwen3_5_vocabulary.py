@@ -67,6 +67,12 @@ def test_the_vocabulary_has_the_published_ids():
     assert tokenizer.convert_tokens_to_ids("<|endoftext|>") == get_family("qwen3_5").first_special_token_id
     assert tokenizer.tokenize("1234") == ["1", "2", "3", "4"]  # one token per digit, as Qwen2
     assert tokenizer.eos_token == "<|im_end|>" and tokenizer.pad_token == "<|endoftext|>"
+    # transformers' own Qwen3.5 config names the same ids for the vision tokens.
+    from transformers import Qwen3_5Config
+
+    config = Qwen3_5Config()
+    assert tokenizer.convert_tokens_to_ids(["<|image_pad|>", "<|video_pad|>", "<|vision_start|>", "<|vision_end|>"]) == [
+        config.image_token_id, config.video_token_id, config.vision_start_token_id, config.vision_end_token_id]
 
 
 def test_the_package_earlier_ranks_are_the_vendored_qwen2_bpe():
