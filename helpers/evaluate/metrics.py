@@ -5,7 +5,7 @@ the precision-recall curve at IoU 0.5) come from pycocotools, the reference impl
 truth under greedy one-to-one matching within each class (0 for a missed box), precision and
 recall at IoU 0.5 under that matching, accuracy at IoU 0.5 on single-object images (grounding),
 the parse-failure rate, and the counts of answers stopped for looping and of duplicate boxes
-dropped before scoring. Records are ``{"ground_truth": [{"label", "bbox_xyxy_px"}], "predictions":
+dropped before scoring (what kind of error each box is: ``helpers.evaluate.errors``). Records are ``{"ground_truth": [{"label", "bbox_xyxy_px"}], "predictions":
 [{"label", "bbox_xyxy_px", "score"}], "raw_text", "loop_stopped", "duplicates_dropped",
 "crowd_regions"?}``. Crowd regions (COCO ``iscrowd=1``) go to pycocotools as the ignore regions they
 are in COCO's protocol, so the COCO metrics equal official COCOeval on such data; the matching-based
@@ -14,15 +14,12 @@ metrics (mean IoU, precision, recall, accuracy) use the ground truth alone.
 
 from __future__ import annotations
 
-import contextlib
-import io
 import math
 
 import numpy as np
-from pycocotools.coco import COCO
-from pycocotools.cocoeval import COCOeval
 
-from helpers.families.boxes import box_iou, xyxy_to_xywh
+from helpers.evaluate.coco import CocoRun, run_coco
+from helpers.families.boxes import box_iou
 
 # Keys of ``summarize_detections`` (metrics.json) that other code reads, each spelled once here.
 MAP_50_95 = "map_50_95"  # COCO mAP@[.5:.95]
@@ -88,50 +85,28 @@ def is_parse_failure(raw_text: str, predictions: list[dict]) -> bool:
     return not predictions and stripped not in ("", "[]")
 
 
-def coco_metrics(records: list[dict], class_names: list[str]) -> dict:
+def coco_metrics(records: list[dict], class_names: list[str], run: CocoRun | None = None) -> dict:
     """COCO AP and AR with pycocotools, per-class AP@.5 and the precision-recall curve at IoU 0.5.
 
     Categories are ``class_names`` plus any ground-truth label outside them; a predicted label
     outside them cannot be scored and is counted in ``n_unknown_label_predictions`` instead.
-    Values are NaN when there is no ground truth; 0 when nothing was predicted.
+    Values are NaN when there is no ground truth; 0 when nothing was predicted. ``run``: the
+    records' evaluation when already made (``helpers.evaluate.coco.run_coco``).
     """
-    names = list(dict.fromkeys([*class_names, *sorted({g["label"] for r in records for g in r["ground_truth"]})]))
-    names += sorted({c["label"] for r in records for c in r.get("crowd_regions", [])} - set(names))
-    category = {name: index + 1 for index, name in enumerate(names)}
-    images, annotations, detections = [], [], []
-    n_unknown = 0
-    for image_id, record in enumerate(records, start=1):
-        images.append({"id": image_id})
-        crowds = [(crowd, 1) for crowd in record.get("crowd_regions", [])]
-        for gt, is_crowd in [*((gt, 0) for gt in record["ground_truth"]), *crowds]:
-            box = xyxy_to_xywh(gt["bbox_xyxy_px"])
-            annotations.append({"id": len(annotations) + 1, "image_id": image_id, "category_id": category[gt["label"]],
-                                "bbox": box, "area": box[2] * box[3], "iscrowd": is_crowd})
-        for pred in record["predictions"]:
-            if pred["label"] not in category:
-                n_unknown += 1
-                continue
-            detections.append({"image_id": image_id, "category_id": category[pred["label"]], "bbox": xyxy_to_xywh(pred["bbox_xyxy_px"]),
-                               "score": float(pred["score"])})
+    run = run or run_coco(records, class_names)
+    names, annotations = run.names, run.annotations
     nan = math.nan
     result = {MAP_50_95: nan, MAP_50: nan, MAP_75: nan, AR_100: nan, MAP_SMALL: nan, MAP_MEDIUM: nan, MAP_LARGE: nan, AP_50_PER_CLASS: dict.fromkeys(names, nan),
-              PR_CURVE_50: {"recall": [], "precision": []}, N_UNKNOWN_LABEL_PREDICTIONS: n_unknown}
-    if not any(a["iscrowd"] == 0 for a in annotations):
+              PR_CURVE_50: {"recall": [], "precision": []}, N_UNKNOWN_LABEL_PREDICTIONS: run.n_unknown}
+    if not run.has_ground_truth:
         return result
-    if not detections:
+    if run.evaluation is None:  # ground truth, no detections
         with_gt = {names[a["category_id"] - 1] for a in annotations if a["iscrowd"] == 0}
         sizes = {size for size, (low, high) in zip((MAP_SMALL, MAP_MEDIUM, MAP_LARGE), SIZE_RANGES_PX2)
                  if any(low <= a["area"] <= high for a in annotations if a["iscrowd"] == 0)}
         return result | dict.fromkeys(sizes, 0.0) | {MAP_50_95: 0.0, MAP_50: 0.0, MAP_75: 0.0, AR_100: 0.0,
                          AP_50_PER_CLASS: {name: (0.0 if name in with_gt else nan) for name in names}}
-    with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress
-        ground_truth = COCO()
-        ground_truth.dataset = {"images": images, "annotations": annotations, "categories": [{"id": i, "name": n} for n, i in category.items()]}
-        ground_truth.createIndex()
-        evaluation = COCOeval(ground_truth, ground_truth.loadRes(detections), "bbox")
-        evaluation.evaluate()
-        evaluation.accumulate()
-        evaluation.summarize()
+    evaluation = run.evaluation
     stats = [nan if v < 0 else float(v) for v in evaluation.stats]
     # precision[T, R, K, A, M]: IoU threshold, recall point, category, area range ("all"), max detections (100)
     precision = evaluation.eval["precision"][0, :, :, 0, -1]
