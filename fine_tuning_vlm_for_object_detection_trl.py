@@ -658,6 +658,19 @@ metrics = {"baseline": baseline_metrics, "finetuned": finetuned_metrics}
 print(format_stages({"baseline": baseline_metrics, "fine-tuned": finetuned_metrics}))
 
 # %% [markdown]
+# **What it gets wrong.** Each box is judged from COCO's own matching at IoU 0.5: a true positive, or a
+# false positive that is a misplaced box of the right class (`localisation`, IoU 0.1-0.5), a box on another
+# class's object (`confusion`), a second box on a found object (`duplicate`) or a box on nothing
+# (`background`); an object no box found is `missed`. Per class: AP@.5, precision and recall. All of it
+# goes to `metrics.json` under `error_analysis`; `python -m helpers.app <run folder>` browses it.
+
+# %%
+from helpers.evaluate import error_analysis, format_errors
+
+error_analyses = {"baseline": error_analysis(baseline_records, class_names), "finetuned": error_analysis(finetuned_records, class_names)}
+print(format_errors(error_analyses))
+
+# %% [markdown]
 # With tiles, the trained model also answers each test image whole, as it would without slicing:
 
 # %%
@@ -719,6 +732,7 @@ if grpo_steps > 0:
     grpo_trainer.train(resume_from_checkpoint=grpo_resume(resume_from_checkpoint, grpo_args.output_dir))
     grpo_records, metrics["grpo"] = evaluate_model(grpo_trainer.model, processor, splits["test"], **eval_settings, slicing=slicing)
     final_trainer, stages["GRPO"] = grpo_trainer, metrics["grpo"]
+    error_analyses["grpo"] = error_analysis(grpo_records, class_names)
     print(f"rollouts ended for looping: {grpo_trainer.loops_stopped}")
 print(format_stages(stages))
 
@@ -733,6 +747,18 @@ from helpers.evaluate import plot_stages
 
 records_by_stage = {"baseline": baseline_records, "fine-tuned": finetuned_records} | ({"GRPO": grpo_records} if grpo_steps > 0 else {})
 plot_stages(splits["test"], records_by_stage, n=n_plot_images, path=run_dir / "plots" / "predictions.png");
+
+# %% [markdown]
+# Per class, AP@.5, precision and recall before and after training (worst class on top), then, for each
+# kind of error, the test images with most of it: ground truth green, the erring boxes (or the missed
+# objects, dotted) drawn in the kind's colour.
+
+# %%
+from helpers.evaluate import judge_images, plot_error_examples, plot_per_class
+
+saved_records = grpo_records if grpo_steps > 0 else finetuned_records  # the saved model's answers
+plot_per_class({stage: analysis["per_class"] for stage, analysis in error_analyses.items()}, run_dir / "plots" / "per_class.png")
+plot_error_examples(splits["test"], saved_records, judge_images(saved_records, class_names), path=run_dir / "plots" / "errors.png");
 
 # %% [markdown]
 # With tiles: one test image answered whole (left) and tile by tile (right, the tile grid drawn faintly,
@@ -776,8 +802,9 @@ plot_pr_curves({"baseline": baseline_metrics[PR_CURVE_50], "fine-tuned": finetun
 # `model/`, beside the metrics and every prediction.
 
 # %%
+from helpers.data import PREVIEW_FOLDER, write_previews
 from helpers.detect import InferenceSettings, save_inference_settings
-from helpers.runtime import barrier, write_jsonl
+from helpers.runtime import barrier, is_main_process, write_jsonl
 from helpers.train import kept_checkpoint, save_trained_model
 
 save_trained_model(final_trainer, processor, run_dir / "model")  # the last stage's weights
@@ -789,13 +816,16 @@ inference = InferenceSettings(
     tile_merge_threshold=tile_merge_threshold,  # a model trained on tiles detects tile by tile
 )
 save_inference_settings(run_dir / "model", inference)  # model/ alone is then enough to detect (section 12)
-write_json(run_dir / "metrics.json", metrics | {"train": train_metrics, "kept": kept_checkpoint(trainer.state, keep_checkpoint)})
-write_jsonl(run_dir / "predictions.jsonl", grpo_records if grpo_steps > 0 else finetuned_records)  # the saved model's
+write_json(run_dir / "metrics.json", metrics | {"error_analysis": error_analyses, "train": train_metrics,
+                                                 "kept": kept_checkpoint(trainer.state, keep_checkpoint)})
+write_jsonl(run_dir / "predictions.jsonl", saved_records)
 write_jsonl(run_dir / "predictions_baseline.jsonl", baseline_records)
 write_json(run_dir / "log_history.json", trainer.state.log_history)
 if grpo_steps > 0:
     write_jsonl(run_dir / "predictions_sft.jsonl", finetuned_records)
     write_json(run_dir / "grpo_log_history.json", grpo_trainer.state.log_history)
+if is_main_process():
+    write_previews(splits["test"], run_dir / PREVIEW_FOLDER)  # what python -m helpers.app shows beside the predictions
 barrier()  # every rank reads model/ below only once the main process has written it
 
 # %% [markdown]

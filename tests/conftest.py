@@ -78,3 +78,20 @@ def runner_command():
 def run_notebook():
     """``run_notebook(folder, "name=value", ..., env=None)``: the smoke preset run through papermill, finished."""
     return run_smoke_notebook
+
+
+# 600 SFT steps at the demo's geometry give answers in the format with boxes somewhere (after the smoke preset's
+# 12 steps every answer is unreadable), then 3 GRPO steps: a finished run with a model that writes boxes.
+SFT_THEN_GRPO = (
+    "model_id=offline:qwen2_5_vl", "synthetic_square_images=true", "synthetic_min_side_px=64", "synthetic_max_side_px=160",
+    "min_pixels=12544", "max_pixels=12544", "learning_rate=0.002", "max_steps=600", "logging_steps=100", "eval_steps=600",
+    "save_steps=600", "iou_eval_images=0", "grpo_steps=3", "grpo_generations=4", "grpo_max_completion_length=64", "test_size=8",
+    "run_name=grpo",
+)
+
+
+@pytest.fixture(scope="session")
+def sft_grpo_run(tmp_path_factory) -> tuple[subprocess.CompletedProcess, Path]:
+    """The notebook run once for the session with ``SFT_THEN_GRPO`` (about 100 s on 2 cores): the finished process and its run folder."""
+    root = tmp_path_factory.mktemp("sft_grpo")
+    return run_smoke_notebook(root, *SFT_THEN_GRPO), root / "grpo"

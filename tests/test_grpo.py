@@ -51,17 +51,11 @@ def test_rollouts_never_sample_vision_tokens(tiny_checkpoints):
 
 
 @pytest.mark.slow
-def test_a_few_grpo_steps_after_sft_log_the_reward_and_change_the_weights(tmp_path, run_notebook):
+def test_a_few_grpo_steps_after_sft_log_the_reward_and_change_the_weights(sft_grpo_run):
     # 600 SFT steps at the demo's geometry: enough for answers in the format with boxes somewhere, so the answers
     # of a group score differently and GRPO has a gradient (after the smoke preset's 12 steps every answer scores 0).
-    result = run_notebook(
-        tmp_path, "model_id=offline:qwen2_5_vl", "synthetic_square_images=true", "synthetic_min_side_px=64", "synthetic_max_side_px=160",
-        "min_pixels=12544", "max_pixels=12544", "learning_rate=0.002", "max_steps=600", "logging_steps=100", "eval_steps=600",
-        "save_steps=600", "iou_eval_images=0", "grpo_steps=3", "grpo_generations=4", "grpo_max_completion_length=64", "test_size=2",
-        "run_name=grpo",
-    )
+    result, run_dir = sft_grpo_run  # tests.conftest.SFT_THEN_GRPO
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    run_dir = tmp_path / "grpo"
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert set(metrics) >= {"baseline", "finetuned", "grpo"}
     history = json.loads((run_dir / "grpo_log_history.json").read_text())
@@ -73,6 +67,16 @@ def test_a_few_grpo_steps_after_sft_log_the_reward_and_change_the_weights(tmp_pa
     assert set(sft) == set(final) and any(not torch.equal(sft[name], final[name]) for name in sft)  # GRPO moved the weights
     for name in ("plots/grpo_curves.png", "predictions_sft.jsonl", "grpo_checkpoints/reference/model.safetensors"):
         assert (run_dir / name).is_file(), name
+    # The error analysis of every stage, its pictures, and the test images the app shows.
+    analyses = metrics["error_analysis"]
+    assert set(analyses) == {"baseline", "finetuned", "grpo"}
+    for analysis in analyses.values():
+        errors = analysis["errors"]
+        assert errors["false_positives"] == sum(errors[kind] for kind in ("localisation", "confusion", "duplicate", "background"))
+        assert errors["true_positives"] + errors["false_negatives"] == metrics["finetuned"]["n_ground_truth"]
+    for name in ("plots/per_class.png", "plots/errors.png"):
+        assert (run_dir / name).is_file(), name
+    assert len(json.loads((run_dir / "test_images" / "index.json").read_text())) == metrics["finetuned"]["n_images"] == 8
 
 
 @pytest.mark.slow

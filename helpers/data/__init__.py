@@ -7,7 +7,7 @@ __getattr__, __dir__ = lazy_exports(__name__, {
     "records": ("ImageLoading",),
     "augment": ("AUGMENTATION_COUNTS", "augmented_examples", "augmenter_for", "batch_images_and_answers"),
     "report": ("DataError", "format_data_report"),
-    "images": ("open_image",),
+    "images": ("PREVIEW_FOLDER", "open_image", "write_previews"),
     "synthetic": ("synthetic_options", "make_synthetic_dataset"),
     "tiles": ("TILING_COUNTS", "TileGrid", "tile_split", "tile_writer_for"),
 })

@@ -297,3 +297,26 @@ def prepare_images(
                 # Counted before it is handed over: the caller may stop at the last item without resuming this loop.
                 bar.update(1)
                 yield error if error is not None else future.result()
+
+
+# ---------------------------------------------------------------- previews of a split, for the app
+
+PREVIEW_FOLDER = "test_images"  # in the run folder: what ``python -m helpers.app`` shows
+PREVIEW_INDEX = "index.json"  # one entry per image, in the split's (and the predictions') order
+PREVIEW_MAX_SIDE_PX = 1024  # previews are for looking at; boxes stay in the original image's pixels
+
+
+def write_previews(dataset, folder: str | Path, max_side_px: int = PREVIEW_MAX_SIDE_PX) -> int:
+    """Each image of a split as a JPEG of at most ``max_side_px`` a side, with its original size in ``index.json``; returns the count."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    entries = []
+    columns = dataset.select_columns(["image", "image_id", "width", "height"])
+    for index, example in enumerate(tqdm(columns, total=len(columns), desc="test image previews", unit="image")):
+        image = open_image(example["image"])
+        image.thumbnail((max_side_px, max_side_px))
+        name = f"{index:05d}.jpg"
+        image.save(folder / name, quality=JPEG_QUALITY)
+        entries.append({"file": name, "image_id": str(example["image_id"]), "width": int(example["width"]), "height": int(example["height"])})
+    (folder / PREVIEW_INDEX).write_text(json.dumps(entries, indent=1))
+    return len(entries)

@@ -1,4 +1,4 @@
-"""Pictures of the run: samples with boxes, predictions against ground truth, training and PR curves."""
+"""Pictures of the run: samples with boxes, predictions against ground truth, training and PR curves, errors per class and kind."""
 
 from __future__ import annotations
 
@@ -13,6 +13,9 @@ from helpers.runtime.distributed import is_main_process
 from helpers.data.augment import Augmenter, sample_seed
 from helpers.data.images import open_image
 from helpers.data.tiles import TileGrid
+from helpers.evaluate.errors import (
+    AP_50, ERROR_KINDS, LOCALISATION, CONFUSION, DUPLICATE, BACKGROUND, MISSED, N_GROUND_TRUTH, PRECISION, RECALL, ImageErrors, worst_images,
+)
 from helpers.evaluate.metrics import EVAL_LOSS, EVAL_MEAN_IOU, EVAL_PARSE_FAILURE_RATE, GRAD_NORM, GRAD_NORM_CLIPPED, LEARNING_RATE, LOSS
 
 GROUND_TRUTH_COLOR = "lime"
@@ -205,4 +208,52 @@ def plot_pr_curves(curves: dict[str, dict], path: str | Path) -> Figure:
     empty = [name for name, curve in curves.items() if not curve["recall"]]
     if empty:  # a model that predicted nothing has no curve: say so rather than leave the panel blank
         ax.text(0.5, 0.5, f"no predictions: {', '.join(empty)}", ha="center", va="center", fontsize=9, color="gray", transform=ax.transAxes)
+    return save_figure(fig, path)
+
+
+def plot_per_class(tables: dict[str, dict[str, dict]], path: str | Path) -> Figure:
+    """AP@.5, precision and recall at IoU 0.5 per class, one bar per stage (``{"baseline": per_class, ...}``), worst class on top."""
+    stages = list(tables)
+    last = tables[stages[-1]]
+    names = sorted(last, key=lambda name: (-1 if last[name][AP_50] != last[name][AP_50] else last[name][AP_50]))  # NaN (no objects) first
+    fig, axes = plt.subplots(1, 3, figsize=(12, 0.9 + 0.35 * len(names) * len(stages)), sharey=True, squeeze=False)
+    height = 0.8 / len(stages)
+    for ax, (key, title) in zip(axes.flat, ((AP_50, "AP@.5"), (PRECISION, "precision @ IoU .5"), (RECALL, "recall @ IoU .5"))):
+        for s, stage in enumerate(stages):
+            values = [tables[stage].get(name, {}).get(key) for name in names]
+            values = [0.0 if v is None or v != v else v for v in values]  # no objects or no boxes: drawn as 0, named in the label
+            ax.barh([i + s * height for i in range(len(names))], values, height=height, label=stage)
+        ax.set_xlim(0, 1)
+        ax.set_title(title, fontsize=9)
+        ax.grid(axis="x", alpha=0.3)
+    axes[0, 0].set_yticks([i + height * (len(stages) - 1) / 2 for i in range(len(names))])
+    axes[0, 0].set_yticklabels([f"{name} ({last[name][N_GROUND_TRUTH]} obj)" for name in names], fontsize=8)
+    axes[0, -1].legend(fontsize=8, loc="lower right")
+    return save_figure(fig, path)
+
+
+ERROR_COLORS = {LOCALISATION: "orange", CONFUSION: "red", DUPLICATE: "cyan", BACKGROUND: "magenta", MISSED: "red"}
+
+
+def plot_error_examples(dataset, records: list[dict], judged: list[ImageErrors], path: str | Path, per_kind: int = 4) -> Figure:
+    """For each error kind, the test images with most errors of that kind: ground truth, then the erring boxes (or missed objects) drawn."""
+    fig, axes = plt.subplots(len(ERROR_KINDS), per_kind, figsize=(2.6 * per_kind, 2.6 * len(ERROR_KINDS)), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for row, kind in enumerate(ERROR_KINDS):
+        worst = worst_images(judged, records, kind, per_kind)
+        if not worst:
+            axes[row, 0].set_title(f"{kind}: none", fontsize=8, loc="left")
+        for col, index in enumerate(worst):
+            record, example, ax = records[index], dataset[index], axes[row, col]
+            ax.imshow(open_image(example["image"]), extent=(0, example["width"], example["height"], 0))
+            draw_boxes(ax, record["ground_truth"], GROUND_TRUTH_COLOR, "-")
+            if kind == MISSED:
+                missed = judged[index].missed([p["score"] for p in record["predictions"]])
+                erring = [record["ground_truth"][g] for g in missed]
+                draw_boxes(ax, erring, ERROR_COLORS[kind], ":")
+            else:
+                erring = [p for p, k in zip(record["predictions"], judged[index].prediction_kinds) if k == kind]
+                draw_boxes(ax, erring, ERROR_COLORS[kind], "--")
+            ax.set_title(f"{kind}: #{record['image_id']}, {len(erring)}", fontsize=8)
     return save_figure(fig, path)
