@@ -11,7 +11,7 @@ PIP := $(VPY) -m pip install --disable-pip-version-check -q
 TORCH_INDEX ?=
 TORCH_PINS = $$(grep -E '^torch(vision)?==' requirements.txt)
 
-.PHONY: demo test venv clean-outputs
+.PHONY: demo test venv browser clean-outputs
 
 venv:
 	@test -x $(VPY) || $(PYTHON) -m venv $(VENV)
@@ -25,7 +25,17 @@ venv:
 demo: venv
 	$(VPY) -m helpers.run_notebook --preset params/offline_demo.yaml --overwrite
 
-test: venv
+# The app's browser test (tests/test_app.py) drives Debian's chromium with Playwright: installed here when missing,
+# where apt-get runs as root (CI); elsewhere the test skips, saying how to install it.
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+		if command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+			start=$$(date +%s); \
+			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null || exit 1; \
+			echo "browser: chromium installed in $$(( $$(date +%s) - start )) s"; \
+		else echo "browser: chromium is missing and apt-get cannot run as root here; the browser test will skip"; fi; }
+
+test: venv browser
 	$(VPY) -m pytest -q tests
 
 clean-outputs:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from PIL import Image
@@ -125,13 +125,20 @@ class Detector:
         processor.image_processor.size = {"shortest_edge": settings.min_pixels, "longest_edge": settings.max_pixels}
         return cls(model, processor, settings)
 
-    def __call__(self, image: str | Path | Image.Image, classes: list[str] | None = None) -> DetectionResult:
-        """Boxes for the trained classes (or ``classes``, a subset of them) in one image, with the raw answer."""
+    def __call__(self, image: str | Path | Image.Image, classes: list[str] | None = None, tile_px: int | None = None) -> DetectionResult:
+        """Boxes for the trained classes (or ``classes``, a subset of them) in one image, with the raw answer.
+
+        ``tile_px``: None slices as the run did; 0 answers the image whole; a side in pixels slices it in such tiles.
+        """
         prompt = self.settings.prompt(self.family, classes)
+        settings = self.settings
+        if tile_px is not None and tile_px != settings.tile_px:
+            overlap = settings.tile_overlap_px if 0 < settings.tile_overlap_px < tile_px else tile_px // 8
+            settings = replace(settings, tile_px=tile_px, tile_overlap_px=overlap if tile_px else 0)
         boxes, raw_answer = detect_with_answer(
-            self.model, self.processor, image, family=self.family, prompt=prompt, max_new_tokens=self.settings.max_new_tokens,
-            system_prompt=self.settings.system_prompt, loop_repeats=self.settings.loop_repeats, duplicate_iou=self.settings.duplicate_iou,
-            slicing=self.settings.slicing(), batch_size=TILE_BATCH_SIZE,
+            self.model, self.processor, image, family=self.family, prompt=prompt, max_new_tokens=settings.max_new_tokens,
+            system_prompt=settings.system_prompt, loop_repeats=settings.loop_repeats, duplicate_iou=settings.duplicate_iou,
+            slicing=settings.slicing(), batch_size=TILE_BATCH_SIZE,
         )
         return DetectionResult(boxes, raw_answer, prompt)
 

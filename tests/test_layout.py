@@ -10,7 +10,7 @@ import pytest
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 # The stages in pipeline order (docs/layout.md): a module may import its own stage and earlier ones, never a later one.
-STAGES = ("runtime", "families", "data", "offline", "evaluate", "train", "detect", "parameters", "run_notebook")
+STAGES = ("runtime", "families", "data", "offline", "evaluate", "train", "detect", "parameters", "run_notebook", "app")
 MAX_NOTEBOOK_MODULES = 10
 MAX_README_BYTES = 12_500
 
