@@ -157,6 +157,15 @@ def test_the_app_listens_on_this_machine_only_by_default():
     assert parse_args(["outputs/run"]).host == LOCALHOST == "127.0.0.1"
 
 
+def test_the_gallery_draws_at_most_its_cap_and_says_so(run_folder, monkeypatch):
+    from helpers.app import ui
+
+    monkeypatch.setattr(ui, "MAX_GALLERY_IMAGES", 3)
+    summary, gallery, rows = ui.browse(RunView(run_folder), ALL_CLASSES, ANY_ERROR, 0.0)
+    assert len(gallery) == 3 and summary.startswith(f"**{len(EXPECTED[ANY_ERROR])} images** match of {N_IMAGES}, the first 3 shown")
+    assert [caption for _, caption in gallery][0].startswith("#")
+
+
 def test_without_a_model_the_try_tab_says_so(run_folder):
     from helpers.app.ui import NO_MODEL, build_app
 

@@ -15,21 +15,24 @@ from helpers.evaluate.errors import ERROR_KINDS  # noqa: E402
 from helpers.evaluate.plotting import PREDICTION_COLOR  # noqa: E402
 
 PER_CLASS_HEADERS = ["class", "objects", "AP@.5", "precision", "recall"]
+MAX_GALLERY_IMAGES = 60  # drawn per filter change; narrow the filters to see the others
 NO_MODEL = "This run has no `model/` folder (still training, or stopped before saving): the Try tab needs one."
 
 
-def browse_summary(view: RunView, shown: int, threshold: float) -> str:
+def browse_summary(view: RunView, matching: int, threshold: float) -> str:
     """The line above the gallery: images shown, and precision and recall at the threshold."""
     precision, recall, n_boxes = view.precision_recall(threshold)
     figure = lambda v: "n/a" if v != v else f"{v:.2f}"  # noqa: E731
-    return (f"**{shown} images** shown of {len(view.previews)} · at score ≥ {threshold:.2f}: "
+    shown = (f"**{matching} images** shown of {len(view.previews)}" if matching <= MAX_GALLERY_IMAGES
+             else f"**{matching} images** match of {len(view.previews)}, the first {MAX_GALLERY_IMAGES} shown")
+    return (f"{shown} · at score ≥ {threshold:.2f}: "
             f"precision **{figure(precision)}**, recall **{figure(recall)}** ({n_boxes} boxes, IoU 0.5)")
 
 
 def browse(view: RunView, class_name: str, kind: str, threshold: float) -> tuple[str, list, list]:
     """Summary, gallery and per-class rows for the filters."""
     indices = view.selected(class_name, kind, threshold)
-    gallery = [(view.drawing(i, threshold), view.caption(i, threshold)) for i in indices]
+    gallery = [(view.drawing(i, threshold), view.caption(i, threshold)) for i in indices[:MAX_GALLERY_IMAGES]]
     return browse_summary(view, len(indices), threshold), gallery, view.per_class_rows(threshold)
 
 
