@@ -95,6 +95,12 @@ def test_each_image_is_drawn_once_per_stage(run_folder):
     assert drawing.width > 2 * view.preview(1).width and view.caption(1, 0.0).endswith(f"{LOCALISATION}, {MISSED}")
 
 
+def test_after_grpo_the_saved_stage_is_named_so(run_folder):
+    assert [stage.name for stage in RunView(run_folder).stages] == ["baseline", "fine-tuned"]
+    shutil.copy(run_folder / "predictions.jsonl", run_folder / "predictions_sft.jsonl")  # what a run with grpo_steps > 0 writes
+    assert [stage.name for stage in RunView(run_folder).stages] == ["baseline", "GRPO"]
+
+
 @pytest.mark.parametrize(
     "damage,message",
     [

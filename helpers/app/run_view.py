@@ -119,8 +119,9 @@ class RunView:
         labels = {o["label"] for r in finetuned for o in r["ground_truth"]}
         self.class_names = list(self.settings["class_names"]) if self.settings else sorted(labels)
         self.class_names += sorted(labels - set(self.class_names))
+        final_name = "GRPO" if (self.root / "predictions_sft.jsonl").is_file() else "fine-tuned"  # the saved model's stage
         self.stages = [Stage(name, records, judge_images(records, self.class_names))
-                       for name, records in (("baseline", baseline), ("fine-tuned", finetuned)) if records is not None]
+                       for name, records in (("baseline", baseline), (final_name, finetuned)) if records is not None]
         self.per_class = error_analysis(finetuned, self.class_names)["per_class"]
 
     @property

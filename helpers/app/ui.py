@@ -78,7 +78,7 @@ def build_app(view: RunView, load_detector: Callable) -> gr.Blocks:
     with gr.Blocks(title=f"{view.root.name}: what the model finds") as app:
         gr.Markdown(f"## {view.root.name}\n{len(view.previews)} test images · classes: {', '.join(view.class_names)}. "
                     "Ground truth green (red when missed), boxes coloured by kind: true positive magenta, localisation orange, "
-                    "confusion red, duplicate cyan, background magenta; baseline left, fine-tuned right.")
+                    f"confusion red, duplicate cyan, background magenta; {' left, '.join(stage.name for stage in view.stages)} right.")
         with gr.Tab("Browse", elem_id="browse-tab"):
             with gr.Row():
                 class_name = gr.Dropdown([ALL_CLASSES, *view.class_names], value=ALL_CLASSES, label="class", elem_id="class-filter")
