@@ -17,19 +17,14 @@ from PIL import Image, ImageDraw, ImageFont
 
 from helpers.data.images import PREVIEW_FOLDER, PREVIEW_INDEX, ImageTooLarge, decode_image, open_header, read_regular_file
 from helpers.detect import INFERENCE_FILE
-from helpers.evaluate.errors import (
-    AP_50, ERROR_KINDS, FALSE_POSITIVE_KINDS, TRUE_POSITIVE, ImageErrors, error_analysis, judge_images,
-    precision_recall_at,
-)
-from helpers.evaluate.plotting import GROUND_TRUTH_COLOR
+from helpers.evaluate.coco import run_coco
+from helpers.evaluate.errors import AP_50, ERROR_KINDS, MISSED, ImageErrors, error_analysis, judge_images, precision_recall_at
+from helpers.evaluate.plotting import ERROR_COLORS, GROUND_TRUTH_COLOR
 
 MAX_UPLOAD_BYTES = 20 * 2**20  # an upload above this is refused before it is read
 UPLOAD_FORMATS = ("JPEG", "PNG", "WEBP", "BMP")  # what Pillow must recognise an upload as
 MAX_RECORD_BYTES = 256 * 2**20  # predictions and metrics files larger than this are not a run of ours
 ALL_CLASSES, ALL_IMAGES, ANY_ERROR = "all classes", "all images", "any error"
-KIND_COLORS = {TRUE_POSITIVE: "#ff00ff", "localisation": "#ffa500", "confusion": "#ff2020", "duplicate": "#00e5ff",
-               "background": "#ff00ff", "ignored": "#a0a0a0"}
-MISSED_COLOR = "#ff2020"
 PANEL_LABEL_PX = 18  # height of the stage label above each panel
 
 
@@ -120,9 +115,10 @@ class RunView:
         self.class_names = list(self.settings["class_names"]) if self.settings else sorted(labels)
         self.class_names += sorted(labels - set(self.class_names))
         final_name = "GRPO" if (self.root / "predictions_sft.jsonl").is_file() else "fine-tuned"  # the saved model's stage
-        self.stages = [Stage(name, records, judge_images(records, self.class_names))
-                       for name, records in (("baseline", baseline), (final_name, finetuned)) if records is not None]
-        self.per_class = error_analysis(finetuned, self.class_names)["per_class"]
+        final_run = run_coco(finetuned, self.class_names)  # judged and summarised from one evaluation
+        self.stages = ([Stage("baseline", baseline, judge_images(baseline, self.class_names))] if baseline is not None else []) + [
+            Stage(final_name, finetuned, judge_images(finetuned, self.class_names, final_run))]
+        self.per_class = error_analysis(finetuned, self.class_names, final_run)["per_class"]
 
     @property
     def has_model(self) -> bool:
@@ -147,14 +143,11 @@ class RunView:
         """Test images holding ``class_name`` (as truth or prediction) and an error of ``kind`` in that class at the threshold."""
         chosen = []
         for index, (record, image) in enumerate(zip(self.final.records, self.final.judged)):
-            scores = scores_of(record)
-            kept = [k for k, p in zip(image.prediction_kinds, record["predictions"]) if p["score"] >= threshold
-                    and class_name in (ALL_CLASSES, p["label"])]
-            missed = [g for g in image.missed(scores, threshold) if class_name in (ALL_CLASSES, record["ground_truth"][g]["label"])]
-            kinds = {k for k in kept if k in FALSE_POSITIVE_KINDS} | ({"missed"} if missed else set())
-            present = {o["label"] for o in record["ground_truth"]} | {p["label"] for p in record["predictions"] if p["score"] >= threshold}
-            if class_name != ALL_CLASSES and class_name not in present:
-                continue
+            if class_name != ALL_CLASSES:
+                record, image = image.for_class(record, class_name)
+                if not record["ground_truth"] and not any(p["score"] >= threshold for p in record["predictions"]):
+                    continue  # the class is not on this image
+            kinds = image.kinds(scores_of(record), threshold)
             if kind == ALL_IMAGES or (kind == ANY_ERROR and kinds) or kind in kinds:
                 chosen.append(index)
         return chosen
@@ -166,15 +159,12 @@ class RunView:
     def per_class_rows(self, threshold: float) -> list[list]:
         """Per class: objects, AP@.5 (all boxes), and precision and recall at the threshold."""
         rows = []
-        pairs = list(zip(self.final.records, self.final.judged))
         for name in self.class_names:
-            records = [{"predictions": [p for p in r["predictions"] if p["label"] == name],
-                        "ground_truth": [g for g in r["ground_truth"] if g["label"] == name]} for r, _ in pairs]
-            judged = [ImageErrors([k for p, k in zip(r["predictions"], j.prediction_kinds) if p["label"] == name],
-                                  [m for g, m in zip(r["ground_truth"], j.matched_prediction) if g["label"] == name]) for r, j in pairs]
+            narrowed = [image.for_class(record, name) for record, image in zip(self.final.records, self.final.judged)]
+            records, judged = [r for r, _ in narrowed], [j for _, j in narrowed]
             precision, recall, _ = precision_recall_at(records, judged, threshold)
-            figures = self.per_class.get(name, {})
-            rows.append([name, sum(len(r["ground_truth"]) for r in records), rounded(figures.get(AP_50)), rounded(precision), rounded(recall)])
+            n_objects = sum(len(r["ground_truth"]) for r in records)
+            rows.append([name, n_objects, rounded(self.per_class.get(name, {}).get(AP_50)), rounded(precision), rounded(recall)])
         return rows
 
     def caption(self, index: int, threshold: float) -> str:
@@ -214,11 +204,11 @@ def draw_stage(image: Image.Image, record: dict, judged: ImageErrors, scale: flo
 
     missed = set(judged.missed(scores_of(record), threshold))
     for g, obj in enumerate(record["ground_truth"]):
-        draw.rectangle(box(obj["bbox_xyxy_px"]), outline=MISSED_COLOR if g in missed else GROUND_TRUTH_COLOR, width=2)
+        draw.rectangle(box(obj["bbox_xyxy_px"]), outline=ERROR_COLORS[MISSED] if g in missed else GROUND_TRUTH_COLOR, width=2)
     for prediction, kind in zip(record["predictions"], judged.prediction_kinds):
         if prediction["score"] < threshold:
             continue
         x1, y1, x2, y2 = box(prediction["bbox_xyxy_px"])
-        draw.rectangle([x1, y1, x2, y2], outline=KIND_COLORS.get(kind, "white"), width=1)
-        draw.text((x1 + 1, y2 - font.size - 1), f"{prediction['label']} {prediction['score']:.2f}", fill=KIND_COLORS.get(kind, "white"), font=font)
+        draw.rectangle([x1, y1, x2, y2], outline=ERROR_COLORS[kind], width=1)
+        draw.text((x1 + 1, y2 - font.size - 1), f"{prediction['label']} {prediction['score']:.2f}", fill=ERROR_COLORS[kind], font=font)
     return panel

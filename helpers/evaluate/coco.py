@@ -76,17 +76,16 @@ def run_coco(records: list[dict], class_names: list[str]) -> CocoRun:
     return run
 
 
-def matches_at(run: CocoRun, iou_index: int = 0) -> tuple[dict[int, int], set[int], set[int]]:
+def matches_at(run: CocoRun, iou_index: int = 0) -> tuple[dict[int, int], set[int]]:
     """COCO's own matching at one IoU threshold (index into ``params.iouThrs``; 0 is 0.5), over all areas.
 
-    Returns ``{detection id: ground-truth id}`` for matched detections, the detection ids COCO ignores (matched
-    to a crowd region) and the ids of the detections it considered (at most ``maxDets`` per image and class).
+    Returns ``{detection id: ground-truth id}`` for matched detections and the detection ids COCO ignores
+    (matched to a crowd region). Detections beyond ``maxDets`` per image and class are in neither.
     """
     matched: dict[int, int] = {}
     ignored: set[int] = set()
-    considered: set[int] = set()
     if run.evaluation is None:
-        return matched, ignored, considered
+        return matched, ignored
     n_areas, n_images = len(run.evaluation.params.areaRng), len(run.evaluation.params.imgIds)
     for k in range(len(run.evaluation.params.catIds)):
         for i in range(n_images):
@@ -94,9 +93,8 @@ def matches_at(run: CocoRun, iou_index: int = 0) -> tuple[dict[int, int], set[in
             if entry is None:
                 continue
             for d, det_id in enumerate(entry["dtIds"]):
-                considered.add(det_id)
                 if entry["dtIgnore"][iou_index, d]:
                     ignored.add(det_id)
                 elif entry["dtMatches"][iou_index, d]:
                     matched[det_id] = int(entry["dtMatches"][iou_index, d])
-    return matched, ignored, considered
+    return matched, ignored

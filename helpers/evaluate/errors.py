@@ -51,6 +51,14 @@ class ImageErrors:
         """Ground-truth boxes without a match among the predictions scored at least ``threshold``."""
         return [g for g, p in enumerate(self.matched_prediction) if p is None or scores[p] < threshold]
 
+    def for_class(self, record: dict, name: str) -> tuple[dict, ImageErrors]:
+        """The record and its judgement narrowed to the boxes labelled ``name`` (each box keeps its kind)."""
+        keep = [i for i, p in enumerate(record["predictions"]) if p["label"] == name]
+        objects = [g for g, o in enumerate(record["ground_truth"]) if o["label"] == name]
+        narrowed = {"predictions": [record["predictions"][i] for i in keep], "ground_truth": [record["ground_truth"][g] for g in objects]}
+        matched = [None if self.matched_prediction[g] is None else keep.index(self.matched_prediction[g]) for g in objects]
+        return narrowed, ImageErrors([self.prediction_kinds[i] for i in keep], matched)
+
     def kinds(self, scores: list[float], threshold: float = 0.0) -> set[str]:
         """The error kinds on this image at a score threshold."""
         found = {kind for kind, score in zip(self.prediction_kinds, scores) if score >= threshold and kind in FALSE_POSITIVE_KINDS}
@@ -73,7 +81,7 @@ def false_positive_kind(prediction: dict, ground_truth: list[dict]) -> str:
 def judge_images(records: list[dict], class_names: list[str], run: CocoRun | None = None) -> list[ImageErrors]:
     """Every prediction's kind and every object's match, from COCO's matching at IoU 0.5 (``run``: the records' evaluation, if made)."""
     run = run or run_coco(records, class_names)
-    matched, ignored, _ = matches_at(run)
+    matched, ignored = matches_at(run)
     judged = [ImageErrors([""] * len(r["predictions"]), [None] * len(r["ground_truth"])) for r in records]
     detection_of = {ref: det_index + 1 for det_index, ref in enumerate(run.detection_refs)}
     for record_index, record in enumerate(records):

@@ -14,7 +14,8 @@ from helpers.data.augment import Augmenter, sample_seed
 from helpers.data.images import open_image
 from helpers.data.tiles import TileGrid
 from helpers.evaluate.errors import (
-    AP_50, ERROR_KINDS, LOCALISATION, CONFUSION, DUPLICATE, BACKGROUND, MISSED, N_GROUND_TRUTH, PRECISION, RECALL, ImageErrors, worst_images,
+    AP_50, ERROR_KINDS, IGNORED, LOCALISATION, CONFUSION, DUPLICATE, BACKGROUND, MISSED, N_GROUND_TRUTH, PRECISION, RECALL, TRUE_POSITIVE,
+    ImageErrors, worst_images,
 )
 from helpers.evaluate.metrics import EVAL_LOSS, EVAL_MEAN_IOU, EVAL_PARSE_FAILURE_RATE, GRAD_NORM, GRAD_NORM_CLIPPED, LEARNING_RATE, LOSS
 
@@ -232,7 +233,9 @@ def plot_per_class(tables: dict[str, dict[str, dict]], path: str | Path) -> Figu
     return save_figure(fig, path)
 
 
-ERROR_COLORS = {LOCALISATION: "orange", CONFUSION: "red", DUPLICATE: "cyan", BACKGROUND: "magenta", MISSED: "red"}
+# What each judged box is drawn in, here and in the app (names matplotlib and Pillow both know).
+ERROR_COLORS = {TRUE_POSITIVE: PREDICTION_COLOR, LOCALISATION: "orange", CONFUSION: "red", DUPLICATE: "cyan", BACKGROUND: "magenta",
+                MISSED: "red", IGNORED: "gray"}
 
 
 def plot_error_examples(dataset, records: list[dict], judged: list[ImageErrors], path: str | Path, per_kind: int = 4) -> Figure:
